@@ -1,0 +1,451 @@
+//! The client-card cache: protects the CRM from login storms.
+//!
+//! Entries are ready answer bytes keyed by the keyed hash of the token ([`crate::keys`]).
+//! A lookup is fresh (`HIT`, `NEGATIVE_HIT`), or needs the CRM. Concurrent requests for one
+//! key share one upstream call (single-flight: the first caller leads, the rest wait on its
+//! result, and if the leader is cancelled the next waiter takes over). When the CRM fails,
+//! a card past its TTL but inside `stale_if_error` is served as `STALE`, and while it keeps
+//! failing at most one refresh per key per second is tried. Gateway-side failures are never
+//! stored; "not found" answers are stored for `negative_ttl`. Memory is bounded by a moka
+//! weigher counting answer bytes plus [`ENTRY_OVERHEAD`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::Expiry;
+use tokio::sync::OnceCell;
+
+use crate::config::CacheSection;
+use crate::error::GatewayError;
+use crate::keys::CacheKey;
+use crate::normalise::Card;
+
+/// Bytes charged per entry on top of the answer body: the key, the entry struct, the
+/// `Arc`, and moka's per-entry bookkeeping (hash table slot, access-order and timer nodes).
+pub const ENTRY_OVERHEAD: u32 = 320;
+
+/// The least time between two refresh attempts of one key while its card is served stale.
+pub const STALE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How a request was answered with respect to the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    NegativeHit,
+    Miss,
+    Stale,
+    Coalesced,
+}
+
+impl CacheResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::NegativeHit => "negative_hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Stale => "stale",
+            CacheResult::Coalesced => "coalesced",
+        }
+    }
+
+    /// The `X-Cache` response header value.
+    pub fn header(self) -> &'static str {
+        match self {
+            CacheResult::Hit | CacheResult::NegativeHit => "HIT",
+            CacheResult::Stale => "STALE",
+            CacheResult::Miss | CacheResult::Coalesced => "MISS",
+        }
+    }
+}
+
+/// A stored answer: status and body bytes ready to write.
+#[derive(Debug)]
+pub struct Stored {
+    pub status: u16,
+    pub body: Bytes,
+    pub negative: bool,
+    /// The errorCode of a stored negative answer, for the log line.
+    pub error_code: Option<Box<str>>,
+    fresh_until: Instant,
+    stale_until: Instant,
+    last_failed_refresh: Mutex<Option<Instant>>,
+}
+
+impl Stored {
+    fn new(
+        status: u16,
+        body: Bytes,
+        error_code: Option<&str>,
+        now: Instant,
+        fresh: Duration,
+        stale: Duration,
+    ) -> Self {
+        Stored {
+            status,
+            body,
+            negative: error_code.is_some(),
+            error_code: error_code.map(Into::into),
+            fresh_until: now + fresh,
+            stale_until: now + fresh + stale,
+            last_failed_refresh: Mutex::new(None),
+        }
+    }
+
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now < self.fresh_until
+    }
+
+    /// May this entry stand in for a failed refresh at `now`?
+    pub fn may_serve_stale(&self, now: Instant) -> bool {
+        !self.negative && now < self.stale_until
+    }
+
+    /// Did a refresh fail less than [`STALE_RETRY_INTERVAL`] ago?
+    fn refresh_failed_recently(&self, now: Instant) -> bool {
+        let last = *self.last_failed_refresh.lock().unwrap_or_else(|e| e.into_inner());
+        last.is_some_and(|t| now.saturating_duration_since(t) < STALE_RETRY_INTERVAL)
+    }
+
+    fn note_failed_refresh(&self, now: Instant) {
+        *self.last_failed_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+    }
+}
+
+/// What a lookup gives: the answer (or the error all waiters share) and how it was found.
+pub type Lookup = (Result<Arc<Stored>, GatewayError>, CacheResult);
+
+type Outcome = Result<(Arc<Stored>, bool), GatewayError>;
+
+struct UntilStaleEnd;
+
+impl Expiry<CacheKey, Arc<Stored>> for UntilStaleEnd {
+    fn expire_after_create(&self, _k: &CacheKey, v: &Arc<Stored>, now: Instant) -> Option<Duration> {
+        Some(v.stale_until.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _k: &CacheKey,
+        v: &Arc<Stored>,
+        now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.stale_until.saturating_duration_since(now))
+    }
+}
+
+pub struct CardCache {
+    cards: Cache<CacheKey, Arc<Stored>>,
+    inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>>>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    stale_if_error: Duration,
+}
+
+impl CardCache {
+    /// `on_evict` is called once per entry dropped to keep within `max_size`.
+    pub fn new(cfg: &CacheSection, on_evict: impl Fn() + Send + Sync + 'static) -> Self {
+        let cards = Cache::builder()
+            .max_capacity(cfg.max_size)
+            .weigher(|_k: &CacheKey, v: &Arc<Stored>| {
+                u32::try_from(v.body.len())
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(ENTRY_OVERHEAD)
+            })
+            .expire_after(UntilStaleEnd)
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    on_evict();
+                }
+            })
+            .build();
+        CardCache {
+            cards,
+            inflight: Mutex::new(HashMap::new()),
+            ttl: cfg.ttl,
+            negative_ttl: cfg.negative_ttl,
+            stale_if_error: cfg.stale_if_error,
+        }
+    }
+
+    /// Answer from the cache, or through `fetch` with single-flight and stale-if-error.
+    pub async fn get_or_fetch<F, Fut>(&self, key: CacheKey, fetch: F) -> Lookup
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Card, GatewayError>>,
+    {
+        let now = Instant::now();
+        let existing = self.cards.get(&key).await;
+        if let Some(e) = &existing {
+            if e.is_fresh(now) {
+                let result = if e.negative {
+                    CacheResult::NegativeHit
+                } else {
+                    CacheResult::Hit
+                };
+                return (Ok(e.clone()), result);
+            }
+            if e.may_serve_stale(now) && e.refresh_failed_recently(now) {
+                return (Ok(e.clone()), CacheResult::Stale);
+            }
+        }
+
+        let cell = {
+            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key).or_default().clone()
+        };
+        let mut led = false;
+        let outcome = cell
+            .get_or_init(|| {
+                led = true;
+                self.lead(key, existing, fetch)
+            })
+            .await
+            .clone();
+        if led {
+            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(&key);
+            }
+        }
+        match outcome {
+            Ok((stored, true)) => (Ok(stored), CacheResult::Stale),
+            Ok((stored, false)) if led => (Ok(stored), CacheResult::Miss),
+            Ok((stored, false)) => (Ok(stored), CacheResult::Coalesced),
+            Err(e) => (
+                Err(e),
+                if led {
+                    CacheResult::Miss
+                } else {
+                    CacheResult::Coalesced
+                },
+            ),
+        }
+    }
+
+    /// The leader's work: one upstream call, and what to keep of its result.
+    async fn lead<F, Fut>(&self, key: CacheKey, existing: Option<Arc<Stored>>, fetch: F) -> Outcome
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Card, GatewayError>>,
+    {
+        // A leader that finished just before this one began may have stored a fresh answer.
+        if let Some(e) = self.cards.get(&key).await {
+            if e.is_fresh(Instant::now()) && existing.as_ref().is_none_or(|old| !Arc::ptr_eq(old, &e)) {
+                return Ok((e, false));
+            }
+        }
+        let result = fetch().await;
+        let now = Instant::now();
+        match result {
+            Ok(card) => {
+                let ttl = card.max_age.map_or(self.ttl, |age| age.min(self.ttl));
+                let stored = Arc::new(Stored::new(200, card.body, None, now, ttl, self.stale_if_error));
+                if !card.no_store && !ttl.is_zero() {
+                    self.cards.insert(key, stored.clone()).await;
+                }
+                Ok((stored, false))
+            }
+            Err(e) if e.is_negative() => {
+                let stored = Arc::new(Stored::new(
+                    e.status(),
+                    e.body(),
+                    Some(e.code()),
+                    now,
+                    self.negative_ttl,
+                    Duration::ZERO,
+                ));
+                if !self.negative_ttl.is_zero() {
+                    self.cards.insert(key, stored.clone()).await;
+                }
+                Ok((stored, false))
+            }
+            Err(e) => match existing {
+                Some(old) if e.is_upstream_failure() && old.may_serve_stale(now) => {
+                    old.note_failed_refresh(now);
+                    Ok((old, true))
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Drop one entry; true if it was there.
+    pub async fn purge(&self, key: &CacheKey) -> bool {
+        self.cards.remove(key).await.is_some()
+    }
+
+    /// Drop every entry; returns how many there were.
+    pub async fn clear(&self) -> u64 {
+        self.cards.run_pending_tasks().await;
+        let n = self.cards.entry_count();
+        self.cards.invalidate_all();
+        self.cards.run_pending_tasks().await;
+        n
+    }
+
+    /// (entries, weighted bytes), after pending maintenance.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.cards.run_pending_tasks().await;
+        (self.cards.entry_count(), self.cards.weighted_size())
+    }
+
+    /// Look at an entry without touching its recency (admin and tests).
+    pub fn contains(&self, key: &CacheKey) -> bool {
+        self.cards.contains_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn cfg(ttl_ms: u64, neg_ms: u64, stale_ms: u64) -> CacheSection {
+        CacheSection {
+            ttl: Duration::from_millis(ttl_ms),
+            negative_ttl: Duration::from_millis(neg_ms),
+            stale_if_error: Duration::from_millis(stale_ms),
+            max_size: 1 << 20,
+            hash_key_env: None,
+        }
+    }
+
+    fn card(body: &'static str) -> Result<Card, GatewayError> {
+        Ok(Card {
+            body: Bytes::from_static(body.as_bytes()),
+            max_age: None,
+            no_store: false,
+        })
+    }
+
+    #[test]
+    fn freshness_arithmetic() {
+        let t0 = Instant::now();
+        let s = Stored::new(
+            200,
+            Bytes::new(),
+            None,
+            t0,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+        );
+        assert!(s.is_fresh(t0 + Duration::from_secs(9)));
+        assert!(!s.is_fresh(t0 + Duration::from_secs(10)));
+        assert!(s.may_serve_stale(t0 + Duration::from_secs(14)));
+        assert!(!s.may_serve_stale(t0 + Duration::from_secs(15)));
+        let n = Stored::new(
+            404,
+            Bytes::new(),
+            Some("1001"),
+            t0,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+        );
+        assert!(!n.may_serve_stale(t0 + Duration::from_secs(11)));
+        assert!(!s.refresh_failed_recently(t0));
+        s.note_failed_refresh(t0);
+        assert!(s.refresh_failed_recently(t0 + Duration::from_millis(999)));
+        assert!(!s.refresh_failed_recently(t0 + STALE_RETRY_INTERVAL));
+    }
+
+    #[tokio::test]
+    async fn hit_after_miss_and_max_age_lowers_ttl() {
+        let c = CardCache::new(&cfg(60_000, 1000, 0), || {});
+        let (r, how) = c.get_or_fetch([1; 32], || async { card("{}") }).await;
+        assert_eq!((r.unwrap().status, how), (200, CacheResult::Miss));
+        let (_, how) = c
+            .get_or_fetch([1; 32], || async { panic!("no call on a hit") })
+            .await;
+        assert_eq!(how, CacheResult::Hit);
+        let short = || async {
+            Ok(Card {
+                body: Bytes::from_static(b"{}"),
+                max_age: Some(Duration::ZERO),
+                no_store: false,
+            })
+        };
+        c.get_or_fetch([2; 32], short).await.0.unwrap();
+        assert!(!c.contains(&[2; 32]));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_fetch() {
+        let c = Arc::new(CardCache::new(&cfg(60_000, 1000, 0), || {}));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (c, calls) = (c.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get_or_fetch([7; 32], || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(GatewayError::CrmTimeout)
+                })
+                .await
+            }));
+        }
+        let mut coalesced = 0;
+        for t in tasks {
+            let (r, how) = t.await.unwrap();
+            assert_eq!(r.unwrap_err(), GatewayError::CrmTimeout);
+            coalesced += usize::from(how == CacheResult::Coalesced);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(coalesced, 49);
+        assert!(!c.contains(&[7; 32]), "failures are never stored");
+    }
+
+    #[tokio::test]
+    async fn stale_is_served_on_failure_and_retries_are_spaced() {
+        let c = CardCache::new(&cfg(20, 0, 60_000), || {});
+        c.get_or_fetch([3; 32], || async { card("{\"v\":1}") })
+            .await
+            .0
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let (r, how) = c
+            .get_or_fetch([3; 32], || async { Err(GatewayError::CrmError { status: 500 }) })
+            .await;
+        assert_eq!(
+            (r.unwrap().body.as_ref(), how),
+            (&b"{\"v\":1}"[..], CacheResult::Stale)
+        );
+        let (_, how) = c
+            .get_or_fetch([3; 32], || async { panic!("no refresh within a second") })
+            .await;
+        assert_eq!(how, CacheResult::Stale);
+        // A request error (not an upstream failure) is not covered by stale.
+        let c2 = CardCache::new(&cfg(20, 0, 60_000), || {});
+        c2.get_or_fetch([4; 32], || async { card("{}") }).await.0.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let (r, _) = c2
+            .get_or_fetch([4; 32], || async { Err(GatewayError::BadRequest("x")) })
+            .await;
+        assert!(r.is_err());
+    }
+
+    #[tokio::test]
+    async fn negative_answers_are_stored_briefly() {
+        let c = CardCache::new(&cfg(60_000, 40, 60_000), || {});
+        let not_found = || async {
+            Err(GatewayError::CrmRejected {
+                status: 404,
+                code: "1001".into(),
+                text: "Client not found".into(),
+            })
+        };
+        let (r, how) = c.get_or_fetch([5; 32], not_found).await;
+        assert_eq!((r.unwrap().status, how), (404, CacheResult::Miss));
+        let (_, how) = c.get_or_fetch([5; 32], || async { panic!("negative hit") }).await;
+        assert_eq!(how, CacheResult::NegativeHit);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (r, how) = c.get_or_fetch([5; 32], || async { card("{}") }).await;
+        assert_eq!((r.unwrap().status, how), (200, CacheResult::Miss));
+    }
+}

@@ -1,0 +1,228 @@
+//! The one error type of the gateway.
+//!
+//! Every failure path — bad input, unknown route, CRM refusal, timeout, broken answer —
+//! is a [`GatewayError`]. This module alone decides each variant's HTTP status, its
+//! `errorCode` and its `errorText`, and renders the JSON body. Texts never carry a token,
+//! a secret or a body from either side.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// The request is malformed (empty token, control characters, bad parameters).
+    BadRequest(&'static str),
+    /// The token is longer than `limits.max_token_bytes`; `in_header` picks 431 over 414.
+    TokenTooLong { in_header: bool },
+    /// No such route.
+    NotFound,
+    /// The route exists but not for this method.
+    MethodNotAllowed { allow: &'static str },
+    /// The request body exceeds `limits.max_body_bytes`.
+    PayloadTooLarge,
+    /// The route exists but the configured dialect does not offer it.
+    NotSupported(&'static str),
+    /// The internal system could not be reached (refused, reset, closed, TLS failure).
+    CrmUnavailable(&'static str),
+    /// The internal system did not answer within `upstream.timeout`.
+    CrmTimeout,
+    /// The internal system answered with a 5xx status.
+    CrmError { status: u16 },
+    /// The internal system answered something that is not a valid answer.
+    CrmInvalidResponse(&'static str),
+    /// The internal system answered with an error of its own, passed on unchanged.
+    CrmRejected { status: u16, code: String, text: String },
+    /// The request was answered by a gateway-side bug or resource failure.
+    Internal(&'static str),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::TokenTooLong { in_header: false } => 414,
+            GatewayError::TokenTooLong { in_header: true } => 431,
+            GatewayError::NotFound => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::PayloadTooLarge => 413,
+            GatewayError::NotSupported(_) => 501,
+            GatewayError::CrmUnavailable(_) => 502,
+            GatewayError::CrmTimeout => 504,
+            GatewayError::CrmError { .. } => 502,
+            GatewayError::CrmInvalidResponse(_) => 502,
+            GatewayError::CrmRejected { status, .. } => *status,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            GatewayError::BadRequest(_) => "BAD_REQUEST",
+            GatewayError::TokenTooLong { .. } => "TOKEN_TOO_LONG",
+            GatewayError::NotFound => "NOT_FOUND",
+            GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            GatewayError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            GatewayError::NotSupported(_) => "NOT_SUPPORTED",
+            GatewayError::CrmUnavailable(_) => "CRM_UNAVAILABLE",
+            GatewayError::CrmTimeout => "CRM_TIMEOUT",
+            GatewayError::CrmError { .. } => "CRM_ERROR",
+            GatewayError::CrmInvalidResponse(_) => "CRM_INVALID_RESPONSE",
+            GatewayError::CrmRejected { code, .. } => code,
+            GatewayError::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            GatewayError::BadRequest(why) => (*why).to_string(),
+            GatewayError::TokenTooLong { .. } => "token is longer than the configured limit".into(),
+            GatewayError::NotFound => "no such route".into(),
+            GatewayError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
+            GatewayError::PayloadTooLarge => "request body is larger than the configured limit".into(),
+            GatewayError::NotSupported(what) => {
+                format!("{what} is not supported by the configured internal system")
+            }
+            GatewayError::CrmUnavailable(why) => format!("CRM unavailable: {why}"),
+            GatewayError::CrmTimeout => "CRM did not answer in time".into(),
+            GatewayError::CrmError { status } => format!("CRM failed with status {status}"),
+            GatewayError::CrmInvalidResponse(why) => format!("CRM sent an invalid answer: {why}"),
+            GatewayError::CrmRejected { text, .. } => text.clone(),
+            GatewayError::Internal(why) => format!("internal error: {why}"),
+        }
+    }
+
+    /// A "this client does not exist / this token is not valid" answer: it is the CRM's
+    /// considered reply about the token, so it may be cached for `cache.negative_ttl`.
+    pub fn is_negative(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::CrmRejected {
+                status: 401 | 404 | 410,
+                ..
+            }
+        )
+    }
+
+    /// A failure of the internal system (not of the request): stale cards may cover it.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::CrmUnavailable(_)
+                | GatewayError::CrmTimeout
+                | GatewayError::CrmError { .. }
+                | GatewayError::CrmInvalidResponse(_)
+        )
+    }
+
+    /// The JSON body `{errorCode, errorText}`.
+    pub fn body(&self) -> Bytes {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "errorCode")]
+            code: &'a str,
+            #[serde(rename = "errorText")]
+            text: &'a str,
+        }
+        let text = self.text();
+        let json = serde_json::to_vec(&Body {
+            code: self.code(),
+            text: &text,
+        })
+        .expect("two strings always serialise");
+        Bytes::from(json)
+    }
+
+    /// Extra response header this error needs (`Allow` for 405).
+    pub fn allow(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::MethodNotAllowed { allow } => Some(allow),
+            _ => None,
+        }
+    }
+}
+
+/// The gateway's own error codes, for the README table and its test.
+pub const CODES: &[(&str, u16, &str)] = &[
+    (
+        "BAD_REQUEST",
+        400,
+        "empty or missing token, control characters, malformed parameters",
+    ),
+    (
+        "TOKEN_TOO_LONG",
+        414,
+        "token over limits.max_token_bytes (431 when it came in a header)",
+    ),
+    ("NOT_FOUND", 404, "no such route"),
+    (
+        "METHOD_NOT_ALLOWED",
+        405,
+        "route exists, method does not; `Allow` lists the methods",
+    ),
+    (
+        "PAYLOAD_TOO_LARGE",
+        413,
+        "request body over limits.max_body_bytes",
+    ),
+    (
+        "NOT_SUPPORTED",
+        501,
+        "the configured dialect does not offer this API",
+    ),
+    (
+        "CRM_UNAVAILABLE",
+        502,
+        "connection to the CRM refused, reset or closed",
+    ),
+    (
+        "CRM_TIMEOUT",
+        504,
+        "the CRM did not answer within upstream.timeout",
+    ),
+    ("CRM_ERROR", 502, "the CRM answered with a 5xx status"),
+    (
+        "CRM_INVALID_RESPONSE",
+        502,
+        "the CRM's answer is not JSON, too large, or a 200 without client.id",
+    ),
+    ("INTERNAL_ERROR", 500, "a gateway-side failure"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_renders_string_fields() {
+        let all = [
+            GatewayError::BadRequest("empty token"),
+            GatewayError::TokenTooLong { in_header: true },
+            GatewayError::NotFound,
+            GatewayError::MethodNotAllowed { allow: "GET" },
+            GatewayError::PayloadTooLarge,
+            GatewayError::NotSupported("search"),
+            GatewayError::CrmUnavailable("connection refused"),
+            GatewayError::CrmTimeout,
+            GatewayError::CrmError { status: 500 },
+            GatewayError::CrmInvalidResponse("not JSON"),
+            GatewayError::CrmRejected {
+                status: 404,
+                code: "1001".into(),
+                text: "Client \"x\" not found".into(),
+            },
+            GatewayError::Internal("x"),
+        ];
+        for e in all {
+            let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+            assert!(v["errorCode"].is_string() && v["errorText"].is_string(), "{e:?}");
+            assert_ne!(e.status(), 200);
+            if !matches!(e, GatewayError::CrmRejected { .. }) {
+                let listed = CODES
+                    .iter()
+                    .find(|(c, _, _)| *c == e.code())
+                    .expect("code in table");
+                assert!(listed.1 == e.status() || e.code() == "TOKEN_TOO_LONG");
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The chat-server-facing service: a Pingora `ProxyHttp` that answers every request itself.
+//!
+//! `request_filter` runs the whole data flow — parse → cache → dialect → upstream →
+//! normalise → respond — and returns `Ok(true)`, so Pingora's proxy pipeline never runs
+//! and every byte the chat server sees is written by [`crate::respond`]. `logging` records
+//! metrics and the access-log line once the answer is out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use prometheus::IntGauge;
+
+use crate::accesslog;
+use crate::cache::{CacheResult, CardCache};
+use crate::config::Config;
+use crate::dialect::Dialect;
+use crate::error::GatewayError;
+use crate::keys::TokenHasher;
+use crate::metrics::Metrics;
+use crate::parse::{self, Api, Route, Token};
+use crate::respond::{self, Answer};
+use crate::upstream::{Trace, Upstream};
+
+/// Everything a request needs, shared by all workers.
+pub struct Gateway {
+    pub cfg: Config,
+    pub cache: CardCache,
+    pub dialect: Box<dyn Dialect>,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    pub hasher: TokenHasher,
+}
+
+/// Per-request state for the log line and metrics.
+pub struct Ctx {
+    start: Instant,
+    api: Api,
+    status: u16,
+    error_code: Option<String>,
+    cache: Option<CacheResult>,
+    token_fp: Option<String>,
+    upstream: Option<(Option<u16>, Duration)>,
+    _inflight: Option<InflightGuard>,
+}
+
+/// Counts a request as in flight until its context is dropped, whatever path it took.
+struct InflightGuard(IntGauge);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The Pingora service wrapper.
+pub struct Listener(pub Arc<Gateway>);
+
+impl Gateway {
+    async fn answer(&self, session: &mut Session, ctx: &mut Ctx) -> Answer {
+        let (api, route) = parse::route(session.req_header(), self.cfg.limits.max_token_bytes);
+        ctx.api = api;
+        let result = match route {
+            Ok(Route::Card(token)) => self.card(session, ctx, token).await,
+            Ok(Route::Search) => match self.read_body(session).await {
+                Ok(_) => Err(GatewayError::NotSupported("the Search client API")),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(answer) => answer,
+            Err(e) => {
+                ctx.error_code = Some(e.code().to_string());
+                error_answer(&e, ctx.cache.map(CacheResult::header))
+            }
+        }
+    }
+
+    async fn card(&self, session: &mut Session, ctx: &mut Ctx, token: Token) -> Result<Answer, GatewayError> {
+        if session.req_header().method == http::Method::POST {
+            self.read_body(session).await?;
+        }
+        ctx.token_fp = Some(self.hasher.fingerprint(token.as_bytes()));
+        let key = self.hasher.cache_key(token.as_bytes());
+        let trace = Trace::default();
+        let (result, how) = self
+            .cache
+            .get_or_fetch(key, || self.dialect.fetch_card(&self.upstream, &token, &trace))
+            .await;
+        ctx.cache = Some(how);
+        ctx.upstream = trace.get();
+        let stored = result?;
+        if let Some(code) = &stored.error_code {
+            ctx.error_code = Some(code.to_string());
+        }
+        Ok(Answer {
+            status: stored.status,
+            body: stored.body.clone(),
+            x_cache: Some(how.header()),
+            allow: None,
+            close: false,
+        })
+    }
+
+    /// Read the request body within `limits.max_body_bytes`.
+    async fn read_body(&self, session: &mut Session) -> Result<Bytes, GatewayError> {
+        let limit = usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX);
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(GatewayError::PayloadTooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(_) => return Err(GatewayError::BadRequest("request body could not be read")),
+            }
+        }
+    }
+}
+
+fn error_answer(e: &GatewayError, x_cache: Option<&'static str>) -> Answer {
+    Answer {
+        status: e.status(),
+        body: e.body(),
+        x_cache,
+        allow: e.allow(),
+        // An unread oversized or broken body cannot be skipped safely.
+        close: matches!(
+            e,
+            GatewayError::PayloadTooLarge | GatewayError::BadRequest("request body could not be read")
+        ),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Listener {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            api: Api::Other,
+            status: 0,
+            error_code: None,
+            cache: None,
+            token_fp: None,
+            upstream: None,
+            _inflight: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let gw = &self.0;
+        gw.metrics.inflight.inc();
+        ctx._inflight = Some(InflightGuard(gw.metrics.inflight.clone()));
+        ctx.start = Instant::now();
+        let answer = gw.answer(session, ctx).await;
+        ctx.status = answer.status;
+        respond::write(session, answer).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        // Every request is answered in request_filter; the proxy pipeline is never reached.
+        Err(pingora::Error::new_str("cardgate answers every request itself"))
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let gw = &self.0;
+        let elapsed = ctx.start.elapsed();
+        let api = ctx.api.label();
+        let status = if ctx.status == 0 { 499 } else { ctx.status };
+        gw.metrics
+            .requests
+            .with_label_values(&[api, status_label(status)])
+            .inc();
+        gw.metrics
+            .request_seconds
+            .with_label_values(&[api])
+            .observe(elapsed.as_secs_f64());
+        if let Some(how) = ctx.cache {
+            gw.metrics.cache_lookups.with_label_values(&[how.label()]).inc();
+        }
+        if !gw.cfg.log.access {
+            return;
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        accesslog::emit(&accesslog::Line {
+            ts: accesslog::now(),
+            api,
+            method: session.req_header().method.as_str(),
+            status,
+            error_code: ctx.error_code.as_deref(),
+            cache: ctx.cache.map(CacheResult::label),
+            upstream_status: ctx.upstream.and_then(|(s, _)| s),
+            upstream_ms: ctx.upstream.map(|(_, d)| accesslog::millis(d)),
+            duration_ms: accesslog::millis(elapsed),
+            token_fp: ctx.token_fp.as_deref(),
+            peer,
+        });
+    }
+}
+
+/// A static label for an HTTP status (no allocation on the hot path).
+fn status_label(status: u16) -> &'static str {
+    const KNOWN: &[(u16, &str)] = &[
+        (200, "200"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (410, "410"),
+        (413, "413"),
+        (414, "414"),
+        (429, "429"),
+        (431, "431"),
+        (499, "499"),
+        (500, "500"),
+        (501, "501"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    KNOWN.iter().find(|(s, _)| *s == status).map_or(
+        match status {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        },
+        |(_, l)| l,
+    )
+}

@@ -1,0 +1,65 @@
+//! Keyed hashes of tokens: the only form in which a token is kept or shown.
+//!
+//! A cache key is the full 256-bit keyed BLAKE3 hash of the token; a log fingerprint is
+//! the first 4 bytes (8 hex digits) of a second, independently keyed hash, so a
+//! fingerprint says nothing about the cache key. The secret is random per process, or
+//! read from the environment variable named by `cache.hash_key_env` so that several
+//! instances agree.
+
+/// A cache key: the keyed hash of a token, never the token.
+pub type CacheKey = [u8; 32];
+
+pub struct TokenHasher {
+    cache_key: [u8; 32],
+    fingerprint_key: [u8; 32],
+}
+
+impl TokenHasher {
+    /// Derive both keys from a secret.
+    pub fn from_secret(secret: &[u8]) -> Self {
+        TokenHasher {
+            cache_key: blake3::derive_key("cardgate 2026 token cache key", secret),
+            fingerprint_key: blake3::derive_key("cardgate 2026 token log fingerprint", secret),
+        }
+    }
+
+    /// A random secret, for a single instance.
+    pub fn random() -> Self {
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret).expect("the OS random source is available");
+        Self::from_secret(&secret)
+    }
+
+    pub fn cache_key(&self, token: &[u8]) -> CacheKey {
+        *blake3::keyed_hash(&self.cache_key, token).as_bytes()
+    }
+
+    /// 8 hex digits that tell requests for one token apart in logs.
+    pub fn fingerprint(&self, token: &[u8]) -> String {
+        let h = blake3::keyed_hash(&self.fingerprint_key, token);
+        h.to_hex()[..8].to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_per_secret_and_independent() {
+        let a = TokenHasher::from_secret(b"0123456789abcdef");
+        let b = TokenHasher::from_secret(b"0123456789abcdef");
+        let c = TokenHasher::from_secret(b"fedcba9876543210");
+        assert_eq!(a.cache_key(b"tok"), b.cache_key(b"tok"));
+        assert_ne!(a.cache_key(b"tok"), c.cache_key(b"tok"));
+        assert_ne!(a.cache_key(b"tok"), a.cache_key(b"tok2"));
+        let fp = a.fingerprint(b"tok");
+        assert_eq!(fp.len(), 8);
+        assert!(fp.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(!hex(&a.cache_key(b"tok")).starts_with(&fp));
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+}

@@ -1,0 +1,23 @@
+//! cardgate: the gateway between a chat server and the internal system that knows the clients.
+//!
+//! The modules follow a request: [`server`] runs the listeners; [`gateway`] is the
+//! chat-server-facing service, which calls [`parse`] → [`cache`] → [`dialect`] →
+//! [`upstream`] → [`normalise`] → [`respond`]. Around them: [`config`], [`keys`] (token
+//! hashing), [`error`] (the one error type), [`metrics`], [`accesslog`], [`admin`], and
+//! [`mock`], a built-in internal system for demos and tests.
+
+pub mod accesslog;
+pub mod admin;
+pub mod cache;
+pub mod config;
+pub mod dialect;
+pub mod error;
+pub mod gateway;
+pub mod keys;
+pub mod metrics;
+pub mod mock;
+pub mod normalise;
+pub mod parse;
+pub mod respond;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,206 @@
+//! Validate what the internal system answered and turn it into our answer.
+//!
+//! A card is a JSON object with a `client` object whose `id` is a non-empty string (or a
+//! number, as loose systems send). It is passed on as the CRM's own bytes, so unknown
+//! fields and loose types survive untouched. A CRM error (`errorCode`/`errorText`, with a
+//! non-200 status or on a 200 without `client`) becomes [`GatewayError::CrmRejected`] with
+//! both fields coerced to strings. Anything else is an invalid answer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::GatewayError;
+
+/// A validated client card, ready to write.
+#[derive(Debug, Clone)]
+pub struct Card {
+    /// The JSON answer body (`{"client": ..., "companyList": ...}`).
+    pub body: Bytes,
+    /// `Cache-Control: max-age` from the internal system: lowers the TTL.
+    pub max_age: Option<Duration>,
+    /// `Cache-Control: no-store` (or `no-cache`/`private`): do not keep it.
+    pub no_store: bool,
+}
+
+/// The parts of an upstream answer that mapping needs.
+#[derive(Debug, Clone)]
+pub struct UpstreamAnswer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub body: Bytes,
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    client: Option<ClientProbe>,
+    #[serde(rename = "errorCode")]
+    error_code: Option<Value>,
+    #[serde(rename = "errorText")]
+    error_text: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ClientProbe {
+    id: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorProbe {
+    #[serde(rename = "errorCode")]
+    error_code: Option<Value>,
+    #[serde(rename = "errorText")]
+    error_text: Option<Value>,
+}
+
+fn value_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Map an Auth API answer of an internal system that speaks the Auth API (`iq`).
+pub fn auth_answer(a: UpstreamAnswer) -> Result<Card, GatewayError> {
+    match a.status {
+        200 => {
+            let probe: Probe = serde_json::from_slice(&a.body)
+                .map_err(|_| GatewayError::CrmInvalidResponse("body is not a JSON object"))?;
+            match probe.client {
+                Some(client) => {
+                    let id_ok = match client.id {
+                        Some(Value::String(s)) => !s.is_empty(),
+                        Some(Value::Number(_)) => true,
+                        _ => false,
+                    };
+                    if !id_ok {
+                        return Err(GatewayError::CrmInvalidResponse("client.id is missing or empty"));
+                    }
+                    let (max_age, no_store) = cache_directives(a.cache_control.as_deref());
+                    Ok(Card {
+                        body: a.body,
+                        max_age,
+                        no_store,
+                    })
+                }
+                None => match value_text(probe.error_code.as_ref()) {
+                    // A 200 that carries an error: the CRM's verdict, answered as not found.
+                    Some(code) => Err(GatewayError::CrmRejected {
+                        status: 404,
+                        text: value_text(probe.error_text.as_ref()).unwrap_or_else(|| code.clone()),
+                        code,
+                    }),
+                    None => Err(GatewayError::CrmInvalidResponse("200 without client")),
+                },
+            }
+        }
+        500..=599 => Err(GatewayError::CrmError { status: a.status }),
+        400..=499 => Err(rejection(a.status, &a.body)),
+        _ => Err(GatewayError::CrmInvalidResponse("unexpected status")),
+    }
+}
+
+/// The CRM's own error: its status, errorCode and errorText pass through.
+pub fn rejection(status: u16, body: &[u8]) -> GatewayError {
+    let probe: Option<ErrorProbe> = serde_json::from_slice(body).ok();
+    let code = probe.as_ref().and_then(|p| value_text(p.error_code.as_ref()));
+    let text = probe.as_ref().and_then(|p| value_text(p.error_text.as_ref()));
+    GatewayError::CrmRejected {
+        status,
+        code: code.unwrap_or_else(|| format!("CRM_{status}")),
+        text: text.unwrap_or_else(|| format!("CRM answered {status}")),
+    }
+}
+
+/// Read `no-store`/`no-cache`/`private` and `max-age=N` from a Cache-Control value.
+pub fn cache_directives(value: Option<&str>) -> (Option<Duration>, bool) {
+    let mut max_age = None;
+    let mut no_store = false;
+    for d in value.unwrap_or("").split(',') {
+        let d = d.trim().to_ascii_lowercase();
+        if d == "no-store" || d == "no-cache" || d == "private" {
+            no_store = true;
+        } else if let Some(n) = d.strip_prefix("max-age=") {
+            if let Ok(secs) = n.trim_matches('"').parse::<u64>() {
+                max_age = Some(Duration::from_secs(secs));
+            }
+        }
+    }
+    (max_age, no_store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> UpstreamAnswer {
+        UpstreamAnswer {
+            status,
+            content_type: Some("application/json".into()),
+            cache_control: None,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn cards_pass_through_byte_for_byte() {
+        let body = r#"{"client":{"id":"1","enabled":"false","x-unknown":[1]},"companyList":[{"id":"2"}]}"#;
+        let card = auth_answer(answer(200, body)).unwrap();
+        assert_eq!(card.body.as_ref(), body.as_bytes());
+        assert!(auth_answer(answer(200, r#"{"client":{"id":42}}"#)).is_ok());
+    }
+
+    #[test]
+    fn invalid_answers() {
+        for body in [
+            "<html>",
+            "{\"client\":",
+            "{\"client\":{\"id\":\"\"}}",
+            "{\"client\":{}}",
+            "{}",
+            "[]",
+        ] {
+            let e = auth_answer(answer(200, body)).unwrap_err();
+            assert_eq!(e.code(), "CRM_INVALID_RESPONSE", "{body}");
+        }
+        assert_eq!(
+            auth_answer(answer(503, "<html>")).unwrap_err(),
+            GatewayError::CrmError { status: 503 }
+        );
+        assert_eq!(auth_answer(answer(302, "")).unwrap_err().status(), 502);
+    }
+
+    #[test]
+    fn crm_errors_pass_through() {
+        let e = auth_answer(answer(
+            404,
+            r#"{"errorCode":1001,"errorText":"Client not found"}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code(), e.text().as_str()),
+            (404, "1001", "Client not found")
+        );
+        assert!(e.is_negative());
+        let e = auth_answer(answer(200, r#"{"errorCode":"7","errorText":"blocked"}"#)).unwrap_err();
+        assert_eq!((e.status(), e.code()), (404, "7"));
+        let e = auth_answer(answer(403, "nope")).unwrap_err();
+        assert_eq!((e.status(), e.code()), (403, "CRM_403"));
+        assert!(!e.is_negative());
+    }
+
+    #[test]
+    fn cache_control() {
+        assert_eq!(
+            cache_directives(Some("public, max-age=30")),
+            (Some(Duration::from_secs(30)), false)
+        );
+        assert_eq!(cache_directives(Some("No-Store")), (None, true));
+        assert_eq!(cache_directives(None), (None, false));
+    }
+}

@@ -1,0 +1,227 @@
+//! Parse a chat-server request into what it asks for.
+//!
+//! Routes are fixed by the Auth API and the Search client API; anything else is a JSON
+//! 404 or 405. The token comes from the last path segment (percent-decoded) of
+//! `GET /rest/chat/client/id/{token}` or from the `token` header of
+//! `POST /rest/chat/client/id/`. Size and character limits are enforced here, before any
+//! lookup, so that nothing downstream ever sees an oversized or malformed token.
+
+use bytes::Bytes;
+use percent_encoding::percent_decode;
+use pingora::http::RequestHeader;
+
+use crate::error::GatewayError;
+
+const AUTH_PREFIX: &str = "/rest/chat/client/id";
+const SEARCH_PREFIX: &str = "/rest/chat/client/search";
+
+/// The API a request belongs to, as a metrics and log label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Auth,
+    Search,
+    Other,
+}
+
+impl Api {
+    pub fn label(self) -> &'static str {
+        match self {
+            Api::Auth => "auth",
+            Api::Search => "search",
+            Api::Other => "other",
+        }
+    }
+}
+
+/// A client token. Its bytes are secret: no `Debug`, no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Bytes);
+
+impl Token {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// What a chat-server request asks for.
+#[derive(Debug)]
+pub enum Route {
+    /// Auth API, either form.
+    Card(Token),
+    /// Search client API (the parameters are in the body).
+    Search,
+}
+
+/// Identify the route, the API and, for the Auth API, the token.
+pub fn route(req: &RequestHeader, max_token_bytes: usize) -> (Api, Result<Route, GatewayError>) {
+    let path = req.uri.path();
+    let method = req.method.as_str();
+    if let Some(rest) = path.strip_prefix(AUTH_PREFIX) {
+        return (Api::Auth, auth_route(method, rest, req, max_token_bytes));
+    }
+    if let Some(rest) = path.strip_prefix(SEARCH_PREFIX) {
+        let known =
+            rest.is_empty() || rest == "/" || (rest[1..].find('/').is_none() && rest.starts_with('/'));
+        if !known {
+            return (Api::Other, Err(GatewayError::NotFound));
+        }
+        return match method {
+            "POST" => (Api::Search, Ok(Route::Search)),
+            _ => (Api::Search, Err(GatewayError::MethodNotAllowed { allow: "POST" })),
+        };
+    }
+    (Api::Other, Err(GatewayError::NotFound))
+}
+
+fn auth_route(method: &str, rest: &str, req: &RequestHeader, max: usize) -> Result<Route, GatewayError> {
+    match rest {
+        // `/rest/chat/client/id` and `/rest/chat/client/id/`: the POST form.
+        "" | "/" => match method {
+            "POST" => header_token(req, max).map(Route::Card),
+            "GET" => Err(GatewayError::BadRequest("token is empty")),
+            _ => Err(GatewayError::MethodNotAllowed { allow: "GET, POST" }),
+        },
+        _ => {
+            let Some(raw) = rest.strip_prefix('/') else {
+                return Err(GatewayError::NotFound);
+            };
+            if raw.contains('/') {
+                return Err(GatewayError::NotFound);
+            }
+            match method {
+                "GET" => path_token(raw, max).map(Route::Card),
+                _ => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            }
+        }
+    }
+}
+
+fn path_token(raw: &str, max: usize) -> Result<Token, GatewayError> {
+    // A percent-encoded token is at most three times as long as its decoded form.
+    if raw.len() > max.saturating_mul(3) {
+        return Err(GatewayError::TokenTooLong { in_header: false });
+    }
+    let decoded: Vec<u8> = percent_decode(raw.as_bytes()).collect();
+    check_token(decoded, max, false)
+}
+
+fn header_token(req: &RequestHeader, max: usize) -> Result<Token, GatewayError> {
+    let mut values = req.headers.get_all("token").iter();
+    let Some(value) = values.next() else {
+        return Err(GatewayError::BadRequest("token header is missing"));
+    };
+    if values.next().is_some() {
+        return Err(GatewayError::BadRequest("token header is repeated"));
+    }
+    check_token(value.as_bytes().to_vec(), max, true)
+}
+
+fn check_token(bytes: Vec<u8>, max: usize, in_header: bool) -> Result<Token, GatewayError> {
+    if bytes.is_empty() {
+        return Err(GatewayError::BadRequest("token is empty"));
+    }
+    if bytes.len() > max {
+        return Err(GatewayError::TokenTooLong { in_header });
+    }
+    if bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(GatewayError::BadRequest("token contains control characters"));
+    }
+    Ok(Token(Bytes::from(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, token: Option<&str>) -> RequestHeader {
+        let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        if let Some(t) = token {
+            r.insert_header("token", t).unwrap();
+        }
+        r
+    }
+
+    fn card(method: &str, path: &str, token: Option<&str>) -> Result<Vec<u8>, GatewayError> {
+        match route(&req(method, path, token), 16).1? {
+            Route::Card(t) => Ok(t.as_bytes().to_vec()),
+            Route::Search => panic!("not a card route"),
+        }
+    }
+
+    #[test]
+    fn both_auth_forms_give_the_token() {
+        assert_eq!(card("GET", "/rest/chat/client/id/abc", None).unwrap(), b"abc");
+        assert_eq!(
+            card("GET", "/rest/chat/client/id/a%20b%2Fc?x=1", None).unwrap(),
+            b"a b/c"
+        );
+        assert_eq!(
+            card("POST", "/rest/chat/client/id/", Some("xyz")).unwrap(),
+            b"xyz"
+        );
+        assert_eq!(card("POST", "/rest/chat/client/id", Some("xyz")).unwrap(), b"xyz");
+    }
+
+    #[test]
+    fn bad_tokens_are_rejected_with_the_right_status() {
+        let status = |m: &str, p: &str, t: Option<&str>| card(m, p, t).unwrap_err().status();
+        assert_eq!(status("GET", "/rest/chat/client/id/", None), 400);
+        assert_eq!(status("POST", "/rest/chat/client/id/", None), 400);
+        assert_eq!(status("POST", "/rest/chat/client/id/", Some("")), 400);
+        assert_eq!(status("GET", "/rest/chat/client/id/a%0Ab", None), 400);
+        assert_eq!(status("GET", "/rest/chat/client/id/a%00b", None), 400);
+        assert_eq!(status("GET", "/rest/chat/client/id/aaaaaaaaaaaaaaaaa", None), 414);
+        assert_eq!(
+            status("GET", &format!("/rest/chat/client/id/{}", "%41".repeat(17)), None),
+            414
+        );
+        assert_eq!(
+            status("POST", "/rest/chat/client/id/", Some("aaaaaaaaaaaaaaaaa")),
+            431
+        );
+        assert_eq!(status("POST", "/rest/chat/client/id/", Some("a\tb")), 400);
+    }
+
+    #[test]
+    fn routes_and_methods() {
+        let r = |m, p| route(&req(m, p, Some("t")), 16);
+        assert_eq!(r("GET", "/").1.unwrap_err(), GatewayError::NotFound);
+        assert_eq!(
+            r("GET", "/rest/chat/client/id/a/b").1.unwrap_err(),
+            GatewayError::NotFound
+        );
+        assert_eq!(
+            r("GET", "/rest/chat/client/idx").1.unwrap_err(),
+            GatewayError::NotFound
+        );
+        assert_eq!(r("PUT", "/rest/chat/client/id/").1.unwrap_err().status(), 405);
+        assert_eq!(
+            r("POST", "/rest/chat/client/id/abc").1.unwrap_err().allow(),
+            Some("GET")
+        );
+        assert!(matches!(
+            r("POST", "/rest/chat/client/search/").1,
+            Ok(Route::Search)
+        ));
+        assert!(matches!(
+            r("POST", "/rest/chat/client/search/42").1,
+            Ok(Route::Search)
+        ));
+        assert!(matches!(
+            r("POST", "/rest/chat/client/search").1,
+            Ok(Route::Search)
+        ));
+        assert_eq!(r("GET", "/rest/chat/client/search/").1.unwrap_err().status(), 405);
+        assert_eq!(
+            r("POST", "/rest/chat/client/search/1/2").1.unwrap_err().status(),
+            404
+        );
+        assert_eq!(r("GET", "/rest/chat/client/id/x").0, Api::Auth);
+    }
+}

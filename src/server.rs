@@ -1,0 +1,173 @@
+//! Assemble and run the Pingora server: the chat-server listener, the admin listener and,
+//! for demos, a built-in mock of the internal system.
+//!
+//! The Pingora `ServerConf` is derived from our config (threads, grace period, upgrade
+//! socket), so the operator edits one file. SIGTERM turns readiness to 503, stops accepting,
+//! lets in-flight requests finish and exits as soon as none is left, within
+//! `server.grace_period`. SIGQUIT hands the listening sockets to a new process started with
+//! `--upgrade` (Pingora's zero-downtime upgrade). SIGINT exits at once.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
+use pingora::services::ServiceWithDependents;
+use prometheus::IntGauge;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::Admin;
+use crate::cache::CardCache;
+use crate::config::{Config, ConfigError};
+use crate::dialect;
+use crate::gateway::{Gateway, Listener};
+use crate::keys::TokenHasher;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// Build the shared gateway state from a validated config.
+pub fn gateway(cfg: Config) -> Result<Arc<Gateway>, ConfigError> {
+    let metrics = Arc::new(Metrics::new(cfg.upstream.dialect.name()));
+    let evictions = metrics.cache_evictions.clone();
+    let cache = CardCache::new(&cfg.cache, move || evictions.inc());
+    let hasher = match &cfg.cache.hash_key_env {
+        Some(var) => TokenHasher::from_secret(
+            std::env::var(var)
+                .map_err(|_| ConfigError(format!("cache.hash_key_env: {var} is not set")))?
+                .as_bytes(),
+        ),
+        None => TokenHasher::random(),
+    };
+    let upstream = Upstream::new(&cfg, metrics.clone())?;
+    Ok(Arc::new(Gateway {
+        dialect: dialect::from_config(&cfg),
+        cfg,
+        cache,
+        upstream,
+        metrics,
+        hasher,
+    }))
+}
+
+/// Everything the process runs besides the gateway itself (the demo's mock CRM).
+pub type Extra = Box<dyn ServiceWithDependents>;
+
+/// Run the gateway (and any extra services) until a signal ends the process.
+pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), ConfigError> {
+    let grace = cfg.server.grace_period;
+    let conf = ServerConf {
+        threads: cfg.server.threads,
+        // Upper bound only: the drain watcher below exits as soon as nothing is in flight.
+        grace_period_seconds: Some(grace.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: cfg.upgrade_sock(),
+        pid_file: format!("{}.pid", cfg.upgrade_sock().trim_end_matches(".upgrade.sock")),
+        daemon: false,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let listen = cfg.server.listen.clone();
+    let admin_listen = cfg.admin.listen.clone();
+    let gw = gateway(cfg)?;
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Listener(gw.clone()),
+        "cardgate listener",
+    );
+    proxy.add_tcp(&listen);
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let mut admin = Service::new(
+        "cardgate admin".to_string(),
+        HttpServer::new_app(Admin {
+            gateway: gw.clone(),
+            draining: draining.clone(),
+        }),
+    );
+    admin.add_tcp(&admin_listen);
+    admin.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    for service in extra {
+        server.add_boxed_service(service);
+    }
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            draining,
+            inflight: gw.metrics.inflight.clone(),
+            grace,
+        }),
+    });
+    Ok(())
+}
+
+/// Turns Unix signals into Pingora shutdowns, and ends a graceful one early once drained.
+struct Signals {
+    draining: Arc<AtomicBool>,
+    inflight: IntGauge,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            eprintln!("cardgate: cannot install signal handlers");
+            return ShutdownSignal::FastShutdown;
+        };
+        let kind = tokio::select! {
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        };
+        self.draining.store(true, Ordering::SeqCst);
+        if matches!(kind, ShutdownSignal::GracefulTerminate) {
+            let (inflight, grace) = (self.inflight.clone(), self.grace);
+            std::thread::spawn(move || exit_when_drained(&inflight, grace));
+        }
+        kind
+    }
+}
+
+/// After the listeners have stopped accepting, exit once no request is in flight or when
+/// the grace period is over, whichever comes first.
+fn exit_when_drained(inflight: &IntGauge, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    std::thread::sleep(Duration::from_millis(50).min(grace));
+    while inflight.get() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
+}
+
+/// Run only the mock internal system (`cardgate mock-crm`); SIGTERM ends it at once.
+pub fn run_mock(listen: &str) {
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: format!("/tmp/cardgate-mock-{}.upgrade.sock", std::process::id()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server.add_service(crate::mock::service(listen));
+    server.run(RunArgs::default());
+}

@@ -1,0 +1,412 @@
+//! Test harness: runs the real `cardgate` binary (gateway and mock CRM) on ephemeral
+//! loopback ports and talks HTTP to them.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cardgate");
+
+/// A port that was free a moment ago (a clash is retried by the starters below).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A token no other test uses, long enough that grepping output for it means something.
+pub fn token(prefix: &str) -> String {
+    let mut b = [0u8; 8];
+    getrandom(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{prefix}-tok-{hex}")
+}
+
+fn getrandom(buf: &mut [u8]) {
+    let mut f = std::fs::File::open("/dev/urandom").unwrap();
+    f.read_exact(buf).unwrap();
+}
+
+/// A child process whose stdout and stderr are collected.
+pub struct Proc {
+    pub child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn cardgate");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut o = output.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        Proc { child, output }
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Wait for exit up to `limit`; the time it took, or None.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.exited() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool, proc: &mut Proc) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if proc.exited() {
+            return false;
+        }
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Assert the uniform error shape and return the errorCode.
+    pub fn error_code(&self) -> String {
+        assert_ne!(self.status, 200, "{}", self.body);
+        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        let v = self.json();
+        assert!(v["errorText"].is_string(), "{}", self.body);
+        v["errorCode"]
+            .as_str()
+            .expect("errorCode is a string")
+            .to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(15)).build()
+}
+
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    let mut req = agent().request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = resp.header(&n).unwrap_or("").to_string();
+            (n, v)
+        })
+        .collect();
+    let body = resp.into_string().unwrap();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The mock CRM, as its own process.
+pub struct Mock {
+    pub addr: String,
+    pub proc: Proc,
+}
+
+impl Mock {
+    pub fn start() -> Mock {
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut proc = Proc::spawn(&["mock-crm", "--listen", &addr], &[]);
+            if wait_until(
+                Duration::from_secs(10),
+                || TcpStream::connect(&addr).is_ok(),
+                &mut proc,
+            ) {
+                return Mock { addr, proc };
+            }
+        }
+        panic!("mock CRM did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn journal(&self) -> Vec<Value> {
+        let r = request("GET", &format!("{}/__mock/journal", self.url()), &[], None);
+        r.json().as_array().unwrap().clone()
+    }
+
+    /// Requests the mock saw for a token (in its header or its path).
+    pub fn calls_for(&self, token: &str) -> Vec<Value> {
+        self.journal()
+            .into_iter()
+            .filter(|e| e["headers"]["token"] == token || e["path"].as_str().unwrap_or("").contains(token))
+            .collect()
+    }
+
+    pub fn fail(&self, mode: &str) {
+        let r = request(
+            "POST",
+            &format!("{}/__mock/fail", self.url()),
+            &[],
+            Some(mode.as_bytes()),
+        );
+        assert_eq!(r.status, 200);
+    }
+}
+
+/// The gateway, as its own process, with a config written for it.
+pub struct Gateway {
+    pub addr: String,
+    pub admin: String,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Start with `[upstream] url = crm_url` plus `extra` TOML lines placed in their sections:
+    /// `extra` is a list of (section, lines).
+    pub fn start(crm_url: &str, extra: &[(&str, &str)]) -> Gateway {
+        Self::start_with_env(crm_url, extra, &[])
+    }
+
+    pub fn start_with_env(crm_url: &str, extra: &[(&str, &str)], envs: &[(&str, &str)]) -> Gateway {
+        let section = |name: &str| -> String {
+            extra
+                .iter()
+                .filter(|(s, _)| *s == name)
+                .map(|(_, l)| format!("{l}\n"))
+                .collect()
+        };
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let admin = format!("127.0.0.1:{}", free_port());
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("cardgate.toml");
+            let text = format!(
+                "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\nupgrade_sock = \"{sock}\"\n{server}\
+                 [admin]\nlisten = \"{admin}\"\n\
+                 [upstream]\nurl = \"{crm_url}\"\ntimeout = \"1s\"\n{upstream}\
+                 [cache]\n{cache}[limits]\n{limits}",
+                sock = dir.path().join("upgrade.sock").display(),
+                server = section("server"),
+                upstream = section("upstream"),
+                cache = section("cache"),
+                limits = section("limits"),
+            );
+            std::fs::write(&path, text).unwrap();
+            let mut proc = Proc::spawn(&["--config", path.to_str().unwrap()], envs);
+            let ready_url = format!("http://{admin}/readyz");
+            let ready = wait_until(
+                Duration::from_secs(15),
+                || {
+                    TcpStream::connect(&addr).is_ok()
+                        && ureq::get(&ready_url)
+                            .timeout(Duration::from_secs(2))
+                            .call()
+                            .is_ok()
+                },
+                &mut proc,
+            );
+            if ready {
+                return Gateway {
+                    addr,
+                    admin,
+                    proc,
+                    _dir: dir,
+                };
+            }
+            eprintln!("gateway did not start (retrying): {}", proc.output());
+        }
+        panic!("gateway did not start");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn get_card(&self, token: &str) -> Resp {
+        request(
+            "GET",
+            &self.url(&format!("/rest/chat/client/id/{token}")),
+            &[],
+            None,
+        )
+    }
+
+    pub fn post_card(&self, token: &str) -> Resp {
+        request(
+            "POST",
+            &self.url("/rest/chat/client/id/"),
+            &[("token", token)],
+            Some(b""),
+        )
+    }
+
+    pub fn admin(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let body = (method == "POST").then_some(&b""[..]);
+        request(method, &format!("http://{}{path}", self.admin), headers, body)
+    }
+
+    pub fn metrics(&self) -> String {
+        self.admin("GET", "/metrics", &[]).body
+    }
+
+    /// The value of one sample line of /metrics (0 when absent).
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// Assert that none of `secrets` appears in anything the gateway printed or exports.
+    pub fn assert_never_shown(&self, secrets: &[&str]) {
+        // Let the last log lines through the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        let out = self.proc.output();
+        let metrics = self.metrics();
+        for s in secrets {
+            assert!(!out.contains(s), "secret {s:?} in gateway output:\n{out}");
+            assert!(!metrics.contains(s), "secret {s:?} in metrics");
+        }
+    }
+}
+
+/// A raw HTTP/1.1 connection, to control framing and check connection reuse.
+pub struct Raw {
+    stream: BufReader<TcpStream>,
+}
+
+impl Raw {
+    pub fn connect(addr: &str) -> Raw {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw {
+            stream: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.get_mut().write_all(raw).unwrap();
+    }
+
+    /// Read one response (Content-Length framed); None if the connection is closed.
+    pub fn read(&mut self) -> Option<Resp> {
+        let mut status_line = String::new();
+        if self.stream.read_line(&mut status_line).ok()? == 0 {
+            return None;
+        }
+        let status: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).ok()?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once(':')?;
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        self.stream.read_exact(&mut body).ok()?;
+        Some(Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    pub fn roundtrip(&mut self, raw: &[u8]) -> Option<Resp> {
+        self.send(raw);
+        self.read()
+    }
+}
