@@ -465,10 +465,18 @@ impl Config {
 /// Turn a toml/serde error into "key.path: message".
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let msg = e.message().to_string();
-    let key = e
-        .span()
-        .and_then(|span| key_at(text, span.start))
-        .unwrap_or_default();
+    let span = e.span().unwrap_or(0..0);
+    let key = key_at(text, span.start).unwrap_or_default();
+    if let Some(field) = msg
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        // The only required key; a missing [upstream] table is reported at another table.
+        if field == "upstream" || (key == "upstream" && field == "url") {
+            return ConfigError("upstream.url: is required (the base URL of the internal system)".into());
+        }
+        return ConfigError(format!("{key}.{field}: is required"));
+    }
     if key.is_empty() {
         ConfigError(msg)
     } else {
@@ -524,7 +532,9 @@ mod tests {
     #[test]
     fn missing_url_is_an_error() {
         let e = Config::from_toml("[server]\nthreads = 1\n").unwrap_err();
-        assert!(e.0.contains("upstream"), "{e}");
+        assert!(e.0.contains("upstream.url"), "{e}");
+        let e = Config::from_toml("[server]\nthreads = 1\n[upstream]\ntimeout = \"1s\"\n").unwrap_err();
+        assert!(e.0.starts_with("upstream.url"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `missing` | 404 `{"errorCode":"1001","errorText":"Client not found"}` |
 //! | `slow` | a card after 3 s |
+//! | `lag` | a card after 500 ms |
 //! | `html` | 500 with an HTML page |
 //! | `broken` | 200 with truncated JSON |
 //! | `err200` | 200 `{"errorCode":"1002","errorText":"Token expired"}` |
@@ -35,6 +36,8 @@ use serde_json::{json, Value};
 
 /// How long `slow` answers take.
 pub const SLOW: Duration = Duration::from_secs(3);
+/// How long `lag` answers take: long enough for concurrent requests to overlap.
+pub const LAG: Duration = Duration::from_millis(500);
 /// Journal entries kept.
 const JOURNAL_MAX: usize = 10_000;
 
@@ -106,6 +109,9 @@ impl MockCrm {
         }
         if starts(b"slow") {
             return (Some(SLOW), json_reply(200, card(token)));
+        }
+        if starts(b"lag") {
+            return (Some(LAG), json_reply(200, card(token)));
         }
         if starts(b"html") {
             return (None, html(500));

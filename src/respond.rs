@@ -18,7 +18,8 @@ pub struct Answer {
     pub close: bool,
 }
 
-pub async fn write(session: &mut Session, answer: Answer) -> pingora::Result<()> {
+/// The response header for an answer.
+pub fn header(answer: &Answer) -> pingora::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(answer.status, Some(5))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
@@ -29,6 +30,11 @@ pub async fn write(session: &mut Session, answer: Answer) -> pingora::Result<()>
     if let Some(allow) = answer.allow {
         h.insert_header(http::header::ALLOW, allow)?;
     }
+    Ok(h)
+}
+
+pub async fn write(session: &mut Session, answer: Answer) -> pingora::Result<()> {
+    let h = header(&answer)?;
     if answer.close {
         session.set_keepalive(None);
     }

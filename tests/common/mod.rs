@@ -270,12 +270,13 @@ impl Gateway {
                 "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\nupgrade_sock = \"{sock}\"\n{server}\
                  [admin]\nlisten = \"{admin}\"\n\
                  [upstream]\nurl = \"{crm_url}\"\ntimeout = \"1s\"\n{upstream}\
-                 [cache]\n{cache}[limits]\n{limits}",
+                 [cache]\n{cache}[limits]\n{limits}[log]\n{log}",
                 sock = dir.path().join("upgrade.sock").display(),
                 server = section("server"),
                 upstream = section("upstream"),
                 cache = section("cache"),
                 limits = section("limits"),
+                log = section("log"),
             );
             std::fs::write(&path, text).unwrap();
             let mut proc = Proc::spawn(&["--config", path.to_str().unwrap()], envs);

@@ -1,0 +1,124 @@
+//! Memory per cached card: fills a `CardCache` with distinct ~1 KB cards through the same
+//! `get_or_fetch` path the gateway uses, then reports heap bytes (a counting allocator) and
+//! RSS per entry, and the measured overhead next to the weigher's `ENTRY_OVERHEAD`.
+//!
+//! `cargo bench --bench memory` (entries: `CARDGATE_MEM_ENTRIES`, default 1 000 000;
+//! card size: `CARDGATE_MEM_CARD_BYTES`, default 1024).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cardgate::cache::{CardCache, ENTRY_OVERHEAD};
+use cardgate::config::CacheSection;
+use cardgate::keys::TokenHasher;
+use cardgate::normalise::Card;
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        System.realloc(p, l, new)
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for a list; there is nothing to list.
+    }
+    let n = env_or("CARDGATE_MEM_ENTRIES", 1_000_000).min(5_000_000);
+    let card_bytes = env_or("CARDGATE_MEM_CARD_BYTES", 1024).clamp(64, 64 * 1024);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hasher = TokenHasher::random();
+    let cache = CardCache::new(
+        &CacheSection {
+            ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(600),
+            max_size: 64 << 30,
+            hash_key_env: None,
+        },
+        || {},
+    );
+    let template = vec![b'x'; card_bytes];
+
+    let (heap0, rss0) = (LIVE.load(Ordering::Relaxed), rss_bytes());
+    let start = Instant::now();
+    rt.block_on(async {
+        for i in 0..n {
+            let token = format!("token-{i:012}");
+            let key = hasher.cache_key(token.as_bytes());
+            let mut body = template.clone();
+            body[..token.len()].copy_from_slice(token.as_bytes());
+            let (r, _) = cache
+                .get_or_fetch(key, || async {
+                    Ok(Card {
+                        body: Bytes::from(body),
+                        max_age: None,
+                        no_store: false,
+                    })
+                })
+                .await;
+            r.expect("stored");
+        }
+    });
+    let (entries, weighted) = rt.block_on(cache.usage());
+    let took = start.elapsed();
+    let heap = (LIVE.load(Ordering::Relaxed) - heap0) as f64;
+    let rss = rss_bytes().saturating_sub(rss0) as f64;
+    let per = |x: f64| x / entries.max(1) as f64;
+    println!("entries stored       {entries} of {n} ({card_bytes}-byte cards) in {took:.1?}");
+    println!(
+        "weighted size        {weighted} bytes ({:.0} per entry)",
+        per(weighted as f64)
+    );
+    println!(
+        "heap growth          {:.1} MiB, {:.0} bytes per entry",
+        heap / 1048576.0,
+        per(heap)
+    );
+    println!(
+        "RSS growth           {:.1} MiB, {:.0} bytes per entry",
+        rss / 1048576.0,
+        per(rss)
+    );
+    println!(
+        "overhead (heap)      {:.0} bytes per entry beyond the body; weigher charges {ENTRY_OVERHEAD}",
+        per(heap) - card_bytes as f64
+    );
+    println!("process RSS          {:.1} MiB", rss_bytes() as f64 / 1048576.0);
+}

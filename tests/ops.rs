@@ -1,0 +1,182 @@
+//! Operating the binary: the CLI, config checking, the shipped config, the demo,
+//! health endpoints and graceful shutdown.
+
+mod common;
+
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{free_port, request, token, Gateway, Mock, Proc, BIN};
+
+fn check(toml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_names_bad_keys() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/cardgate.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config", shipped])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let url = "[upstream]\nurl = \"http://127.0.0.1:18081\"\n";
+    let cases = [
+        ("[server]\nthreads = 1\n".to_string(), "upstream.url"),
+        (format!("{url}timeout = \"2 bananas\"\n"), "upstream.timeout"),
+        (format!("{url}[cache]\nttll = \"1s\"\n"), "cache.ttll"),
+        (format!("{url}[cache]\nmax_size = \"lots\"\n"), "cache.max_size"),
+        (format!("{url}[server]\nlisten = \"nowhere\"\n"), "server.listen"),
+        (
+            format!("{url}[limits]\nmax_token_bytes = -1\n"),
+            "limits.max_token_bytes",
+        ),
+        (format!("{url}dialect = \"soap\"\n"), "upstream.dialect"),
+        ("[upstream]\nurl = \"ftp://crm\"\n".to_string(), "upstream.url"),
+        (format!("{url}[unknown]\nx = 1\n"), "unknown"),
+    ];
+    for (toml, key) in cases {
+        let (ok, text) = check(&toml);
+        assert!(!ok, "accepted:\n{toml}");
+        assert!(text.contains(key), "{key} not named in {text:?}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/cardgate.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn version_names_the_crate_version() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+}
+
+#[test]
+fn a_missing_hash_key_variable_stops_the_start_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let (listen, admin) = (free_port(), free_port());
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{listen}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\n[cache]\nhash_key_env = \"CARDGATE_UNSET_KEY_VAR\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap()])
+        .env_remove("CARDGATE_UNSET_KEY_VAR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CARDGATE_UNSET_KEY_VAR"));
+}
+
+#[test]
+fn health_and_readiness() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&mock.url(), &[]);
+    let r = gw.admin("GET", "/healthz", &[]);
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
+    let r = gw.admin("GET", "/readyz", &[]);
+    assert_eq!(r.status, 200);
+    let r = gw.admin("GET", "/nope", &[]);
+    assert_eq!((r.status, r.error_code().as_str()), (404, "NOT_FOUND"));
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("cardgate_build_info{dialect=\"iq\",version=\""),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits() {
+    let mock = Mock::start();
+    let mut gw = Gateway::start(&mock.url(), &[]);
+    let t = token("lag");
+    let url = gw.url("/rest/chat/client/id/");
+    let tok = t.clone();
+    let inflight = thread::spawn(move || request("POST", &url, &[("token", &tok)], Some(b"")));
+
+    // Signal once the request is inside the gateway (the CRM takes 500 ms to answer).
+    let start = Instant::now();
+    while gw.metric("cardgate_inflight_requests") < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the request never arrived"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    gw.proc.signal("TERM");
+    let r = inflight.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), cardgate::mock::card(t.as_bytes()));
+
+    // grace_period is 5 s in the test config.
+    let took = gw
+        .proc
+        .wait_exit(Duration::from_secs(6))
+        .expect("exited within the grace period");
+    let status = gw.proc.child.wait().unwrap();
+    assert!(status.success(), "{status:?} after {took:?}");
+}
+
+#[test]
+fn sigterm_on_an_idle_gateway_exits_cleanly() {
+    let mock = Mock::start();
+    let mut gw = Gateway::start(&mock.url(), &[]);
+    gw.proc.signal("TERM");
+    gw.proc
+        .wait_exit(Duration::from_secs(6))
+        .expect("exited within the grace period");
+    assert!(gw.proc.child.wait().unwrap().success());
+}
+
+#[test]
+fn demo_runs_a_working_pair_and_prints_curl_lines() {
+    let (listen, admin, crm) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let p = Proc::spawn(
+        &["demo", "--listen", &listen, "--admin", &admin, "--crm", &crm],
+        &[],
+    );
+    let card_url = format!("http://{listen}/rest/chat/client/id/demo-token-1");
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = ureq::get(&card_url).timeout(Duration::from_secs(2)).call() {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "demo did not answer: {}",
+            p.output()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = p.output();
+    assert!(
+        out.contains(&format!("curl -i http://{listen}/rest/chat/client/id/")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("http://{admin}/metrics")), "{out}");
+}
