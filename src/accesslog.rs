@@ -19,6 +19,9 @@ pub struct Line<'a> {
     pub error_code: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'a str>,
+    /// Search: "first" or "next" step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<&'a str>,
     #[serde(rename = "upstreamStatus", skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
     #[serde(rename = "upstreamMs", skip_serializing_if = "Option::is_none")]

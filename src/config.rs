@@ -44,6 +44,8 @@ pub struct Config {
     pub limits: LimitsSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub search: SearchSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +144,23 @@ pub struct UpstreamSection {
     pub client_cert: Option<String>,
     #[serde(default)]
     pub client_key: Option<String>,
+    /// iq: how search parameters are sent upstream: "form", "json", or "same" as the chat
+    /// server sent them.
+    #[serde(default = "default_search_encoding")]
+    pub search_encoding: SearchEncoding,
+}
+
+/// Encoding of search parameters sent to the internal system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchEncoding {
+    Form,
+    Json,
+    Same,
+}
+
+fn default_search_encoding() -> SearchEncoding {
+    SearchEncoding::Same
 }
 
 fn default_dialect() -> DialectKind {
@@ -225,6 +244,34 @@ pub struct LogSection {
 impl Default for LogSection {
     fn default() -> Self {
         LogSection { access: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchSection {
+    /// Failed answers one search step may collect before further attempts get 429.
+    pub max_attempts: u32,
+    /// First steps (no stepId) per client identifier per hour.
+    pub max_starts_per_hour: u32,
+    /// How long the guard remembers a step (its validator and failed attempts).
+    #[serde(deserialize_with = "de_duration")]
+    pub step_ttl: Duration,
+    /// Steps and identifiers tracked at most (each a few hundred bytes).
+    pub max_tracked: u64,
+    /// Fetch the card of a token a search ends with, so the next Auth API call is a hit.
+    pub prewarm: bool,
+}
+
+impl Default for SearchSection {
+    fn default() -> Self {
+        SearchSection {
+            max_attempts: 5,
+            max_starts_per_hour: 10,
+            step_ttl: Duration::from_secs(600),
+            max_tracked: 100_000,
+            prewarm: true,
+        }
     }
 }
 
@@ -439,6 +486,18 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 || self.limits.max_body_bytes > 16 * 1024 * 1024 {
             return Err(err("limits.max_body_bytes", "must be between 1 byte and 16MiB"));
+        }
+        if self.search.max_attempts == 0 {
+            return Err(err("search.max_attempts", "must be at least 1"));
+        }
+        if self.search.max_starts_per_hour == 0 {
+            return Err(err("search.max_starts_per_hour", "must be at least 1"));
+        }
+        if self.search.step_ttl.is_zero() {
+            return Err(err("search.step_ttl", "must be greater than 0"));
+        }
+        if self.search.max_tracked == 0 {
+            return Err(err("search.max_tracked", "must be at least 1"));
         }
         Ok(())
     }

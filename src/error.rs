@@ -20,8 +20,14 @@ pub enum GatewayError {
     MethodNotAllowed { allow: &'static str },
     /// The request body exceeds `limits.max_body_bytes`.
     PayloadTooLarge,
-    /// The route exists but the configured dialect does not offer it.
-    NotSupported(&'static str),
+    /// The configured dialect has no Search client API.
+    SearchNotSupported,
+    /// A `secretWord` that does not match the validator the previous step sent.
+    SecretWordInvalid,
+    /// A search step collected `search.max_attempts` failed answers.
+    TooManyAttempts,
+    /// Too many first search steps for one client identifier within the hour.
+    TooManySearches,
     /// The internal system could not be reached (refused, reset, closed, TLS failure).
     CrmUnavailable(&'static str),
     /// The internal system did not answer within `upstream.timeout`.
@@ -45,7 +51,9 @@ impl GatewayError {
             GatewayError::NotFound => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::PayloadTooLarge => 413,
-            GatewayError::NotSupported(_) => 501,
+            GatewayError::SearchNotSupported => 501,
+            GatewayError::SecretWordInvalid => 400,
+            GatewayError::TooManyAttempts | GatewayError::TooManySearches => 429,
             GatewayError::CrmUnavailable(_) => 502,
             GatewayError::CrmTimeout => 504,
             GatewayError::CrmError { .. } => 502,
@@ -62,7 +70,10 @@ impl GatewayError {
             GatewayError::NotFound => "NOT_FOUND",
             GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             GatewayError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            GatewayError::NotSupported(_) => "NOT_SUPPORTED",
+            GatewayError::SearchNotSupported => "SEARCH_NOT_SUPPORTED",
+            GatewayError::SecretWordInvalid => "SECRET_WORD_INVALID",
+            GatewayError::TooManyAttempts => "TOO_MANY_ATTEMPTS",
+            GatewayError::TooManySearches => "TOO_MANY_SEARCHES",
             GatewayError::CrmUnavailable(_) => "CRM_UNAVAILABLE",
             GatewayError::CrmTimeout => "CRM_TIMEOUT",
             GatewayError::CrmError { .. } => "CRM_ERROR",
@@ -79,9 +90,16 @@ impl GatewayError {
             GatewayError::NotFound => "no such route".into(),
             GatewayError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
             GatewayError::PayloadTooLarge => "request body is larger than the configured limit".into(),
-            GatewayError::NotSupported(what) => {
-                format!("{what} is not supported by the configured internal system")
+            GatewayError::SearchNotSupported => {
+                "client search is not supported by the configured internal system".into()
             }
+            GatewayError::SecretWordInvalid => {
+                "secretWord does not have the form the previous step asked for".into()
+            }
+            GatewayError::TooManyAttempts => {
+                "too many failed attempts for this step; start a new search".into()
+            }
+            GatewayError::TooManySearches => "too many searches for this client; try again later".into(),
             GatewayError::CrmUnavailable(why) => format!("CRM unavailable: {why}"),
             GatewayError::CrmTimeout => "CRM did not answer in time".into(),
             GatewayError::CrmError { status } => format!("CRM failed with status {status}"),
@@ -132,6 +150,32 @@ impl GatewayError {
         Bytes::from(json)
     }
 
+    /// The Search client API's error body: `errorCode`, `errorText`, the same text as
+    /// `errorMessage` (the v1.1 table and example disagree on the name) and the request's
+    /// `stepId` when it had one.
+    pub fn search_body(&self, step_id: Option<&str>) -> Bytes {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "errorCode")]
+            code: &'a str,
+            #[serde(rename = "errorText")]
+            text: &'a str,
+            #[serde(rename = "errorMessage")]
+            message: &'a str,
+            #[serde(rename = "stepId", skip_serializing_if = "Option::is_none")]
+            step_id: Option<&'a str>,
+        }
+        let text = self.text();
+        let json = serde_json::to_vec(&Body {
+            code: self.code(),
+            text: &text,
+            message: &text,
+            step_id,
+        })
+        .expect("strings always serialise");
+        Bytes::from(json)
+    }
+
     /// Extra response header this error needs (`Allow` for 405).
     pub fn allow(&self) -> Option<&'static str> {
         match self {
@@ -165,9 +209,24 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "request body over limits.max_body_bytes",
     ),
     (
-        "NOT_SUPPORTED",
+        "SEARCH_NOT_SUPPORTED",
         501,
-        "the configured dialect does not offer this API",
+        "the configured dialect has no Search client API",
+    ),
+    (
+        "SECRET_WORD_INVALID",
+        400,
+        "secretWord does not match the secretWordValidator of the previous step (no CRM call)",
+    ),
+    (
+        "TOO_MANY_ATTEMPTS",
+        429,
+        "search.max_attempts failed answers for this stepId (no CRM call)",
+    ),
+    (
+        "TOO_MANY_SEARCHES",
+        429,
+        "search.max_starts_per_hour first steps for this client identifier (no CRM call)",
     ),
     (
         "CRM_UNAVAILABLE",
@@ -200,7 +259,10 @@ mod tests {
             GatewayError::NotFound,
             GatewayError::MethodNotAllowed { allow: "GET" },
             GatewayError::PayloadTooLarge,
-            GatewayError::NotSupported("search"),
+            GatewayError::SearchNotSupported,
+            GatewayError::SecretWordInvalid,
+            GatewayError::TooManyAttempts,
+            GatewayError::TooManySearches,
             GatewayError::CrmUnavailable("connection refused"),
             GatewayError::CrmTimeout,
             GatewayError::CrmError { status: 500 },
@@ -215,6 +277,11 @@ mod tests {
         for e in all {
             let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
             assert!(v["errorCode"].is_string() && v["errorText"].is_string(), "{e:?}");
+            let v: serde_json::Value = serde_json::from_slice(&e.search_body(Some("s1"))).unwrap();
+            assert_eq!(v["errorText"], v["errorMessage"]);
+            assert_eq!(v["stepId"], "s1");
+            let v: serde_json::Value = serde_json::from_slice(&e.search_body(None)).unwrap();
+            assert!(v.get("stepId").is_none());
             assert_ne!(e.status(), 200);
             if !matches!(e, GatewayError::CrmRejected { .. }) {
                 let listed = CODES

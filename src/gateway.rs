@@ -4,6 +4,10 @@
 //! normalise → respond — and returns `Ok(true)`, so Pingora's proxy pipeline never runs
 //! and every byte the chat server sees is written by [`crate::respond`]. `logging` records
 //! metrics and the access-log line once the answer is out.
+//!
+//! The Auth API goes through the card cache. A search step goes through the brute-force
+//! [`crate::guard`] instead (search answers are never cached); a search that ends with a
+//! token pre-warms that token's card in the background.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,10 +19,11 @@ use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntGauge;
 
 use crate::accesslog;
-use crate::cache::{CacheResult, CardCache};
+use crate::cache::{CacheResult, CardCache, Lookup};
 use crate::config::Config;
 use crate::dialect::Dialect;
 use crate::error::GatewayError;
+use crate::guard::SearchGuard;
 use crate::keys::TokenHasher;
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
@@ -33,6 +38,7 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub hasher: TokenHasher,
+    pub guard: SearchGuard,
 }
 
 /// Per-request state for the log line and metrics.
@@ -44,6 +50,8 @@ pub struct Ctx {
     cache: Option<CacheResult>,
     token_fp: Option<String>,
     upstream: Option<(Option<u16>, Duration)>,
+    /// Search: the step ("first", "next") and its outcome, once known.
+    search: Option<(&'static str, &'static str)>,
     _inflight: Option<InflightGuard>,
 }
 
@@ -60,22 +68,19 @@ impl Drop for InflightGuard {
 pub struct Listener(pub Arc<Gateway>);
 
 impl Gateway {
-    async fn answer(&self, session: &mut Session, ctx: &mut Ctx) -> Answer {
+    async fn answer(self: &Arc<Self>, session: &mut Session, ctx: &mut Ctx) -> Answer {
         let (api, route) = parse::route(session.req_header(), self.cfg.limits.max_token_bytes);
         ctx.api = api;
         let result = match route {
             Ok(Route::Card(token)) => self.card(session, ctx, token).await,
-            Ok(Route::Search) => match self.read_body(session).await {
-                Ok(_) => Err(GatewayError::NotSupported("the Search client API")),
-                Err(e) => Err(e),
-            },
+            Ok(Route::Search) => return self.search(session, ctx).await,
             Err(e) => Err(e),
         };
         match result {
             Ok(answer) => answer,
             Err(e) => {
                 ctx.error_code = Some(e.code().to_string());
-                error_answer(&e, ctx.cache.map(CacheResult::header))
+                error_answer(&e, e.body(), ctx.cache.map(CacheResult::header))
             }
         }
     }
@@ -85,12 +90,8 @@ impl Gateway {
             self.read_body(session).await?;
         }
         ctx.token_fp = Some(self.hasher.fingerprint(token.as_bytes()));
-        let key = self.hasher.cache_key(token.as_bytes());
         let trace = Trace::default();
-        let (result, how) = self
-            .cache
-            .get_or_fetch(key, || self.dialect.fetch_card(&self.upstream, &token, &trace))
-            .await;
+        let (result, how) = self.lookup(&token, &trace).await;
         ctx.cache = Some(how);
         ctx.upstream = trace.get();
         let stored = result?;
@@ -104,6 +105,114 @@ impl Gateway {
             allow: None,
             close: false,
         })
+    }
+
+    /// The card of a token: from the cache, or from the internal system (single-flight).
+    async fn lookup(&self, token: &Token, trace: &Trace) -> Lookup {
+        let key = self.hasher.cache_key(token.as_bytes());
+        self.cache
+            .get_or_fetch(key, || self.dialect.fetch_card(&self.upstream, token, trace))
+            .await
+    }
+
+    /// One step of the Search client API; errors carry `errorMessage` and `stepId` too.
+    async fn search(self: &Arc<Self>, session: &mut Session, ctx: &mut Ctx) -> Answer {
+        let mut step_id = None;
+        match self.search_step(session, ctx, &mut step_id).await {
+            Ok(body) => Answer {
+                status: 200,
+                body,
+                x_cache: None,
+                allow: None,
+                close: false,
+            },
+            Err(e) => {
+                ctx.error_code = Some(e.code().to_string());
+                error_answer(&e, e.search_body(step_id.as_deref()), None)
+            }
+        }
+    }
+
+    async fn search_step(
+        self: &Arc<Self>,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        step_id: &mut Option<String>,
+    ) -> Result<Bytes, GatewayError> {
+        let body = self.read_body(session).await?;
+        let content_type = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let req = parse::search_params(content_type, &body, self.cfg.limits.max_token_bytes)?;
+        step_id.clone_from(&req.step_id);
+        let step = if req.step_id.is_some() { "next" } else { "first" };
+        if let Err(refusal) = self.guard.admit(&self.hasher, &req).await {
+            self.metrics
+                .search_refusals
+                .with_label_values(&[refusal.label()])
+                .inc();
+            ctx.search = Some((step, "refused"));
+            return Err(refusal.error());
+        }
+        let trace = Trace::default();
+        let result = self.dialect.search(&self.upstream, &req, &trace).await;
+        ctx.upstream = trace.get();
+        self.guard.record(&self.hasher, &req, &result).await;
+        let outcome = match &result {
+            Ok(a) if a.answer_type == 2 => "answer2",
+            Ok(_) => "answer1",
+            Err(GatewayError::CrmRejected { .. }) => "rejected",
+            Err(_) => "error",
+        };
+        ctx.search = Some((step, outcome));
+        let answer = result?;
+        if answer.answer_type == 2 && self.cfg.search.prewarm {
+            if let Some(token) = answer.token {
+                self.prewarm(token);
+            }
+        }
+        Ok(answer.body)
+    }
+
+    /// Fetch a token's card in the background so the chat server's next Auth API call is a
+    /// hit. Its outcome is logged and counted, never surfaced to the search answer.
+    fn prewarm(self: &Arc<Self>, token: String) {
+        let gw = self.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let Ok(token) = parse::token(token.as_bytes(), gw.cfg.limits.max_token_bytes) else {
+                gw.metrics.prewarms.with_label_values(&["error"]).inc();
+                return;
+            };
+            let trace = Trace::default();
+            let (result, how) = gw.lookup(&token, &trace).await;
+            let (status, code) = match &result {
+                Ok(stored) => (stored.status, stored.error_code.as_deref().map(str::to_string)),
+                Err(e) => (e.status(), Some(e.code().to_string())),
+            };
+            let outcome = if status == 200 { "ok" } else { "error" };
+            gw.metrics.prewarms.with_label_values(&[outcome]).inc();
+            if gw.cfg.log.access {
+                let upstream = trace.get();
+                let fp = gw.hasher.fingerprint(token.as_bytes());
+                accesslog::emit(&accesslog::Line {
+                    ts: accesslog::now(),
+                    api: "prewarm",
+                    method: "-",
+                    status,
+                    error_code: code.as_deref(),
+                    cache: Some(how.label()),
+                    step: None,
+                    upstream_status: upstream.and_then(|(s, _)| s),
+                    upstream_ms: upstream.map(|(_, d)| accesslog::millis(d)),
+                    duration_ms: accesslog::millis(start.elapsed()),
+                    token_fp: Some(&fp),
+                    peer: None,
+                });
+            }
+        });
     }
 
     /// Read the request body within `limits.max_body_bytes`.
@@ -134,10 +243,10 @@ impl Gateway {
     }
 }
 
-fn error_answer(e: &GatewayError, x_cache: Option<&'static str>) -> Answer {
+fn error_answer(e: &GatewayError, body: Bytes, x_cache: Option<&'static str>) -> Answer {
     Answer {
         status: e.status(),
-        body: e.body(),
+        body,
         x_cache,
         allow: e.allow(),
         // An unread oversized or broken body cannot be skipped safely.
@@ -161,6 +270,7 @@ impl ProxyHttp for Listener {
             cache: None,
             token_fp: None,
             upstream: None,
+            search: None,
             _inflight: None,
         }
     }
@@ -197,6 +307,9 @@ impl ProxyHttp for Listener {
         if let Some(how) = ctx.cache {
             gw.metrics.cache_lookups.with_label_values(&[how.label()]).inc();
         }
+        if let Some((step, outcome)) = ctx.search {
+            gw.metrics.search_steps.with_label_values(&[step, outcome]).inc();
+        }
         if !gw.cfg.log.access {
             return;
         }
@@ -211,6 +324,7 @@ impl ProxyHttp for Listener {
             status,
             error_code: ctx.error_code.as_deref(),
             cache: ctx.cache.map(CacheResult::label),
+            step: ctx.search.map(|(step, _)| step),
             upstream_status: ctx.upstream.and_then(|(s, _)| s),
             upstream_ms: ctx.upstream.map(|(_, d)| accesslog::millis(d)),
             duration_ms: accesslog::millis(elapsed),

@@ -34,6 +34,16 @@ impl TokenHasher {
         *blake3::keyed_hash(&self.cache_key, token).as_bytes()
     }
 
+    /// The keyed hash of an identifier other than a token (a search stepId or client
+    /// identifier), separated by `domain` so equal strings of two kinds never share a key.
+    pub fn id_key(&self, domain: &str, id: &[u8]) -> CacheKey {
+        let mut h = blake3::Hasher::new_keyed(&self.cache_key);
+        h.update(domain.as_bytes());
+        h.update(&[0]);
+        h.update(id);
+        *h.finalize().as_bytes()
+    }
+
     /// 8 hex digits that tell requests for one token apart in logs.
     pub fn fingerprint(&self, token: &[u8]) -> String {
         let h = blake3::keyed_hash(&self.fingerprint_key, token);

@@ -3,7 +3,7 @@
 //! The modules follow a request: [`server`] runs the listeners; [`gateway`] is the
 //! chat-server-facing service, which calls [`parse`] → [`cache`] → [`dialect`] →
 //! [`upstream`] → [`normalise`] → [`respond`]. Around them: [`config`], [`keys`] (token
-//! hashing), [`error`] (the one error type), [`metrics`], [`accesslog`], [`admin`], and
+//! hashing), [`guard`] (search brute-force limits), [`error`] (the one error type), [`metrics`], [`accesslog`], [`admin`], and
 //! [`mock`], a built-in internal system for demos and tests.
 
 pub mod accesslog;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod dialect;
 pub mod error;
 pub mod gateway;
+pub mod guard;
 pub mod keys;
 pub mod metrics;
 pub mod mock;

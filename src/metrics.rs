@@ -23,6 +23,9 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     pub upstream_calls: IntCounterVec,
     pub upstream_seconds: Histogram,
+    pub search_steps: IntCounterVec,
+    pub search_refusals: IntCounterVec,
+    pub prewarms: IntCounterVec,
 }
 
 impl Metrics {
@@ -91,6 +94,30 @@ impl Metrics {
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), dialect])
             .set(1);
+        let search_steps = IntCounterVec::new(
+            Opts::new(
+                "cardgate_search_requests_total",
+                "Search steps by step (first, next) and outcome (answer1, answer2, rejected, refused, error)",
+            ),
+            &["step", "outcome"],
+        )
+        .expect("metric");
+        let search_refusals = IntCounterVec::new(
+            Opts::new(
+                "cardgate_search_guard_refusals_total",
+                "Search steps refused by the brute-force guard without asking the CRM",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let prewarms = IntCounterVec::new(
+            Opts::new(
+                "cardgate_prewarm_total",
+                "Background card fetches for tokens a search ended with",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -101,6 +128,9 @@ impl Metrics {
             Box::new(cache_evictions.clone()),
             Box::new(upstream_calls.clone()),
             Box::new(upstream_seconds.clone()),
+            Box::new(search_steps.clone()),
+            Box::new(search_refusals.clone()),
+            Box::new(prewarms.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("unique metric names");
@@ -116,6 +146,9 @@ impl Metrics {
             cache_evictions,
             upstream_calls,
             upstream_seconds,
+            search_steps,
+            search_refusals,
+            prewarms,
         }
     }
 

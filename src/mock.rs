@@ -17,6 +17,12 @@
 //! | `nostore` | a card with `Cache-Control: no-store` |
 //! | `maxage1` | a card with `Cache-Control: max-age=1` |
 //!
+//! The Search client API (`POST /rest/chat/client/search/`, form or JSON) runs a two-step
+//! flow: a first step for any `client` (except one starting with `missing`, a 404) answers
+//! `answerType` 1 with a new `stepId` and validator `^\d{4}$`; the next step with that
+//! `stepId` and `secretWord` [`SEARCH_CODE`] answers `answerType` 2 with a token whose card
+//! the mock serves; a wrong code is a 400 `WRONG_CODE` and the step stays open.
+//!
 //! For tests it keeps a journal of what it was sent (`GET /__mock/journal`), can be told
 //! to fail every call (`POST /__mock/fail` with body `off`, `500`, `reset` or `slow`) and
 //! to forget (`POST /__mock/reset`). It writes nothing to stdout.
@@ -38,6 +44,8 @@ use serde_json::{json, Value};
 pub const SLOW: Duration = Duration::from_secs(3);
 /// How long `lag` answers take: long enough for concurrent requests to overlap.
 pub const LAG: Duration = Duration::from_millis(500);
+/// The code that completes a search step.
+pub const SEARCH_CODE: &str = "1111";
 /// Journal entries kept.
 const JOURNAL_MAX: usize = 10_000;
 
@@ -45,6 +53,30 @@ const JOURNAL_MAX: usize = 10_000;
 pub struct MockCrm {
     journal: Mutex<Vec<Value>>,
     fail: Mutex<Option<String>>,
+    /// Open search steps: stepId → client.
+    steps: Mutex<BTreeMap<String, String>>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::getrandom(&mut b).unwrap_or_default();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Search parameters of a form or JSON body, as strings.
+fn search_params(content_type: &str, body: &[u8]) -> BTreeMap<String, String> {
+    if content_type.starts_with("application/json") {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        form_urlencoded::parse(body).into_owned().collect()
+    }
 }
 
 enum Reply {
@@ -92,14 +124,21 @@ pub fn card(token: &[u8]) -> Value {
 }
 
 impl MockCrm {
-    fn card_reply(&self, token: &[u8]) -> (Option<Duration>, Reply) {
-        let starts = |p: &[u8]| token.starts_with(p);
+    /// The failure every call gets while `/__mock/fail` is set; `slow` delays `normal`.
+    fn failure(&self, normal: impl FnOnce() -> Reply) -> Option<(Option<Duration>, Reply)> {
         let fail = self.fail.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match fail.as_deref() {
-            Some("500") => return (None, html(500)),
-            Some("reset") => return (None, Reply::Reset),
-            Some("slow") => return (Some(SLOW), json_reply(200, card(token))),
-            _ => {}
+            Some("500") => Some((None, html(500))),
+            Some("reset") => Some((None, Reply::Reset)),
+            Some("slow") => Some((Some(SLOW), normal())),
+            _ => None,
+        }
+    }
+
+    fn card_reply(&self, token: &[u8]) -> (Option<Duration>, Reply) {
+        let starts = |p: &[u8]| token.starts_with(p);
+        if let Some(failure) = self.failure(|| json_reply(200, card(token))) {
+            return failure;
         }
         if starts(b"missing") {
             return (
@@ -157,6 +196,54 @@ impl MockCrm {
         )
     }
 
+    fn search_reply(&self, content_type: &str, body: &[u8]) -> Reply {
+        let p = search_params(content_type, body);
+        let Some(client) = p.get("client").filter(|c| !c.is_empty()) else {
+            return json_reply(
+                400,
+                json!({"errorCode": "NO_CLIENT", "errorMessage": "client is required"}),
+            );
+        };
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(step_id) = p.get("stepId") else {
+            if client.starts_with("missing") {
+                return json_reply(
+                    404,
+                    json!({"errorCode": "CLIENT_NOT_FOUND", "errorText": "No such client"}),
+                );
+            }
+            let step_id = format!("step-{}", random_hex(8));
+            steps.insert(step_id.clone(), client.clone());
+            return json_reply(
+                200,
+                json!({
+                    "answerType": 1,
+                    "answerText": "SMS sent to 8 9** *** 3663",
+                    "secretWordValidator": "^\\d{4}$",
+                    "stepId": step_id,
+                    "crmHint": {"kept": true}
+                }),
+            );
+        };
+        if steps.get(step_id) != Some(client) {
+            return json_reply(
+                400,
+                json!({"errorCode": "STEP_UNKNOWN", "errorText": "Unknown step"}),
+            );
+        }
+        if p.get("secretWord").map(String::as_str) != Some(SEARCH_CODE) {
+            return json_reply(
+                400,
+                json!({"errorCode": "WRONG_CODE", "errorText": "Wrong code", "stepId": step_id}),
+            );
+        }
+        steps.remove(step_id);
+        json_reply(
+            200,
+            json!({"answerType": 2, "answerText": "Identified", "token": format!("srch-{}", random_hex(12))}),
+        )
+    }
+
     fn control(&self, method: &str, path: &str, body: &[u8]) -> Reply {
         match (method, path) {
             ("GET", "/__mock/journal") => {
@@ -166,6 +253,7 @@ impl MockCrm {
             ("POST", "/__mock/reset") => {
                 self.journal.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 *self.fail.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.steps.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 json_reply(200, json!({"reset": true}))
             }
             ("POST", "/__mock/fail") => {
@@ -222,6 +310,15 @@ impl MockCrm {
                     json_reply(400, json!({"errorCode": "400", "errorText": "no token"})),
                 ),
             },
+            ("POST", "/rest/chat/client/search/" | "/rest/chat/client/search") => {
+                let ct = req
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                self.failure(|| self.search_reply(ct, body))
+                    .unwrap_or_else(|| (None, self.search_reply(ct, body)))
+            }
             ("GET", p) if p.starts_with("/rest/chat/client/id/") => {
                 let raw = &p["/rest/chat/client/id/".len()..];
                 let token: Vec<u8> = percent_encoding::percent_decode(raw.as_bytes()).collect();

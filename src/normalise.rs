@@ -5,6 +5,9 @@
 //! fields and loose types survive untouched. A CRM error (`errorCode`/`errorText`, with a
 //! non-200 status or on a 200 without `client`) becomes [`GatewayError::CrmRejected`] with
 //! both fields coerced to strings. Anything else is an invalid answer.
+//!
+//! A search answer is a JSON object with `answerType` 1 or 2 (2 needs a non-empty
+//! `token`); it too is passed on as the CRM's own bytes.
 
 use std::time::Duration;
 
@@ -54,6 +57,66 @@ struct ErrorProbe {
     error_code: Option<Value>,
     #[serde(rename = "errorText")]
     error_text: Option<Value>,
+    #[serde(rename = "errorMessage")]
+    error_message: Option<Value>,
+}
+
+/// A validated step of the Search client API.
+#[derive(Debug, Clone)]
+pub struct SearchAnswer {
+    /// The JSON answer body, as the internal system sent it (or as a dialect built it).
+    pub body: Bytes,
+    /// 1: more information needed; 2: identified, `token` is set.
+    pub answer_type: u8,
+    pub step_id: Option<String>,
+    pub validator: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SearchProbe {
+    #[serde(rename = "answerType")]
+    answer_type: Option<Value>,
+    #[serde(rename = "stepId")]
+    step_id: Option<Value>,
+    #[serde(rename = "secretWordValidator")]
+    validator: Option<Value>,
+    token: Option<Value>,
+    #[serde(rename = "errorCode")]
+    error_code: Option<Value>,
+}
+
+/// Map a Search client API answer of an internal system that speaks it (`iq`).
+pub fn search_answer(a: UpstreamAnswer) -> Result<SearchAnswer, GatewayError> {
+    match a.status {
+        200 => {
+            let probe: SearchProbe = serde_json::from_slice(&a.body)
+                .map_err(|_| GatewayError::CrmInvalidResponse("search answer is not a JSON object"))?;
+            let answer_type = match value_text(probe.answer_type.as_ref()).as_deref() {
+                Some("1") => 1,
+                Some("2") => 2,
+                None if probe.error_code.is_some() => {
+                    // A 200 that carries an error: the CRM's verdict on this step.
+                    return Err(rejection(400, &a.body));
+                }
+                _ => return Err(GatewayError::CrmInvalidResponse("answerType is not 1 or 2")),
+            };
+            let token = value_text(probe.token.as_ref()).filter(|t| !t.is_empty());
+            if answer_type == 2 && token.is_none() {
+                return Err(GatewayError::CrmInvalidResponse("answerType 2 without a token"));
+            }
+            Ok(SearchAnswer {
+                body: a.body,
+                answer_type,
+                step_id: value_text(probe.step_id.as_ref()).filter(|s| !s.is_empty()),
+                validator: value_text(probe.validator.as_ref()).filter(|s| !s.is_empty()),
+                token,
+            })
+        }
+        500..=599 => Err(GatewayError::CrmError { status: a.status }),
+        400..=499 => Err(rejection(a.status, &a.body)),
+        _ => Err(GatewayError::CrmInvalidResponse("unexpected status")),
+    }
 }
 
 fn value_text(v: Option<&Value>) -> Option<String> {
@@ -109,7 +172,9 @@ pub fn auth_answer(a: UpstreamAnswer) -> Result<Card, GatewayError> {
 pub fn rejection(status: u16, body: &[u8]) -> GatewayError {
     let probe: Option<ErrorProbe> = serde_json::from_slice(body).ok();
     let code = probe.as_ref().and_then(|p| value_text(p.error_code.as_ref()));
-    let text = probe.as_ref().and_then(|p| value_text(p.error_text.as_ref()));
+    let text = probe
+        .as_ref()
+        .and_then(|p| value_text(p.error_text.as_ref()).or_else(|| value_text(p.error_message.as_ref())));
     GatewayError::CrmRejected {
         status,
         code: code.unwrap_or_else(|| format!("CRM_{status}")),
@@ -202,5 +267,43 @@ mod tests {
         );
         assert_eq!(cache_directives(Some("No-Store")), (None, true));
         assert_eq!(cache_directives(None), (None, false));
+    }
+
+    #[test]
+    fn search_answers() {
+        let a = search_answer(answer(
+            200,
+            r#"{"answerType":1,"stepId":"s1","secretWordValidator":"^\\d{4}$","x":1}"#,
+        ))
+        .unwrap();
+        assert_eq!((a.answer_type, a.step_id.as_deref()), (1, Some("s1")));
+        assert_eq!(a.validator.as_deref(), Some("^\\d{4}$"));
+        let a = search_answer(answer(200, r#"{"answerType":"2","token":"t"}"#)).unwrap();
+        assert_eq!((a.answer_type, a.token.as_deref()), (2, Some("t")));
+        for body in [
+            r#"{"answerType":2}"#,
+            r#"{"answerType":3}"#,
+            "{}",
+            "<html>",
+            r#"{"answerType":2,"token":""}"#,
+        ] {
+            assert_eq!(
+                search_answer(answer(200, body)).unwrap_err().code(),
+                "CRM_INVALID_RESPONSE",
+                "{body}"
+            );
+        }
+        let e = search_answer(answer(
+            400,
+            r#"{"errorCode":"WRONG","errorMessage":"Wrong code"}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code(), e.text().as_str()),
+            (400, "WRONG", "Wrong code")
+        );
+        let e = search_answer(answer(200, r#"{"errorCode":"E1","errorText":"no"}"#)).unwrap_err();
+        assert_eq!((e.status(), e.code()), (400, "E1"));
+        assert_eq!(search_answer(answer(502, "")).unwrap_err().code(), "CRM_ERROR");
     }
 }

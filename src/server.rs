@@ -26,6 +26,7 @@ use crate::cache::CardCache;
 use crate::config::{Config, ConfigError};
 use crate::dialect;
 use crate::gateway::{Gateway, Listener};
+use crate::guard::SearchGuard;
 use crate::keys::TokenHasher;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -44,6 +45,7 @@ pub fn gateway(cfg: Config) -> Result<Arc<Gateway>, ConfigError> {
         None => TokenHasher::random(),
     };
     let upstream = Upstream::new(&cfg, metrics.clone())?;
+    let cfg_search = cfg.search.clone();
     Ok(Arc::new(Gateway {
         dialect: dialect::from_config(&cfg),
         cfg,
@@ -51,6 +53,7 @@ pub fn gateway(cfg: Config) -> Result<Arc<Gateway>, ConfigError> {
         upstream,
         metrics,
         hasher,
+        guard: SearchGuard::new(&cfg_search),
     }))
 }
 

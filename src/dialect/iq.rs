@@ -4,6 +4,9 @@
 //! configured header and an empty body, whatever form the chat server used, so the token
 //! never appears in a LAN URL or access log. `auth_method = "get"` keeps the legacy
 //! `GET {url}/rest/chat/client/id/{token}` for CRMs that have nothing else.
+//!
+//! A search step is `POST {url}/rest/chat/client/search/` with the same parameters, as a
+//! form or as JSON (`upstream.search_encoding`). It is never retried: it may send an SMS.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,10 +14,10 @@ use http::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::Dialect;
-use crate::config::{AuthMethod, UpstreamSection};
+use crate::config::{AuthMethod, SearchEncoding, UpstreamSection};
 use crate::error::GatewayError;
-use crate::normalise::{self, Card};
-use crate::parse::Token;
+use crate::normalise::{self, Card, SearchAnswer};
+use crate::parse::{Encoding, SearchRequest, Token};
 use crate::upstream::{Trace, Upstream, UpstreamRequest};
 
 /// Characters left as they are in a path segment.
@@ -27,6 +30,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct Iq {
     token_header: HeaderName,
     method: AuthMethod,
+    search_encoding: SearchEncoding,
 }
 
 impl Iq {
@@ -34,6 +38,7 @@ impl Iq {
         Iq {
             token_header: HeaderName::from_bytes(cfg.token_header.as_bytes()).expect("validated at load"),
             method: cfg.auth_method,
+            search_encoding: cfg.search_encoding,
         }
     }
 
@@ -64,8 +69,50 @@ impl Iq {
     }
 }
 
+impl Iq {
+    fn search_request(&self, req: &SearchRequest) -> UpstreamRequest {
+        let encoding = match self.search_encoding {
+            SearchEncoding::Form => Encoding::Form,
+            SearchEncoding::Json => Encoding::Json,
+            SearchEncoding::Same => req.encoding,
+        };
+        let params = req.params();
+        let (content_type, body) = match encoding {
+            Encoding::Form => {
+                let mut form = form_urlencoded::Serializer::new(String::new());
+                form.extend_pairs(params);
+                ("application/x-www-form-urlencoded", form.finish().into_bytes())
+            }
+            Encoding::Json => {
+                let map: serde_json::Map<String, serde_json::Value> = params
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.into()))
+                    .collect();
+                ("application/json", serde_json::to_vec(&map).unwrap_or_default())
+            }
+        };
+        UpstreamRequest {
+            method: "POST",
+            path: "/rest/chat/client/search/".into(),
+            headers: vec![(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body: Bytes::from(body),
+            idempotent: false,
+        }
+    }
+}
+
 #[async_trait]
 impl Dialect for Iq {
+    async fn search(
+        &self,
+        up: &Upstream,
+        req: &SearchRequest,
+        trace: &Trace,
+    ) -> Result<SearchAnswer, GatewayError> {
+        let answer = up.send(&self.search_request(req), trace).await?;
+        normalise::search_answer(answer)
+    }
+
     async fn fetch_card(&self, up: &Upstream, token: &Token, trace: &Trace) -> Result<Card, GatewayError> {
         let req = self.card_request(token)?;
         let answer = up.send(&req, trace).await?;

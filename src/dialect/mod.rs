@@ -11,14 +11,24 @@ use async_trait::async_trait;
 
 use crate::config::{Config, DialectKind};
 use crate::error::GatewayError;
-use crate::normalise::Card;
-use crate::parse::Token;
+use crate::normalise::{Card, SearchAnswer};
+use crate::parse::{SearchRequest, Token};
 use crate::upstream::{Trace, Upstream};
 
 #[async_trait]
 pub trait Dialect: Send + Sync {
     /// Ask the internal system for the card of `token`.
     async fn fetch_card(&self, up: &Upstream, token: &Token, trace: &Trace) -> Result<Card, GatewayError>;
+
+    /// Run one step of the Search client API. Dialects without one keep this default.
+    async fn search(
+        &self,
+        _up: &Upstream,
+        _req: &SearchRequest,
+        _trace: &Trace,
+    ) -> Result<SearchAnswer, GatewayError> {
+        Err(GatewayError::SearchNotSupported)
+    }
 }
 
 /// The dialect configured in `upstream.dialect`.

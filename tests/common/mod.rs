@@ -270,13 +270,14 @@ impl Gateway {
                 "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\nupgrade_sock = \"{sock}\"\n{server}\
                  [admin]\nlisten = \"{admin}\"\n\
                  [upstream]\nurl = \"{crm_url}\"\ntimeout = \"1s\"\n{upstream}\
-                 [cache]\n{cache}[limits]\n{limits}[log]\n{log}",
+                 [cache]\n{cache}[limits]\n{limits}[log]\n{log}[search]\n{search}",
                 sock = dir.path().join("upgrade.sock").display(),
                 server = section("server"),
                 upstream = section("upstream"),
                 cache = section("cache"),
                 limits = section("limits"),
                 log = section("log"),
+                search = section("search"),
             );
             std::fs::write(&path, text).unwrap();
             let mut proc = Proc::spawn(&["--config", path.to_str().unwrap()], envs);
@@ -327,6 +328,25 @@ impl Gateway {
         )
     }
 
+    /// A search step: `form` pairs sent as a form, or as a JSON object when `json`.
+    pub fn search(&self, path: &str, params: &[(&str, &str)], json: bool) -> Resp {
+        let (ct, body) = if json {
+            let map: serde_json::Map<String, Value> = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect();
+            ("application/json", serde_json::to_vec(&map).unwrap())
+        } else {
+            let body = params
+                .iter()
+                .map(|(k, v)| format!("{k}={}", form_encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            ("application/x-www-form-urlencoded", body.into_bytes())
+        };
+        request("POST", &self.url(path), &[("content-type", ct)], Some(&body))
+    }
+
     pub fn admin(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
         let body = (method == "POST").then_some(&b""[..]);
         request(method, &format!("http://{}{path}", self.admin), headers, body)
@@ -355,6 +375,28 @@ impl Gateway {
             assert!(!metrics.contains(s), "secret {s:?} in metrics");
         }
     }
+}
+
+fn form_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b' ' => "+".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Wait (bounded) until `ready` holds.
+pub fn eventually(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// A raw HTTP/1.1 connection, to control framing and check connection reuse.
