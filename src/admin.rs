@@ -14,6 +14,8 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::gateway::Gateway;
+use crate::parse;
+use crate::upstream::Trace;
 
 pub struct Admin {
     pub gateway: Arc<Gateway>,
@@ -55,15 +57,33 @@ impl Admin {
     }
 
     async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
-        let token = session.req_header().headers.get("token").map(|v| v.as_bytes());
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return error(400, "BAD_REQUEST", "token header is missing");
+        let gw = &self.gateway;
+        let raw = session.req_header().headers.get("token").map(|v| v.as_bytes());
+        let Some(token) = raw.and_then(|t| parse::token(t, gw.cfg.limits.max_token_bytes).ok()) else {
+            return error(400, "BAD_REQUEST", "token header is missing or invalid");
         };
-        let key = self.gateway.hasher.cache_key(token);
-        if self.gateway.cache.purge(&key).await {
-            json_response(200, json!({ "purged": 1 }))
-        } else {
-            error(404, "NOT_CACHED", "no card is cached for this token")
+        let key = gw.hasher.cache_key(token.as_bytes());
+        let purged = gw.cache.purge(&key).await;
+        // Dialects with sessions (gigma) end the session behind the card too.
+        let ended = match gw
+            .dialect
+            .end_session(&gw.upstream, &token, &Trace::default())
+            .await
+        {
+            Ok(ended) => ended,
+            Err(e) => {
+                let body = json!({
+                    "purged": u8::from(purged),
+                    "errorCode": e.code(),
+                    "errorText": format!("the card was purged but the session could not be ended: {}", e.text()),
+                });
+                return json_response(502, body);
+            }
+        };
+        match (purged, ended) {
+            (false, false) => error(404, "NOT_CACHED", "no card is cached for this token"),
+            (purged, false) => json_response(200, json!({ "purged": u8::from(purged) })),
+            (purged, true) => json_response(200, json!({ "purged": u8::from(purged), "sessionEnded": true })),
         }
     }
 }

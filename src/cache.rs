@@ -277,6 +277,13 @@ impl CardCache {
         }
     }
 
+    /// Keep a card a dialect built itself (a logged-in session) for `ttl`, with no stale
+    /// window: when it expires, the session is over.
+    pub async fn store_session(&self, key: CacheKey, body: Bytes, ttl: Duration) {
+        let stored = Stored::new(200, body, None, Instant::now(), ttl, Duration::ZERO);
+        self.cards.insert(key, Arc::new(stored)).await;
+    }
+
     /// Drop one entry; true if it was there.
     pub async fn purge(&self, key: &CacheKey) -> bool {
         self.cards.remove(key).await.is_some()

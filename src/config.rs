@@ -93,13 +93,26 @@ impl Default for AdminSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DialectKind {
+    /// The internal system speaks the Auth and Search APIs itself.
     Iq,
+    /// A counterparty API with call-reset password login.
+    Gigma,
+    /// A token-check endpoint with `Authorization: Bearer`.
+    Bearer,
 }
 
 impl DialectKind {
+    pub const ALL: [DialectKind; 3] = [DialectKind::Iq, DialectKind::Gigma, DialectKind::Bearer];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DialectKind::Iq => "iq",
+            DialectKind::Gigma => "gigma",
+            DialectKind::Bearer => "bearer",
         }
     }
 }
@@ -148,6 +161,59 @@ pub struct UpstreamSection {
     /// server sent them.
     #[serde(default = "default_search_encoding")]
     pub search_encoding: SearchEncoding,
+    /// Settings of the `gigma` dialect.
+    #[serde(default)]
+    pub gigma: GigmaSection,
+    /// Settings of the `bearer` dialect.
+    #[serde(default)]
+    pub bearer: BearerSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GigmaSection {
+    /// Environment variable holding the application token (header `Token` on every call).
+    pub app_token_env: String,
+    /// Text of the first search step; `{phone}` is replaced by the masked number.
+    pub answer_text: String,
+    /// How long a first step waits for its code.
+    #[serde(deserialize_with = "de_duration")]
+    pub step_ttl: Duration,
+    /// How long a logged-in card answers the Auth API.
+    #[serde(deserialize_with = "de_duration")]
+    pub session_ttl: Duration,
+    /// `client.type` of the cards built from counterparties.
+    pub client_type: String,
+}
+
+impl Default for GigmaSection {
+    fn default() -> Self {
+        GigmaSection {
+            app_token_env: "GIGMA_APP_TOKEN".into(),
+            answer_text: "We are calling {phone}: enter the last 4 digits of the calling number".into(),
+            step_ttl: Duration::from_secs(300),
+            session_ttl: Duration::from_secs(12 * 3600),
+            client_type: "0".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BearerSection {
+    /// Path of the token-check endpoint, after the base URL.
+    pub path: String,
+    /// `client.type` of the cards built from user ids.
+    pub client_type: String,
+}
+
+impl Default for BearerSection {
+    fn default() -> Self {
+        BearerSection {
+            path: "/v3/security/api/auth/auth".into(),
+            client_type: "0".into(),
+        }
+    }
 }
 
 /// Encoding of search parameters sent to the internal system.
@@ -486,6 +552,35 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 || self.limits.max_body_bytes > 16 * 1024 * 1024 {
             return Err(err("limits.max_body_bytes", "must be between 1 byte and 16MiB"));
+        }
+        match self.upstream.dialect {
+            DialectKind::Gigma => {
+                let g = &self.upstream.gigma;
+                match std::env::var(&g.app_token_env) {
+                    Ok(v) if !v.trim().is_empty() && http::HeaderValue::from_str(&v).is_ok() => {}
+                    _ => {
+                        return Err(err(
+                            "upstream.gigma.app_token_env",
+                            format!(
+                                "environment variable {} must hold the gigma application token",
+                                g.app_token_env
+                            ),
+                        ))
+                    }
+                }
+                if g.step_ttl.is_zero() || g.session_ttl.is_zero() {
+                    return Err(err(
+                        "upstream.gigma",
+                        "step_ttl and session_ttl must be greater than 0",
+                    ));
+                }
+            }
+            DialectKind::Bearer => {
+                if !self.upstream.bearer.path.starts_with('/') {
+                    return Err(err("upstream.bearer.path", "must start with /"));
+                }
+            }
+            DialectKind::Iq => {}
         }
         if self.search.max_attempts == 0 {
             return Err(err("search.max_attempts", "must be at least 1"));

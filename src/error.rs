@@ -38,6 +38,14 @@ pub enum GatewayError {
     CrmInvalidResponse(&'static str),
     /// The internal system answered with an error of its own, passed on unchanged.
     CrmRejected { status: u16, code: String, text: String },
+    /// The internal system knows the token but no client behind it (an anonymous session).
+    ClientNotFound,
+    /// No logged-in session for this token (sessions start with a search).
+    SessionUnknown,
+    /// A search step id that is unknown, expired, or bound to another client.
+    StepUnknown,
+    /// The internal system refused the gateway's own credentials: a configuration error.
+    CrmMisconfigured,
     /// The request was answered by a gateway-side bug or resource failure.
     Internal(&'static str),
 }
@@ -59,6 +67,10 @@ impl GatewayError {
             GatewayError::CrmError { .. } => 502,
             GatewayError::CrmInvalidResponse(_) => 502,
             GatewayError::CrmRejected { status, .. } => *status,
+            GatewayError::ClientNotFound => 404,
+            GatewayError::SessionUnknown => 401,
+            GatewayError::StepUnknown => 400,
+            GatewayError::CrmMisconfigured => 503,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -79,6 +91,10 @@ impl GatewayError {
             GatewayError::CrmError { .. } => "CRM_ERROR",
             GatewayError::CrmInvalidResponse(_) => "CRM_INVALID_RESPONSE",
             GatewayError::CrmRejected { code, .. } => code,
+            GatewayError::ClientNotFound => "CLIENT_NOT_FOUND",
+            GatewayError::SessionUnknown => "SESSION_UNKNOWN",
+            GatewayError::StepUnknown => "STEP_UNKNOWN",
+            GatewayError::CrmMisconfigured => "CRM_CONFIG_ERROR",
             GatewayError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -105,6 +121,14 @@ impl GatewayError {
             GatewayError::CrmError { status } => format!("CRM failed with status {status}"),
             GatewayError::CrmInvalidResponse(why) => format!("CRM sent an invalid answer: {why}"),
             GatewayError::CrmRejected { text, .. } => text.clone(),
+            GatewayError::ClientNotFound => "no client is behind this token".into(),
+            GatewayError::SessionUnknown => {
+                "no session for this token; identify the client through search first".into()
+            }
+            GatewayError::StepUnknown => "unknown or expired stepId; start the search again".into(),
+            GatewayError::CrmMisconfigured => {
+                "the CRM refused the gateway's credentials (configuration error)".into()
+            }
             GatewayError::Internal(why) => format!("internal error: {why}"),
         }
     }
@@ -117,7 +141,8 @@ impl GatewayError {
             GatewayError::CrmRejected {
                 status: 401 | 404 | 410,
                 ..
-            }
+            } | GatewayError::ClientNotFound
+                | GatewayError::SessionUnknown
         )
     }
 
@@ -129,6 +154,7 @@ impl GatewayError {
                 | GatewayError::CrmTimeout
                 | GatewayError::CrmError { .. }
                 | GatewayError::CrmInvalidResponse(_)
+                | GatewayError::CrmMisconfigured
         )
     }
 
@@ -244,6 +270,26 @@ pub const CODES: &[(&str, u16, &str)] = &[
         502,
         "the CRM's answer is not JSON, too large, or a 200 without client.id",
     ),
+    (
+        "CLIENT_NOT_FOUND",
+        404,
+        "bearer: the token belongs to an anonymous user",
+    ),
+    (
+        "SESSION_UNKNOWN",
+        401,
+        "gigma: no logged-in session for this token (sessions start with a search)",
+    ),
+    (
+        "STEP_UNKNOWN",
+        400,
+        "gigma: the stepId is unknown, expired, or was issued for another phone",
+    ),
+    (
+        "CRM_CONFIG_ERROR",
+        503,
+        "the internal system refused the gateway's own credentials (e.g. a bad gigma app token)",
+    ),
     ("INTERNAL_ERROR", 500, "a gateway-side failure"),
 ];
 
@@ -272,6 +318,10 @@ mod tests {
                 code: "1001".into(),
                 text: "Client \"x\" not found".into(),
             },
+            GatewayError::ClientNotFound,
+            GatewayError::SessionUnknown,
+            GatewayError::StepUnknown,
+            GatewayError::CrmMisconfigured,
             GatewayError::Internal("x"),
         ];
         for e in all {

@@ -7,7 +7,8 @@
 //!
 //! The Auth API goes through the card cache. A search step goes through the brute-force
 //! [`crate::guard`] instead (search answers are never cached); a search that ends with a
-//! token pre-warms that token's card in the background.
+//! token pre-warms that token's card in the background, or stores the card the dialect
+//! built for that session.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,10 +169,13 @@ impl Gateway {
         };
         ctx.search = Some((step, outcome));
         let answer = result?;
-        if answer.answer_type == 2 && self.cfg.search.prewarm {
-            if let Some(token) = answer.token {
-                self.prewarm(token);
+        match (answer.token, answer.session) {
+            (Some(token), Some((card, ttl))) => {
+                let key = self.hasher.cache_key(token.as_bytes());
+                self.cache.store_session(key, card, ttl).await;
             }
+            (Some(token), None) if answer.answer_type == 2 && self.cfg.search.prewarm => self.prewarm(token),
+            _ => {}
         }
         Ok(answer.body)
     }

@@ -176,23 +176,10 @@ fn compile(pattern: &str) -> Option<Regex> {
         .ok()
 }
 
-/// One spelling per identifier: phones as digits with country code 7 (a leading 8 of an
-/// 11-digit number becomes 7), anything else trimmed and lowercased.
+/// One spelling per identifier: phones as digits with country code 7 (see
+/// [`crate::parse::phone_digits`]), anything else trimmed and lowercased.
 pub fn normalise_identifier(client: &str) -> String {
-    let t = client.trim();
-    let phone_like = !t.is_empty()
-        && t.chars().all(|c| c.is_ascii_digit() || " +-()".contains(c))
-        && t.chars().filter(char::is_ascii_digit).count() >= 10;
-    if !phone_like {
-        return t.to_lowercase();
-    }
-    let mut digits: String = t.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() == 11 && digits.starts_with('8') {
-        digits.replace_range(..1, "7");
-    } else if digits.len() == 10 {
-        digits.insert(0, '7');
-    }
-    digits
+    crate::parse::phone_digits(client).unwrap_or_else(|| client.trim().to_lowercase())
 }
 
 #[cfg(test)]
@@ -219,6 +206,7 @@ mod tests {
             step_id: Some(step.into()),
             validator: Some(r"^\d{4}$".into()),
             token: None,
+            session: None,
         })
     }
 

@@ -71,6 +71,9 @@ pub struct SearchAnswer {
     pub step_id: Option<String>,
     pub validator: Option<String>,
     pub token: Option<String>,
+    /// A card the dialect built for `token` (a logged-in session), kept for the given
+    /// time so that the Auth API answers it.
+    pub session: Option<(Bytes, Duration)>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +114,7 @@ pub fn search_answer(a: UpstreamAnswer) -> Result<SearchAnswer, GatewayError> {
                 step_id: value_text(probe.step_id.as_ref()).filter(|s| !s.is_empty()),
                 validator: value_text(probe.validator.as_ref()).filter(|s| !s.is_empty()),
                 token,
+                session: None,
             })
         }
         500..=599 => Err(GatewayError::CrmError { status: a.status }),

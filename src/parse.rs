@@ -261,6 +261,24 @@ pub fn search_params(
     Ok(req)
 }
 
+/// A phone number in any common notation (`+7 (999) 999-99-90`, `8 999 999 99 90`,
+/// `79999999990`, `9999999990`) as 11 digits starting with the country code 7; None when
+/// the text is not such a phone.
+pub fn phone_digits(text: &str) -> Option<String> {
+    let t = text.trim();
+    if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)) {
+        return None;
+    }
+    let mut digits: String = t.chars().filter(char::is_ascii_digit).collect();
+    match digits.len() {
+        10 => digits.insert(0, '7'),
+        11 if digits.starts_with('8') => digits.replace_range(..1, "7"),
+        11 if digits.starts_with('7') => {}
+        _ => return None,
+    }
+    Some(digits)
+}
+
 /// A JSON object's members as strings (numbers and booleans are tolerated, null is absent).
 fn json_pairs(body: &[u8]) -> Result<Vec<(String, String)>, GatewayError> {
     let bad = GatewayError::BadRequest("search parameters are not a JSON object of strings");
@@ -427,5 +445,28 @@ mod tests {
             bad(Some("application/x-www-form-urlencoded"), &[b'x'; 40][..]),
             400
         );
+    }
+
+    #[test]
+    fn phones_in_common_notations() {
+        for p in [
+            "+7 (999) 999-99-90",
+            "8 999 999 99 90",
+            "79999999990",
+            "9999999990",
+            "8-999-999-99-90",
+        ] {
+            assert_eq!(phone_digits(p).as_deref(), Some("79999999990"), "{p}");
+        }
+        for p in [
+            "",
+            "12345",
+            "+1 555 123 4567 8",
+            "a@b.c",
+            "+44 20 7946 0958",
+            "99999999901234",
+        ] {
+            assert_eq!(phone_digits(p), None, "{p}");
+        }
     }
 }

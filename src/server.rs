@@ -23,7 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::Admin;
 use crate::cache::CardCache;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, DialectKind};
 use crate::dialect;
 use crate::gateway::{Gateway, Listener};
 use crate::guard::SearchGuard;
@@ -161,7 +161,7 @@ fn exit_when_drained(inflight: &IntGauge, grace: Duration) {
 }
 
 /// Run only the mock internal system (`cardgate mock-crm`); SIGTERM ends it at once.
-pub fn run_mock(listen: &str) {
+pub fn run_mock(listen: &str, dialect: DialectKind) {
     let conf = ServerConf {
         threads: 1,
         grace_period_seconds: Some(0),
@@ -171,6 +171,6 @@ pub fn run_mock(listen: &str) {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    server.add_service(crate::mock::service(listen));
+    server.add_service(crate::mock::service(listen, dialect));
     server.run(RunArgs::default());
 }

@@ -149,34 +149,47 @@ fn sigterm_on_an_idle_gateway_exits_cleanly() {
 }
 
 #[test]
-fn demo_runs_a_working_pair_and_prints_curl_lines() {
-    let (listen, admin, crm) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let p = Proc::spawn(
-        &["demo", "--listen", &listen, "--admin", &admin, "--crm", &crm],
-        &[],
-    );
-    let card_url = format!("http://{listen}/rest/chat/client/id/demo-token-1");
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = ureq::get(&card_url).timeout(Duration::from_secs(2)).call() {
-            assert_eq!(r.status(), 200);
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "demo did not answer: {}",
-            p.output()
+fn demo_runs_a_working_pair_and_prints_curl_lines_for_each_dialect() {
+    for (dialect, probe, status) in [
+        ("iq", "demo-token-1", 200),
+        ("bearer", "demo-user-1", 200),
+        ("gigma", "unknown-1", 401),
+    ] {
+        let (listen, admin, crm) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
         );
-        thread::sleep(Duration::from_millis(50));
+        let p = Proc::spawn(
+            &[
+                "demo",
+                "--dialect",
+                dialect,
+                "--listen",
+                &listen,
+                "--admin",
+                &admin,
+                "--crm",
+                &crm,
+            ],
+            &[],
+        );
+        let up = common::eventually(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&listen).is_ok() && std::net::TcpStream::connect(&crm).is_ok()
+        });
+        assert!(up, "{dialect} demo did not start: {}", p.output());
+        let r = request(
+            "GET",
+            &format!("http://{listen}/rest/chat/client/id/{probe}"),
+            &[],
+            None,
+        );
+        assert_eq!(r.status, status, "{dialect}: {}", r.body);
+        let out = p.output();
+        assert!(
+            out.contains(&format!("curl -i http://{listen}/rest/chat/client/")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("http://{admin}/metrics")), "{out}");
     }
-    let out = p.output();
-    assert!(
-        out.contains(&format!("curl -i http://{listen}/rest/chat/client/id/")),
-        "{out}"
-    );
-    assert!(out.contains(&format!("http://{admin}/metrics")), "{out}");
 }

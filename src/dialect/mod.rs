@@ -5,6 +5,8 @@
 //! maps its answer to a [`Card`] or a [`GatewayError`]. Adding a dialect is a new module and
 //! a new `DialectKind` in the config.
 
+pub mod bearer;
+pub mod gigma;
 pub mod iq;
 
 use async_trait::async_trait;
@@ -29,11 +31,35 @@ pub trait Dialect: Send + Sync {
     ) -> Result<SearchAnswer, GatewayError> {
         Err(GatewayError::SearchNotSupported)
     }
+
+    /// End the session behind `token` when its card is purged; true if one was ended.
+    /// Dialects without sessions keep this default.
+    async fn end_session(
+        &self,
+        _up: &Upstream,
+        _token: &Token,
+        _trace: &Trace,
+    ) -> Result<bool, GatewayError> {
+        Ok(false)
+    }
+}
+
+/// An `Authorization: Bearer <token>` value, marked sensitive.
+pub fn bearer_header(token: &Token) -> Result<http::HeaderValue, GatewayError> {
+    let mut value = Vec::with_capacity(7 + token.as_bytes().len());
+    value.extend_from_slice(b"Bearer ");
+    value.extend_from_slice(token.as_bytes());
+    let mut value = http::HeaderValue::from_bytes(&value)
+        .map_err(|_| GatewayError::BadRequest("token cannot be sent in a header"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// The dialect configured in `upstream.dialect`.
 pub fn from_config(cfg: &Config) -> Box<dyn Dialect> {
     match cfg.upstream.dialect {
         DialectKind::Iq => Box::new(iq::Iq::new(&cfg.upstream)),
+        DialectKind::Gigma => Box::new(gigma::Gigma::new(&cfg.upstream)),
+        DialectKind::Bearer => Box::new(bearer::Bearer::new(&cfg.upstream)),
     }
 }

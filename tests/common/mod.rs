@@ -196,9 +196,13 @@ pub struct Mock {
 
 impl Mock {
     pub fn start() -> Mock {
+        Self::start_dialect("iq", &[])
+    }
+
+    pub fn start_dialect(dialect: &str, envs: &[(&str, &str)]) -> Mock {
         for _ in 0..5 {
             let addr = format!("127.0.0.1:{}", free_port());
-            let mut proc = Proc::spawn(&["mock-crm", "--listen", &addr], &[]);
+            let mut proc = Proc::spawn(&["mock-crm", "--listen", &addr, "--dialect", dialect], envs);
             if wait_until(
                 Duration::from_secs(10),
                 || TcpStream::connect(&addr).is_ok(),

@@ -23,6 +23,9 @@
 //! `stepId` and `secretWord` [`SEARCH_CODE`] answers `answerType` 2 with a token whose card
 //! the mock serves; a wrong code is a 400 `WRONG_CODE` and the step stays open.
 //!
+//! With `--dialect gigma` it is the counterparty API of [`gigma`], with `--dialect bearer`
+//! the token-check endpoint of [`bearer`].
+//!
 //! For tests it keeps a journal of what it was sent (`GET /__mock/journal`), can be told
 //! to fail every call (`POST /__mock/fail` with body `off`, `500`, `reset` or `slow`) and
 //! to forget (`POST /__mock/reset`). It writes nothing to stdout.
@@ -40,6 +43,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 use serde_json::{json, Value};
 
+use crate::config::DialectKind;
+
 /// How long `slow` answers take.
 pub const SLOW: Duration = Duration::from_secs(3);
 /// How long `lag` answers take: long enough for concurrent requests to overlap.
@@ -49,15 +54,32 @@ pub const SEARCH_CODE: &str = "1111";
 /// Journal entries kept.
 const JOURNAL_MAX: usize = 10_000;
 
-#[derive(Default)]
+pub mod bearer;
+pub mod gigma;
+
 pub struct MockCrm {
+    dialect: DialectKind,
     journal: Mutex<Vec<Value>>,
     fail: Mutex<Option<String>>,
     /// Open search steps: stepId → client.
     steps: Mutex<BTreeMap<String, String>>,
+    /// gigma: logged-in sessions, access token → phone.
+    sessions: Mutex<BTreeMap<String, String>>,
 }
 
-fn random_hex(bytes: usize) -> String {
+impl MockCrm {
+    pub fn new(dialect: DialectKind) -> Self {
+        MockCrm {
+            dialect,
+            journal: Mutex::default(),
+            fail: Mutex::default(),
+            steps: Mutex::default(),
+            sessions: Mutex::default(),
+        }
+    }
+}
+
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     getrandom::getrandom(&mut b).unwrap_or_default();
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -79,7 +101,7 @@ fn search_params(content_type: &str, body: &[u8]) -> BTreeMap<String, String> {
     }
 }
 
-enum Reply {
+pub(crate) enum Reply {
     Answer {
         status: u16,
         content_type: &'static str,
@@ -89,7 +111,7 @@ enum Reply {
     Reset,
 }
 
-fn json_reply(status: u16, body: Value) -> Reply {
+pub(crate) fn json_reply(status: u16, body: Value) -> Reply {
     Reply::Answer {
         status,
         content_type: "application/json",
@@ -254,6 +276,7 @@ impl MockCrm {
                 self.journal.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 *self.fail.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.steps.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                self.sessions.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 json_reply(200, json!({"reset": true}))
             }
             ("POST", "/__mock/fail") => {
@@ -302,6 +325,17 @@ impl MockCrm {
             return (None, self.control(method, path, body));
         }
         self.record(session, body);
+        match self.dialect {
+            DialectKind::Gigma => {
+                let reply = || gigma::reply(self, req, body);
+                return self.failure(reply).unwrap_or_else(|| (None, reply()));
+            }
+            DialectKind::Bearer => {
+                let reply = || bearer::reply(req);
+                return self.failure(reply).unwrap_or_else(|| (None, reply()));
+            }
+            DialectKind::Iq => {}
+        }
         match (method, path) {
             ("POST", "/rest/chat/client/id/" | "/rest/chat/client/id") => match req.headers.get("token") {
                 Some(t) if !t.is_empty() => self.card_reply(t.as_bytes()),
@@ -391,8 +425,8 @@ impl HttpServerApp for MockCrm {
 }
 
 /// The mock as a Pingora service listening on `listen`.
-pub fn service(listen: &str) -> Service<MockCrm> {
-    let mut s = Service::new("cardgate mock CRM".to_string(), MockCrm::default());
+pub fn service(listen: &str, dialect: DialectKind) -> Service<MockCrm> {
+    let mut s = Service::new("cardgate mock CRM".to_string(), MockCrm::new(dialect));
     s.add_tcp(listen);
     s.threads = Some(1);
     s
