@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Single-flight under a login storm: N concurrent requests (default 1000) for one cold token
+# against a slow CRM (cardgate's mock, `lag` tokens answer after 500 ms), through cardgate
+# and through nginx with proxy_cache_lock; prints how many calls reached the CRM for each.
+#
+#   benches/singleflight.sh [N]
+#
+# Needs nginx (nginx-light) and python3; installs nothing. Loopback only, bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-1000}
+command -v nginx >/dev/null || { echo "needs nginx (apt-get install -y nginx-light)" >&2; exit 2; }
+cargo build --release --quiet
+bin=target/release/cardgate
+work=$(mktemp -d /tmp/cardgate-sf.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+crm=127.0.0.1:18281 gw=127.0.0.1:18290 ngx=127.0.0.1:18280
+"$bin" mock-crm --listen $crm >"$work/mock.log" 2>&1 &
+pids+=($!)
+cat >"$work/gw.toml" <<TOML
+[server]
+listen = "$gw"
+threads = 1
+upgrade_sock = "$work/gw.sock"
+[admin]
+listen = "127.0.0.1:18291"
+[upstream]
+url = "http://$crm"
+[log]
+access = false
+TOML
+"$bin" --config "$work/gw.toml" >"$work/gw.log" 2>&1 &
+pids+=($!)
+mkdir -p "$work/nginx"
+sed -e "s/CRM_PORT/${crm##*:}/" -e "s/PROXY_PORT/${ngx##*:}/" benches/singleflight-nginx.conf >"$work/nginx/nginx.conf"
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
+for hp in $crm $gw $ngx; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null && break; sleep 0.1; done
+done
+
+calls() { # token -> number of CRM calls that carried it
+  curl -s "http://$crm/__mock/journal" | python3 -c \
+    "import json,sys; print(sum(1 for e in json.load(sys.stdin) if e['headers'].get('token') == sys.argv[1]))" "$1"
+}
+for who in cardgate nginx; do
+  tok="lag-storm-$who-$RANDOM$RANDOM"
+  addr=$gw; [ $who = nginx ] && addr=$ngx
+  statuses=$(python3 benches/burst.py "$addr" "/rest/chat/client/id/$tok" "$n")
+  printf '%-9s %5d concurrent cold requests -> %3d CRM call(s); answers %s\n' "$who" "$n" "$(calls "$tok")" "$statuses"
+done
