@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::sync::Cache;
 use moka::Expiry;
 use tokio::sync::OnceCell;
 
@@ -182,7 +182,7 @@ impl CardCache {
         Fut: Future<Output = Result<Card, GatewayError>>,
     {
         let now = Instant::now();
-        let existing = self.cards.get(&key).await;
+        let existing = self.cards.get(&key);
         if let Some(e) = &existing {
             if e.is_fresh(now) {
                 let result = if e.negative {
@@ -237,7 +237,7 @@ impl CardCache {
         Fut: Future<Output = Result<Card, GatewayError>>,
     {
         // A leader that finished just before this one began may have stored a fresh answer.
-        if let Some(e) = self.cards.get(&key).await {
+        if let Some(e) = self.cards.get(&key) {
             if e.is_fresh(Instant::now()) && existing.as_ref().is_none_or(|old| !Arc::ptr_eq(old, &e)) {
                 return Ok((e, false));
             }
@@ -249,7 +249,7 @@ impl CardCache {
                 let ttl = card.max_age.map_or(self.ttl, |age| age.min(self.ttl));
                 let stored = Arc::new(Stored::new(200, card.body, None, now, ttl, self.stale_if_error));
                 if !card.no_store && !ttl.is_zero() {
-                    self.cards.insert(key, stored.clone()).await;
+                    self.cards.insert(key, stored.clone());
                 }
                 Ok((stored, false))
             }
@@ -263,7 +263,7 @@ impl CardCache {
                     Duration::ZERO,
                 ));
                 if !self.negative_ttl.is_zero() {
-                    self.cards.insert(key, stored.clone()).await;
+                    self.cards.insert(key, stored.clone());
                 }
                 Ok((stored, false))
             }
@@ -281,26 +281,26 @@ impl CardCache {
     /// window: when it expires, the session is over.
     pub async fn store_session(&self, key: CacheKey, body: Bytes, ttl: Duration) {
         let stored = Stored::new(200, body, None, Instant::now(), ttl, Duration::ZERO);
-        self.cards.insert(key, Arc::new(stored)).await;
+        self.cards.insert(key, Arc::new(stored));
     }
 
     /// Drop one entry; true if it was there.
     pub async fn purge(&self, key: &CacheKey) -> bool {
-        self.cards.remove(key).await.is_some()
+        self.cards.remove(key).is_some()
     }
 
     /// Drop every entry; returns how many there were.
     pub async fn clear(&self) -> u64 {
-        self.cards.run_pending_tasks().await;
+        self.cards.run_pending_tasks();
         let n = self.cards.entry_count();
         self.cards.invalidate_all();
-        self.cards.run_pending_tasks().await;
+        self.cards.run_pending_tasks();
         n
     }
 
     /// (entries, weighted bytes), after pending maintenance.
     pub async fn usage(&self) -> (u64, u64) {
-        self.cards.run_pending_tasks().await;
+        self.cards.run_pending_tasks();
         (self.cards.entry_count(), self.cards.weighted_size())
     }
 

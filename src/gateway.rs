@@ -90,7 +90,9 @@ impl Gateway {
         if session.req_header().method == http::Method::POST {
             self.read_body(session).await?;
         }
-        ctx.token_fp = Some(self.hasher.fingerprint(token.as_bytes()));
+        if self.cfg.log.access {
+            ctx.token_fp = Some(self.hasher.fingerprint(token.as_bytes()));
+        }
         let trace = Trace::default();
         let (result, how) = self.lookup(&token, &trace).await;
         ctx.cache = Some(how);
@@ -300,16 +302,9 @@ impl ProxyHttp for Listener {
         let elapsed = ctx.start.elapsed();
         let api = ctx.api.label();
         let status = if ctx.status == 0 { 499 } else { ctx.status };
-        gw.metrics
-            .requests
-            .with_label_values(&[api, status_label(status)])
-            .inc();
-        gw.metrics
-            .request_seconds
-            .with_label_values(&[api])
-            .observe(elapsed.as_secs_f64());
+        gw.metrics.observe_request(api, status, elapsed.as_secs_f64());
         if let Some(how) = ctx.cache {
-            gw.metrics.cache_lookups.with_label_values(&[how.label()]).inc();
+            gw.metrics.count_lookup(how.label());
         }
         if let Some((step, outcome)) = ctx.search {
             gw.metrics.search_steps.with_label_values(&[step, outcome]).inc();
@@ -336,35 +331,4 @@ impl ProxyHttp for Listener {
             peer,
         });
     }
-}
-
-/// A static label for an HTTP status (no allocation on the hot path).
-fn status_label(status: u16) -> &'static str {
-    const KNOWN: &[(u16, &str)] = &[
-        (200, "200"),
-        (400, "400"),
-        (401, "401"),
-        (403, "403"),
-        (404, "404"),
-        (405, "405"),
-        (410, "410"),
-        (413, "413"),
-        (414, "414"),
-        (429, "429"),
-        (431, "431"),
-        (499, "499"),
-        (500, "500"),
-        (501, "501"),
-        (502, "502"),
-        (503, "503"),
-        (504, "504"),
-    ];
-    KNOWN.iter().find(|(s, _)| *s == status).map_or(
-        match status {
-            200..=299 => "2xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        },
-        |(_, l)| l,
-    )
 }

@@ -5,7 +5,12 @@
 //! open, except when an oversized request body was left unread.
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
+
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 use pingora::proxy::Session;
 
 /// An answer ready to write.
@@ -20,15 +25,16 @@ pub struct Answer {
 
 /// The response header for an answer.
 pub fn header(answer: &Answer) -> pingora::Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(answer.status, Some(5))?;
-    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    h.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
-    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    // Header case is not preserved (HTTP names are case-insensitive): no case map to build.
+    let mut h = ResponseHeader::build_no_case(answer.status, Some(5))?;
+    h.insert_header(http::header::CONTENT_TYPE, JSON)?;
+    h.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(answer.body.len()))?;
+    h.insert_header(http::header::CACHE_CONTROL, NO_STORE)?;
     if let Some(x) = answer.x_cache {
-        h.insert_header("x-cache", x)?;
+        h.insert_header(X_CACHE, HeaderValue::from_static(x))?;
     }
     if let Some(allow) = answer.allow {
-        h.insert_header(http::header::ALLOW, allow)?;
+        h.insert_header(http::header::ALLOW, HeaderValue::from_static(allow))?;
     }
     Ok(h)
 }

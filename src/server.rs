@@ -71,6 +71,7 @@ pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), ConfigEr
         upgrade_sock: cfg.upgrade_sock(),
         pid_file: format!("{}.pid", cfg.upgrade_sock().trim_end_matches(".upgrade.sock")),
         daemon: false,
+        work_stealing: false,
         ..ServerConf::default()
     };
     let opt = Opt {

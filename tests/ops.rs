@@ -116,7 +116,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
 
     // Signal once the request is inside the gateway (the CRM takes 500 ms to answer).
     let start = Instant::now();
-    while gw.metric("cardgate_inflight_requests") < 1.0 {
+    while gw.metric_now("cardgate_inflight_requests") < 1.0 {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "the request never arrived"

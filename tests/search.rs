@@ -267,7 +267,7 @@ fn a_finished_search_prewarms_the_card() {
     let t = identify(&gw, "prewarm@example.org");
     assert!(
         eventually(Duration::from_secs(5), || {
-            gw.metric("cardgate_prewarm_total{outcome=\"ok\"}") >= 1.0
+            gw.metric_now("cardgate_prewarm_total{outcome=\"ok\"}") >= 1.0
         }),
         "no pre-warm"
     );

@@ -356,16 +356,28 @@ impl Gateway {
         request(method, &format!("http://{}{path}", self.admin), headers, body)
     }
 
+    /// /metrics once every request answered so far has been counted: a request is in flight
+    /// until its log line and metrics are done, so wait (bounded) for none to be.
     pub fn metrics(&self) -> String {
+        let settled = eventually(Duration::from_secs(5), || {
+            sample(&self.metrics_now(), "cardgate_inflight_requests") == 0.0
+        });
+        assert!(settled, "requests stayed in flight");
+        self.metrics_now()
+    }
+
+    pub fn metrics_now(&self) -> String {
         self.admin("GET", "/metrics", &[]).body
     }
 
-    /// The value of one sample line of /metrics (0 when absent).
-    pub fn metric(&self, sample: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
+    /// The value of one sample line of /metrics (0 when absent), once settled.
+    pub fn metric(&self, name: &str) -> f64 {
+        sample(&self.metrics(), name)
+    }
+
+    /// The value of one sample line of /metrics right now.
+    pub fn metric_now(&self, name: &str) -> f64 {
+        sample(&self.metrics_now(), name)
     }
 
     /// Assert that none of `secrets` appears in anything the gateway printed or exports.
@@ -379,6 +391,13 @@ impl Gateway {
             assert!(!metrics.contains(s), "secret {s:?} in metrics");
         }
     }
+}
+
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 fn form_encode(v: &str) -> String {
