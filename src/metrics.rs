@@ -25,12 +25,16 @@ const OTHER_5XX: &str = "5xx";
 /// The `result` label values of cache lookups.
 pub const CACHE_RESULTS: [&str; 5] = ["hit", "negative_hit", "miss", "stale", "coalesced"];
 
+/// The `outcome` label values of upstream calls.
+pub const UPSTREAM_OUTCOMES: [&str; 6] = ["ok", "rejected", "error_5xx", "timeout", "invalid", "unavailable"];
+
 /// Children of labelled metrics resolved once, on first use, so the hot path does not
 /// hash label values on every request (and no series appears before it is used).
 struct Hot {
     requests: Vec<OnceLock<IntCounter>>,
     seconds: Vec<OnceLock<Histogram>>,
     lookups: Vec<OnceLock<IntCounter>>,
+    outcomes: Vec<OnceLock<IntCounter>>,
 }
 
 pub struct Metrics {
@@ -162,6 +166,7 @@ impl Metrics {
                 requests: slots(APIS.len() * (STATUSES.len() + 1)),
                 seconds: slots(APIS.len()),
                 lookups: slots(CACHE_RESULTS.len()),
+                outcomes: slots(UPSTREAM_OUTCOMES.len()),
             },
             registry,
             requests,
@@ -197,6 +202,15 @@ impl Metrics {
         self.hot.lookups[r]
             .get_or_init(|| self.cache_lookups.with_label_values(&[CACHE_RESULTS[r]]))
             .inc();
+    }
+
+    /// Count one upstream call and its duration; `outcome` is one of [`UPSTREAM_OUTCOMES`].
+    pub fn observe_upstream(&self, outcome: &'static str, seconds: f64) {
+        let o = UPSTREAM_OUTCOMES.iter().position(|x| *x == outcome).unwrap_or(0);
+        self.hot.outcomes[o]
+            .get_or_init(|| self.upstream_calls.with_label_values(&[UPSTREAM_OUTCOMES[o]]))
+            .inc();
+        self.upstream_seconds.observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.

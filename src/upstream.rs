@@ -120,8 +120,7 @@ impl Upstream {
             Err(GatewayError::CrmInvalidResponse(_)) => "invalid",
             Err(_) => "unavailable",
         };
-        self.metrics.upstream_calls.with_label_values(&[outcome]).inc();
-        self.metrics.upstream_seconds.observe(elapsed.as_secs_f64());
+        self.metrics.observe_upstream(outcome, elapsed.as_secs_f64());
         trace.record(result.as_ref().ok().map(|a| a.status), elapsed);
         result
     }
