@@ -12,6 +12,9 @@
 # Paths:  hit     = one token, cached after the first request
 #         miss    = a new token on every request (nginx: /nocache/, cardgate: ttl 0)
 #         ceiling = the CRM's own `return 200` (the fastest one HTTP/1.1 worker gets here)
+# In the anchor, proxy and CRM share one nginx worker, so nginx's miss path never wakes
+# another process; cardgate's always does. `nginx_miss_xproc` is the same nginx proxy
+# (benches/nginx-proxy.conf) in a process of its own on :18082, against the same CRM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -30,11 +33,15 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   ANCHOR_DIR=$work/anchor "$anchor" stop >/dev/null 2>&1 || true
+  [ -f "$work/proxy/nginx.pid" ] && kill "$(cat "$work/proxy/nginx.pid")" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 ANCHOR_DIR=$work/anchor "$anchor" start
+mkdir -p "$work/proxy"
+sed -e "s/CRM_PORT/18081/" -e "s/PROXY_PORT/18082/" benches/nginx-proxy.conf >"$work/proxy/nginx.conf"
+nginx -p "$work/proxy" -c "$work/proxy/nginx.conf"
 
 gateway() { # name listen admin ttl
   cat >"$work/$1.toml" <<TOML
@@ -57,7 +64,7 @@ TOML
 }
 gateway cached 127.0.0.1:18090 127.0.0.1:18091 60s
 gateway nocache 127.0.0.1:18092 127.0.0.1:18093 0s
-for port in 18080 18081 18090 18092; do
+for port in 18080 18081 18082 18090 18092; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.1
@@ -86,6 +93,7 @@ results=()
 results+=("$(run nginx_hit "http://127.0.0.1:18080/rest/chat/client/id/$tok")")
 results+=("$(run cardgate_hit "http://127.0.0.1:18090/rest/chat/client/id/$tok")")
 results+=("$(PREFIX=/nocache/ run nginx_miss http://127.0.0.1:18080 -s benches/unique.lua)")
+results+=("$(PREFIX=/nocache/ run nginx_miss_xproc http://127.0.0.1:18082 -s benches/unique.lua)")
 results+=("$(run cardgate_miss http://127.0.0.1:18092 -s benches/unique.lua)")
 results+=("$(run ceiling "http://127.0.0.1:18081/rest/chat/client/id/" -H "token: $tok")")
 
@@ -105,3 +113,5 @@ echo "cache hit : cardgate/nginx req/s $(ratio "${RPS[cardgate_hit]}" "${RPS[ngi
   "p99 cardgate/nginx $(ratio "${P99[cardgate_hit]}" "${P99[nginx_hit]}")"
 echo "miss path : cardgate/nginx req/s $(ratio "${RPS[cardgate_miss]}" "${RPS[nginx_miss]}")," \
   "p99 cardgate/nginx $(ratio "${P99[cardgate_miss]}" "${P99[nginx_miss]}")"
+echo "miss path, nginx proxy in its own process: cardgate/nginx req/s" \
+  "$(ratio "${RPS[cardgate_miss]}" "${RPS[nginx_miss_xproc]}"), p99 $(ratio "${P99[cardgate_miss]}" "${P99[nginx_miss_xproc]}")"

@@ -40,7 +40,7 @@ TOML
 "$bin" --config "$work/gw.toml" >"$work/gw.log" 2>&1 &
 pids+=($!)
 mkdir -p "$work/nginx"
-sed -e "s/CRM_PORT/${crm##*:}/" -e "s/PROXY_PORT/${ngx##*:}/" benches/singleflight-nginx.conf >"$work/nginx/nginx.conf"
+sed -e "s/CRM_PORT/${crm##*:}/" -e "s/PROXY_PORT/${ngx##*:}/" benches/nginx-proxy.conf >"$work/nginx/nginx.conf"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
 for hp in $crm $gw $ngx; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null && break; sleep 0.1; done

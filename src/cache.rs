@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,8 +76,9 @@ pub struct Stored {
     pub error_code: Option<Box<str>>,
     fresh_until: Instant,
     stale_until: Instant,
-    /// Milliseconds since [`epoch`] of the last failed refresh, plus one (0: none).
-    last_failed_refresh: AtomicU64,
+    /// When the last refresh failed, in milliseconds relative to `fresh_until`
+    /// ([`NEVER`]: no failure yet). Compact: no lock, no 16-byte `Instant`.
+    last_failed_refresh: AtomicI64,
 }
 
 impl Stored {
@@ -96,7 +97,7 @@ impl Stored {
             error_code: error_code.map(Into::into),
             fresh_until: now + fresh,
             stale_until: now + fresh + stale,
-            last_failed_refresh: AtomicU64::new(0),
+            last_failed_refresh: AtomicI64::new(NEVER),
         }
     }
 
@@ -112,25 +113,27 @@ impl Stored {
     /// Did a refresh fail less than [`STALE_RETRY_INTERVAL`] ago?
     fn refresh_failed_recently(&self, now: Instant) -> bool {
         match self.last_failed_refresh.load(Ordering::Relaxed) {
-            0 => false,
-            at => millis(now).saturating_sub(at - 1) < STALE_RETRY_INTERVAL.as_millis() as u64,
+            NEVER => false,
+            at => self.offset(now).saturating_sub(at) < STALE_RETRY_INTERVAL.as_millis() as i64,
         }
     }
 
     fn note_failed_refresh(&self, now: Instant) {
-        self.last_failed_refresh.store(millis(now) + 1, Ordering::Relaxed);
+        self.last_failed_refresh
+            .store(self.offset(now), Ordering::Relaxed);
+    }
+
+    /// Milliseconds from `fresh_until` to `t` (negative before it).
+    fn offset(&self, t: Instant) -> i64 {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
+        match t.checked_duration_since(self.fresh_until) {
+            Some(after) => ms(after),
+            None => -ms(self.fresh_until - t),
+        }
     }
 }
 
-/// A process-wide origin for compact timestamps.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn millis(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(epoch()).as_millis()).unwrap_or(u64::MAX - 1)
-}
+const NEVER: i64 = i64::MIN;
 
 /// What a lookup gives: the answer (or the error all waiters share) and how it was found.
 pub type Lookup = (Result<Arc<Stored>, GatewayError>, CacheResult);

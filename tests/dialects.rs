@@ -153,7 +153,7 @@ fn gigma_login_answers_a_token_whose_card_the_auth_api_serves() {
     assert_eq!(body(&logout), json!({"from_all_devices": false}));
     assert_eq!(gw.post_card(&t).error_code(), "SESSION_UNKNOWN");
 
-    gw.assert_never_shown(&[&t, APP_TOKEN, &unknown]);
+    gw.assert_never_shown(&[&t, APP_TOKEN, &unknown, "\"0000\"", "\"1111\"", "password"]);
 }
 
 #[test]
