@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the cache-hit path, one function per step, and the whole path:
-//! parse the request → hash the token → look the card up → build the answer header.
+//! frame the request → route it → hash the token → look the card up → write the answer.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -8,17 +8,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use cardgate::cache::CardCache;
 use cardgate::config::CacheSection;
+use cardgate::http1::{parse_head, Request};
 use cardgate::keys::TokenHasher;
 use cardgate::normalise::Card;
 use cardgate::parse::{route, Route};
-use cardgate::respond::{header, Answer};
+use cardgate::respond::{write, Answer, Framing};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use pingora::http::RequestHeader;
 
 const TOKEN: &str = "3f6c1b0e-5a2d-4c8e-9f1a-7b2d4e6f8a0c";
 
-fn request() -> RequestHeader {
-    RequestHeader::build("GET", format!("/rest/chat/client/id/{TOKEN}").as_bytes(), None).unwrap()
+/// What wrk sends.
+fn request() -> Vec<u8> {
+    format!("GET /rest/chat/client/id/{TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n").into_bytes()
 }
 
 fn cache_with_card(hasher: &TokenHasher, rt: &tokio::runtime::Runtime) -> CardCache {
@@ -53,10 +54,17 @@ fn hit_path(c: &mut Criterion) {
         .unwrap();
     let hasher = TokenHasher::random();
     let cache = cache_with_card(&hasher, &rt);
-    let req = request();
+    let raw = request();
+    let mut head = None;
+    parse_head(&raw, 32 * 1024, &mut head).unwrap();
+    let parsed = head.clone().unwrap();
+    let req = Request::new(&raw, &parsed, b"", None);
     let key = hasher.cache_key(TOKEN.as_bytes());
     let never = || async { unreachable!("a hit never fetches") };
 
+    c.bench_function("frame_head", |b| {
+        b.iter(|| parse_head(black_box(&raw), 32 * 1024, &mut head).unwrap())
+    });
     c.bench_function("parse_route", |b| b.iter(|| route(black_box(&req), 4096)));
     c.bench_function("cache_key", |b| {
         b.iter(|| hasher.cache_key(black_box(TOKEN.as_bytes())))
@@ -68,33 +76,38 @@ fn hit_path(c: &mut Criterion) {
         b.iter(|| rt.block_on(cache.get_or_fetch(black_box(key), never)).0.unwrap())
     });
     let stored = rt.block_on(cache.get_or_fetch(key, never)).0.unwrap();
-    c.bench_function("answer_header", |b| {
+    let mut out = Vec::with_capacity(4096);
+    c.bench_function("answer_write", |b| {
         b.iter(|| {
             let answer = Answer {
                 status: 200,
                 body: stored.body.clone(),
                 x_cache: Some("HIT"),
                 allow: None,
-                close: false,
             };
-            header(black_box(&answer)).unwrap()
+            out.clear();
+            write(&mut out, black_box(&answer), Framing::default());
+            out.len()
         })
     });
     c.bench_function("whole_hit_path", |b| {
         b.iter(|| {
-            let (_, r) = route(black_box(&req), 4096);
+            parse_head(black_box(&raw), 32 * 1024, &mut head).unwrap();
+            let parsed = head.as_ref().unwrap();
+            let req = Request::new(&raw, parsed, b"", None);
+            let (_, r) = route(&req, 4096);
             let Ok(Route::Card(token)) = r else { unreachable!() };
             let key = hasher.cache_key(token.as_bytes());
-            let fp = hasher.fingerprint(token.as_bytes());
             let stored = rt.block_on(cache.get_or_fetch(key, never)).0.unwrap();
             let answer = Answer {
                 status: stored.status,
                 body: stored.body.clone(),
                 x_cache: Some("HIT"),
                 allow: None,
-                close: false,
             };
-            (header(&answer).unwrap(), fp)
+            out.clear();
+            write(&mut out, &answer, Framing::default());
+            out.len()
         })
     });
 }

@@ -61,6 +61,12 @@ pub struct ServerSection {
     /// Unix socket used to hand listening sockets to a new process (zero-downtime upgrade).
     /// Empty: derived from the listen port, so instances on one machine do not collide.
     pub upgrade_sock: String,
+    /// How long an idle keep-alive connection is kept open.
+    #[serde(deserialize_with = "de_duration")]
+    pub keepalive_timeout: Duration,
+    /// A request must arrive whole, and its answer be taken, within this once it started.
+    #[serde(deserialize_with = "de_duration")]
+    pub client_timeout: Duration,
 }
 
 impl Default for ServerSection {
@@ -70,6 +76,8 @@ impl Default for ServerSection {
             threads: 2,
             grace_period: Duration::from_secs(5),
             upgrade_sock: String::new(),
+            keepalive_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -289,6 +297,9 @@ pub struct LimitsSection {
     pub max_token_bytes: usize,
     #[serde(deserialize_with = "de_size")]
     pub max_body_bytes: u64,
+    /// Request line plus header fields.
+    #[serde(deserialize_with = "de_size")]
+    pub max_head_bytes: u64,
 }
 
 impl Default for LimitsSection {
@@ -296,6 +307,7 @@ impl Default for LimitsSection {
         LimitsSection {
             max_token_bytes: 4096,
             max_body_bytes: 16 * 1024,
+            max_head_bytes: 32 * 1024,
         }
     }
 }
@@ -484,6 +496,14 @@ impl Config {
         if self.server.grace_period > Duration::from_secs(3600) {
             return Err(err("server.grace_period", "must be at most 1h"));
         }
+        for (key, d) in [
+            ("server.keepalive_timeout", self.server.keepalive_timeout),
+            ("server.client_timeout", self.server.client_timeout),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(err(key, "must be greater than 0 and at most 1h"));
+            }
+        }
         let url = UpstreamUrl::parse(&self.upstream.url)?;
         if self.upstream.timeout.is_zero() {
             return Err(err("upstream.timeout", "must be greater than 0"));
@@ -552,6 +572,14 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 || self.limits.max_body_bytes > 16 * 1024 * 1024 {
             return Err(err("limits.max_body_bytes", "must be between 1 byte and 16MiB"));
+        }
+        // A token within its limit must fit in the request line even percent-encoded.
+        let least_head = 3 * self.limits.max_token_bytes as u64 + 1024;
+        if self.limits.max_head_bytes < least_head || self.limits.max_head_bytes > 1024 * 1024 {
+            return Err(err(
+                "limits.max_head_bytes",
+                format!("must be between {least_head} bytes (3 x limits.max_token_bytes + 1KiB) and 1MiB"),
+            ));
         }
         match self.upstream.dialect {
             DialectKind::Gigma => {

@@ -20,6 +20,12 @@ pub enum GatewayError {
     MethodNotAllowed { allow: &'static str },
     /// The request body exceeds `limits.max_body_bytes`.
     PayloadTooLarge,
+    /// The request line alone exceeds `limits.max_head_bytes`.
+    UriTooLong,
+    /// The request head exceeds `limits.max_head_bytes`, or has too many fields.
+    HeadersTooLarge,
+    /// The request did not arrive whole within `server.client_timeout`.
+    RequestTimeout,
     /// The configured dialect has no Search client API.
     SearchNotSupported,
     /// A `secretWord` that does not match the validator the previous step sent.
@@ -59,6 +65,9 @@ impl GatewayError {
             GatewayError::NotFound => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::PayloadTooLarge => 413,
+            GatewayError::UriTooLong => 414,
+            GatewayError::HeadersTooLarge => 431,
+            GatewayError::RequestTimeout => 408,
             GatewayError::SearchNotSupported => 501,
             GatewayError::SecretWordInvalid => 400,
             GatewayError::TooManyAttempts | GatewayError::TooManySearches => 429,
@@ -82,6 +91,9 @@ impl GatewayError {
             GatewayError::NotFound => "NOT_FOUND",
             GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             GatewayError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            GatewayError::UriTooLong => "URI_TOO_LONG",
+            GatewayError::HeadersTooLarge => "HEADERS_TOO_LARGE",
+            GatewayError::RequestTimeout => "REQUEST_TIMEOUT",
             GatewayError::SearchNotSupported => "SEARCH_NOT_SUPPORTED",
             GatewayError::SecretWordInvalid => "SECRET_WORD_INVALID",
             GatewayError::TooManyAttempts => "TOO_MANY_ATTEMPTS",
@@ -106,6 +118,11 @@ impl GatewayError {
             GatewayError::NotFound => "no such route".into(),
             GatewayError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
             GatewayError::PayloadTooLarge => "request body is larger than the configured limit".into(),
+            GatewayError::UriTooLong => "request line is longer than the configured limit".into(),
+            GatewayError::HeadersTooLarge => {
+                "request head is larger than the configured limit or has too many fields".into()
+            }
+            GatewayError::RequestTimeout => "the request did not arrive in time".into(),
             GatewayError::SearchNotSupported => {
                 "client search is not supported by the configured internal system".into()
             }
@@ -234,6 +251,17 @@ pub const CODES: &[(&str, u16, &str)] = &[
         413,
         "request body over limits.max_body_bytes",
     ),
+    ("URI_TOO_LONG", 414, "request line over limits.max_head_bytes"),
+    (
+        "HEADERS_TOO_LARGE",
+        431,
+        "request head over limits.max_head_bytes, or over 64 header fields",
+    ),
+    (
+        "REQUEST_TIMEOUT",
+        408,
+        "the request did not arrive whole within server.client_timeout",
+    ),
     (
         "SEARCH_NOT_SUPPORTED",
         501,
@@ -305,6 +333,9 @@ mod tests {
             GatewayError::NotFound,
             GatewayError::MethodNotAllowed { allow: "GET" },
             GatewayError::PayloadTooLarge,
+            GatewayError::UriTooLong,
+            GatewayError::HeadersTooLarge,
+            GatewayError::RequestTimeout,
             GatewayError::SearchNotSupported,
             GatewayError::SecretWordInvalid,
             GatewayError::TooManyAttempts,

@@ -1,8 +1,8 @@
-//! The chat-server-facing service: a Pingora `ProxyHttp` that answers every request itself.
+//! One chat-server request, from its parsed form to its answer.
 //!
-//! `request_filter` runs the whole data flow — parse → cache → dialect → upstream →
-//! normalise → respond — and returns `Ok(true)`, so Pingora's proxy pipeline never runs
-//! and every byte the chat server sees is written by [`crate::respond`]. `logging` records
+//! [`Gateway::answer`] runs the data flow — parse → cache → dialect → upstream →
+//! normalise — and returns the [`Answer`] that [`crate::respond`] writes; the listener
+//! ([`crate::listener`]) owns the connection around it. [`Gateway::finish`] records the
 //! metrics and the access-log line once the answer is out.
 //!
 //! The Auth API goes through the card cache. A search step goes through the brute-force
@@ -13,10 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use bytes::Bytes;
 use prometheus::IntGauge;
 
 use crate::accesslog;
@@ -25,10 +22,11 @@ use crate::config::Config;
 use crate::dialect::Dialect;
 use crate::error::GatewayError;
 use crate::guard::SearchGuard;
+use crate::http1::Request;
 use crate::keys::TokenHasher;
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
-use crate::respond::{self, Answer};
+use crate::respond::Answer;
 use crate::upstream::{Trace, Upstream};
 
 /// Everything a request needs, shared by all workers.
@@ -42,7 +40,7 @@ pub struct Gateway {
     pub guard: SearchGuard,
 }
 
-/// Per-request state for the log line and metrics.
+/// What one request did, for its log line and metrics.
 pub struct Ctx {
     start: Instant,
     api: Api,
@@ -65,31 +63,57 @@ impl Drop for InflightGuard {
     }
 }
 
-/// The Pingora service wrapper.
-pub struct Listener(pub Arc<Gateway>);
-
 impl Gateway {
-    async fn answer(self: &Arc<Self>, session: &mut Session, ctx: &mut Ctx) -> Answer {
-        let (api, route) = parse::route(session.req_header(), self.cfg.limits.max_token_bytes);
-        ctx.api = api;
-        let result = match route {
-            Ok(Route::Card(token)) => self.card(session, ctx, token).await,
-            Ok(Route::Search) => return self.search(session, ctx).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(answer) => answer,
-            Err(e) => {
-                ctx.error_code = Some(e.code().to_string());
-                error_answer(&e, e.body(), ctx.cache.map(CacheResult::header))
-            }
+    /// Start accounting for a request: it is in flight until its [`Ctx`] is dropped.
+    pub fn begin(&self) -> Ctx {
+        self.metrics.inflight.inc();
+        Ctx {
+            start: Instant::now(),
+            api: Api::Other,
+            status: 0,
+            error_code: None,
+            cache: None,
+            token_fp: None,
+            upstream: None,
+            search: None,
+            _inflight: Some(InflightGuard(self.metrics.inflight.clone())),
         }
     }
 
-    async fn card(&self, session: &mut Session, ctx: &mut Ctx, token: Token) -> Result<Answer, GatewayError> {
-        if session.req_header().method == http::Method::POST {
-            self.read_body(session).await?;
+    /// Answer one complete request.
+    pub async fn answer(self: &Arc<Self>, req: &Request<'_>, ctx: &mut Ctx) -> Answer {
+        let (api, route) = parse::route(req, self.cfg.limits.max_token_bytes);
+        ctx.api = api;
+        let answer = match route {
+            Ok(Route::Card(token)) => self.card(ctx, token).await,
+            Ok(Route::Search) => Ok(self.search(req, ctx).await),
+            Err(e) => Err(e),
+        };
+        let answer = answer.unwrap_or_else(|e| self.reject(&e, ctx));
+        ctx.status = answer.status;
+        answer
+    }
+
+    /// The answer to a request the listener refused (framing, limits, timeouts), in the
+    /// error shape of its route when its head was read.
+    pub fn refuse(&self, head: Option<&Request<'_>>, e: &GatewayError, ctx: &mut Ctx) -> Answer {
+        if let Some(req) = head {
+            ctx.api = parse::route(req, self.cfg.limits.max_token_bytes).0;
         }
+        ctx.error_code = Some(e.code().to_string());
+        ctx.status = e.status();
+        match ctx.api {
+            Api::Search => error_answer(e, e.search_body(None), None),
+            _ => error_answer(e, e.body(), None),
+        }
+    }
+
+    fn reject(&self, e: &GatewayError, ctx: &mut Ctx) -> Answer {
+        ctx.error_code = Some(e.code().to_string());
+        error_answer(e, e.body(), ctx.cache.map(CacheResult::header))
+    }
+
+    async fn card(&self, ctx: &mut Ctx, token: Token) -> Result<Answer, GatewayError> {
         if self.cfg.log.access {
             ctx.token_fp = Some(self.hasher.fingerprint(token.as_bytes()));
         }
@@ -106,7 +130,6 @@ impl Gateway {
             body: stored.body.clone(),
             x_cache: Some(how.header()),
             allow: None,
-            close: false,
         })
     }
 
@@ -119,15 +142,14 @@ impl Gateway {
     }
 
     /// One step of the Search client API; errors carry `errorMessage` and `stepId` too.
-    async fn search(self: &Arc<Self>, session: &mut Session, ctx: &mut Ctx) -> Answer {
+    async fn search(self: &Arc<Self>, req: &Request<'_>, ctx: &mut Ctx) -> Answer {
         let mut step_id = None;
-        match self.search_step(session, ctx, &mut step_id).await {
+        match self.search_step(req, ctx, &mut step_id).await {
             Ok(body) => Answer {
                 status: 200,
                 body,
                 x_cache: None,
                 allow: None,
-                close: false,
             },
             Err(e) => {
                 ctx.error_code = Some(e.code().to_string());
@@ -138,17 +160,12 @@ impl Gateway {
 
     async fn search_step(
         self: &Arc<Self>,
-        session: &mut Session,
+        http: &Request<'_>,
         ctx: &mut Ctx,
         step_id: &mut Option<String>,
     ) -> Result<Bytes, GatewayError> {
-        let body = self.read_body(session).await?;
-        let content_type = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        let req = parse::search_params(content_type, &body, self.cfg.limits.max_token_bytes)?;
+        let content_type = http.header_str("content-type");
+        let req = parse::search_params(content_type, http.body, self.cfg.limits.max_token_bytes)?;
         step_id.clone_from(&req.step_id);
         let step = if req.step_id.is_some() { "next" } else { "first" };
         if let Err(refusal) = self.guard.admit(&self.hasher, &req).await {
@@ -220,33 +237,6 @@ impl Gateway {
             }
         });
     }
-
-    /// Read the request body within `limits.max_body_bytes`.
-    async fn read_body(&self, session: &mut Session) -> Result<Bytes, GatewayError> {
-        let limit = usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(GatewayError::PayloadTooLarge);
-        }
-        let mut body = BytesMut::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
-                        return Err(GatewayError::PayloadTooLarge);
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body.freeze()),
-                Err(_) => return Err(GatewayError::BadRequest("request body could not be read")),
-            }
-        }
-    }
 }
 
 fn error_answer(e: &GatewayError, body: Bytes, x_cache: Option<&'static str>) -> Answer {
@@ -255,71 +245,32 @@ fn error_answer(e: &GatewayError, body: Bytes, x_cache: Option<&'static str>) ->
         body,
         x_cache,
         allow: e.allow(),
-        // An unread oversized or broken body cannot be skipped safely.
-        close: matches!(
-            e,
-            GatewayError::PayloadTooLarge | GatewayError::BadRequest("request body could not be read")
-        ),
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Listener {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            api: Api::Other,
-            status: 0,
-            error_code: None,
-            cache: None,
-            token_fp: None,
-            upstream: None,
-            search: None,
-            _inflight: None,
-        }
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        let gw = &self.0;
-        gw.metrics.inflight.inc();
-        ctx._inflight = Some(InflightGuard(gw.metrics.inflight.clone()));
-        ctx.start = Instant::now();
-        let answer = gw.answer(session, ctx).await;
-        ctx.status = answer.status;
-        respond::write(session, answer).await?;
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
-        // Every request is answered in request_filter; the proxy pipeline is never reached.
-        Err(pingora::Error::new_str("cardgate answers every request itself"))
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
-        let gw = &self.0;
+impl Gateway {
+    /// Record the metrics and the access-log line of an answered request.
+    pub fn finish(&self, method: &str, peer: Option<std::net::IpAddr>, ctx: Ctx) {
         let elapsed = ctx.start.elapsed();
         let api = ctx.api.label();
         let status = if ctx.status == 0 { 499 } else { ctx.status };
-        gw.metrics.observe_request(api, status, elapsed.as_secs_f64());
+        self.metrics.observe_request(api, status, elapsed.as_secs_f64());
         if let Some(how) = ctx.cache {
-            gw.metrics.count_lookup(how.label());
+            self.metrics.count_lookup(how.label());
         }
         if let Some((step, outcome)) = ctx.search {
-            gw.metrics.search_steps.with_label_values(&[step, outcome]).inc();
+            self.metrics
+                .search_steps
+                .with_label_values(&[step, outcome])
+                .inc();
         }
-        if !gw.cfg.log.access {
+        if !self.cfg.log.access {
             return;
         }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
         accesslog::emit(&accesslog::Line {
             ts: accesslog::now(),
             api,
-            method: session.req_header().method.as_str(),
+            method,
             status,
             error_code: ctx.error_code.as_deref(),
             cache: ctx.cache.map(CacheResult::label),
@@ -328,7 +279,7 @@ impl ProxyHttp for Listener {
             upstream_ms: ctx.upstream.map(|(_, d)| accesslog::millis(d)),
             duration_ms: accesslog::millis(elapsed),
             token_fp: ctx.token_fp.as_deref(),
-            peer,
+            peer: peer.map(|p| p.to_string()),
         });
     }
 }

@@ -8,9 +8,9 @@
 
 use bytes::Bytes;
 use percent_encoding::percent_decode;
-use pingora::http::RequestHeader;
 
 use crate::error::GatewayError;
+use crate::http1::Request;
 
 const AUTH_PREFIX: &str = "/rest/chat/client/id";
 const SEARCH_PREFIX: &str = "/rest/chat/client/search";
@@ -59,9 +59,9 @@ pub enum Route {
 }
 
 /// Identify the route, the API and, for the Auth API, the token.
-pub fn route(req: &RequestHeader, max_token_bytes: usize) -> (Api, Result<Route, GatewayError>) {
-    let path = req.uri.path();
-    let method = req.method.as_str();
+pub fn route(req: &Request<'_>, max_token_bytes: usize) -> (Api, Result<Route, GatewayError>) {
+    let path = req.path();
+    let method = req.method();
     if let Some(rest) = path.strip_prefix(AUTH_PREFIX) {
         return (Api::Auth, auth_route(method, rest, req, max_token_bytes));
     }
@@ -79,7 +79,7 @@ pub fn route(req: &RequestHeader, max_token_bytes: usize) -> (Api, Result<Route,
     (Api::Other, Err(GatewayError::NotFound))
 }
 
-fn auth_route(method: &str, rest: &str, req: &RequestHeader, max: usize) -> Result<Route, GatewayError> {
+fn auth_route(method: &str, rest: &str, req: &Request<'_>, max: usize) -> Result<Route, GatewayError> {
     match rest {
         // `/rest/chat/client/id` and `/rest/chat/client/id/`: the POST form.
         "" | "/" => match method {
@@ -111,15 +111,15 @@ fn path_token(raw: &str, max: usize) -> Result<Token, GatewayError> {
     check_token(decoded, max, false)
 }
 
-fn header_token(req: &RequestHeader, max: usize) -> Result<Token, GatewayError> {
-    let mut values = req.headers.get_all("token").iter();
+fn header_token(req: &Request<'_>, max: usize) -> Result<Token, GatewayError> {
+    let mut values = req.headers("token");
     let Some(value) = values.next() else {
         return Err(GatewayError::BadRequest("token header is missing"));
     };
     if values.next().is_some() {
         return Err(GatewayError::BadRequest("token header is repeated"));
     }
-    check_token(value.as_bytes().to_vec(), max, true)
+    check_token(value.to_vec(), max, true)
 }
 
 fn check_token(bytes: Vec<u8>, max: usize, in_header: bool) -> Result<Token, GatewayError> {
@@ -304,16 +304,19 @@ fn json_pairs(body: &[u8]) -> Result<Vec<(String, String)>, GatewayError> {
 mod tests {
     use super::*;
 
-    fn req(method: &str, path: &str, token: Option<&str>) -> RequestHeader {
-        let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
-        if let Some(t) = token {
-            r.insert_header("token", t).unwrap();
-        }
-        r
+    fn raw(method: &str, path: &str, token: Option<&str>) -> Vec<u8> {
+        let token = token.map(|t| format!("token: {t}\r\n")).unwrap_or_default();
+        format!("{method} {path} HTTP/1.1\r\nHost: gw\r\n{token}\r\n").into_bytes()
+    }
+
+    fn route_of(method: &str, path: &str, token: Option<&str>) -> (Api, Result<Route, GatewayError>) {
+        let raw = raw(method, path, token);
+        let head = crate::http1::tests::head(&raw).unwrap();
+        route(&Request::new(&raw, &head, b"", None), 16)
     }
 
     fn card(method: &str, path: &str, token: Option<&str>) -> Result<Vec<u8>, GatewayError> {
-        match route(&req(method, path, token), 16).1? {
+        match route_of(method, path, token).1? {
             Route::Card(t) => Ok(t.as_bytes().to_vec()),
             Route::Search => panic!("not a card route"),
         }
@@ -355,7 +358,7 @@ mod tests {
 
     #[test]
     fn routes_and_methods() {
-        let r = |m, p| route(&req(m, p, Some("t")), 16);
+        let r = |m, p| route_of(m, p, Some("t"));
         assert_eq!(r("GET", "/").1.unwrap_err(), GatewayError::NotFound);
         assert_eq!(
             r("GET", "/rest/chat/client/id/a/b").1.unwrap_err(),

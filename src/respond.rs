@@ -1,49 +1,172 @@
-//! Write our answer to the chat server.
+//! Write our answer to the chat server: the status line, the headers and the body, into the
+//! connection's output buffer, so that one answer is one `write`.
 //!
-//! Every answer is JSON with `Content-Length`, `Cache-Control: no-store` (cards are personal
-//! data) and, on the Auth API, `X-Cache: HIT|MISS|STALE`. Error answers keep the connection
-//! open, except when an oversized request body was left unread.
+//! Every answer is JSON with `Content-Length`, `Date`, `Cache-Control: no-store` (cards
+//! are personal data) and, on the Auth API, `X-Cache: HIT|MISS|STALE`. Cards are stored
+//! as ready body bytes, so a cache hit is a header of a few lines and one copy of the body.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
-
-const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
-const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
-use pingora::proxy::Session;
 
 /// An answer ready to write.
+#[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     pub body: Bytes,
     pub x_cache: Option<&'static str>,
     pub allow: Option<&'static str>,
-    /// Close the connection after this answer.
-    pub close: bool,
 }
 
-/// The response header for an answer.
-pub fn header(answer: &Answer) -> pingora::Result<ResponseHeader> {
-    // Header case is not preserved (HTTP names are case-insensitive): no case map to build.
-    let mut h = ResponseHeader::build_no_case(answer.status, Some(5))?;
-    h.insert_header(http::header::CONTENT_TYPE, JSON)?;
-    h.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(answer.body.len()))?;
-    h.insert_header(http::header::CACHE_CONTROL, NO_STORE)?;
+/// What the connection adds to an answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Framing {
+    /// `Connection: close` (the connection ends after this answer).
+    pub close: bool,
+    /// `Connection: keep-alive` (an HTTP/1.0 client asked to keep the connection).
+    pub keep_alive_1_0: bool,
+    /// The request was `HEAD`: headers only.
+    pub head_only: bool,
+}
+
+/// Append the whole answer to `out`.
+pub fn write(out: &mut Vec<u8>, answer: &Answer, framing: Framing) {
+    out.reserve(256 + answer.body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(answer.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(answer.status).as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    http_date(out);
+    out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(answer.body.len()).as_bytes());
+    out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
     if let Some(x) = answer.x_cache {
-        h.insert_header(X_CACHE, HeaderValue::from_static(x))?;
+        out.extend_from_slice(b"X-Cache: ");
+        out.extend_from_slice(x.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if let Some(allow) = answer.allow {
-        h.insert_header(http::header::ALLOW, HeaderValue::from_static(allow))?;
+        out.extend_from_slice(b"Allow: ");
+        out.extend_from_slice(allow.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    Ok(h)
+    if framing.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if framing.keep_alive_1_0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !framing.head_only {
+        out.extend_from_slice(&answer.body);
+    }
 }
 
-pub async fn write(session: &mut Session, answer: Answer) -> pingora::Result<()> {
-    let h = header(&answer)?;
-    if answer.close {
-        session.set_keepalive(None);
+/// `100 Continue`, for a client that sent `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The reason phrase of the statuses the gateway answers with.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        410 => "Gone",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
     }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(answer.body), true).await
+}
+
+thread_local! {
+    /// The `Date` value of the current second, formatted once per second per thread.
+    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [b' '; 29])) };
+}
+
+fn http_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                cached.1.copy_from_slice(text.as_bytes());
+                cached.0 = secs;
+            }
+        }
+        out.extend_from_slice(&cached.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(answer: &Answer, framing: Framing) -> String {
+        let mut out = Vec::new();
+        write(&mut out, answer, framing);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_card_answer() {
+        let a = Answer {
+            status: 200,
+            body: Bytes::from_static(b"{\"client\":{}}"),
+            x_cache: Some("HIT"),
+            allow: None,
+        };
+        let t = text(&a, Framing::default());
+        assert!(t.starts_with("HTTP/1.1 200 OK\r\nDate: "), "{t}");
+        let date = &t[23..52];
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
+        assert!(t.ends_with(
+            "\r\nContent-Type: application/json\r\nContent-Length: 13\r\nCache-Control: no-store\r\nX-Cache: HIT\r\n\r\n{\"client\":{}}"
+        ), "{t}");
+        let head = text(
+            &a,
+            Framing {
+                head_only: true,
+                keep_alive_1_0: true,
+                ..Framing::default()
+            },
+        );
+        assert!(head.ends_with("Connection: keep-alive\r\n\r\n"), "{head}");
+    }
+
+    #[test]
+    fn an_error_answer_that_closes() {
+        let a = Answer {
+            status: 405,
+            body: Bytes::from_static(b"{}"),
+            x_cache: None,
+            allow: Some("GET, POST"),
+        };
+        let t = text(
+            &a,
+            Framing {
+                close: true,
+                ..Framing::default()
+            },
+        );
+        assert!(t.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{t}");
+        assert!(
+            t.ends_with("Allow: GET, POST\r\nConnection: close\r\n\r\n{}"),
+            "{t}"
+        );
+    }
 }

@@ -25,9 +25,10 @@ use crate::admin::Admin;
 use crate::cache::CardCache;
 use crate::config::{Config, ConfigError, DialectKind};
 use crate::dialect;
-use crate::gateway::{Gateway, Listener};
+use crate::gateway::Gateway;
 use crate::guard::SearchGuard;
 use crate::keys::TokenHasher;
+use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -84,12 +85,8 @@ pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), ConfigEr
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Listener(gw.clone()),
-        "cardgate listener",
-    );
-    proxy.add_tcp(&listen);
+    let mut listener = Service::new("cardgate listener".to_string(), Listener::new(gw.clone()));
+    listener.add_tcp(&listen);
 
     let draining = Arc::new(AtomicBool::new(false));
     let mut admin = Service::new(
@@ -102,7 +99,7 @@ pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), ConfigEr
     admin.add_tcp(&admin_listen);
     admin.threads = Some(1);
 
-    server.add_service(proxy);
+    server.add_service(listener);
     server.add_service(admin);
     for service in extra {
         server.add_boxed_service(service);

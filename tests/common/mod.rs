@@ -442,6 +442,16 @@ impl Raw {
 
     /// Read one response (Content-Length framed); None if the connection is closed.
     pub fn read(&mut self) -> Option<Resp> {
+        let mut resp = self.read_head()?;
+        let len: usize = resp.header("content-length").map_or(0, |v| v.parse().unwrap());
+        let mut body = vec![0; len];
+        self.stream.read_exact(&mut body).ok()?;
+        resp.body = String::from_utf8_lossy(&body).into_owned();
+        Some(resp)
+    }
+
+    /// Read the status line and headers of a response only (the answer to HEAD, 100).
+    pub fn read_head(&mut self) -> Option<Resp> {
         let mut status_line = String::new();
         if self.stream.read_line(&mut status_line).ok()? == 0 {
             return None;
@@ -458,17 +468,23 @@ impl Raw {
             let (k, v) = line.split_once(':')?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .map_or(0, |(_, v)| v.parse().unwrap());
-        let mut body = vec![0; len];
-        self.stream.read_exact(&mut body).ok()?;
         Some(Resp {
             status,
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: String::new(),
         })
+    }
+
+    /// True once the server has closed the connection (reads end), within the read timeout.
+    pub fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.stream.read_to_end(&mut rest) {
+            Ok(_) => rest.is_empty(),
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+        }
     }
 
     pub fn roundtrip(&mut self, raw: &[u8]) -> Option<Resp> {

@@ -1,0 +1,434 @@
+//! HTTP/1.1 framing for the chat-server listener: where a request starts and ends.
+//!
+//! [`parse_head`] finds a complete request head in the connection's read buffer (request
+//! line and headers, parsed by `httparse`) and records where each part lies, so nothing is
+//! copied; it also decides how the body is framed and whether the connection may be kept.
+//! [`decode_chunked`] collects a chunked body. Framing is strict, because a gateway that
+//! disagrees with its peer about where a request ends can be made to smuggle one: both
+//! `Transfer-Encoding` and `Content-Length`, conflicting lengths, a transfer coding other
+//! than `chunked`, or a malformed chunk are refused and the connection is closed.
+//! [`Request`] is the view of one complete request that the gateway answers.
+
+use std::net::IpAddr;
+use std::ops::Range;
+
+use crate::error::GatewayError;
+
+/// Header fields a request may carry at most (more: 431).
+pub const MAX_HEADERS: usize = 64;
+
+/// How the body of a request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// `Content-Length` bytes.
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Cannot be framed safely (why): the request is refused and the connection closed.
+    Refused(&'static str),
+}
+
+/// A parsed request head: positions in the read buffer, and what the headers decided.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Length of the head in the buffer, the blank line included.
+    pub len: usize,
+    method: Range<usize>,
+    target: Range<usize>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    /// HTTP/1.x minor version.
+    pub minor: u8,
+    pub framing: Framing,
+    /// The client allows the connection to stay open after the answer.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: the client waits before sending the body.
+    pub expect_continue: bool,
+}
+
+impl Head {
+    /// The request method, as bytes of `buf` (the buffer the head was parsed from).
+    pub fn method<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.method.clone()]
+    }
+
+    fn empty() -> Self {
+        Head {
+            len: 0,
+            method: 0..0,
+            target: 0..0,
+            headers: Vec::with_capacity(16),
+            minor: 1,
+            framing: Framing::None,
+            keep_alive: true,
+            expect_continue: false,
+        }
+    }
+}
+
+/// A request head that cannot be answered normally. The answer closes the connection.
+pub fn head_error(e: &httparse::Error) -> GatewayError {
+    match e {
+        httparse::Error::TooManyHeaders => GatewayError::HeadersTooLarge,
+        _ => GatewayError::BadRequest("malformed HTTP request"),
+    }
+}
+
+/// Parse a request head at the start of `buf`.
+///
+/// `Ok(false)`: incomplete, read more. Errors are answered with the connection closed:
+/// a head over `max_head` bytes (414 while the request line is incomplete, else 431), or
+/// malformed syntax (400). A head whose body cannot be framed safely is complete, with
+/// [`Framing::Refused`].
+pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Result<bool, GatewayError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(_) if buf.len() <= max_head => return Ok(false),
+        Ok(_) => {
+            let line_done = buf[..max_head].windows(2).any(|w| w == b"\r\n");
+            return Err(if line_done {
+                GatewayError::HeadersTooLarge
+            } else {
+                GatewayError::UriTooLong
+            });
+        }
+        Err(e) => return Err(head_error(&e)),
+    };
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let h = head.get_or_insert_with(Head::empty);
+    h.len = len;
+    h.method = span(req.method.unwrap_or_default().as_bytes());
+    h.target = span(req.path.unwrap_or_default().as_bytes());
+    h.minor = req.version.unwrap_or(1);
+    h.headers.clear();
+    let mut length: Option<usize> = None;
+    let mut chunked = false;
+    let mut has_te = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    h.expect_continue = false;
+    let mut refused = None;
+    for f in req.headers.iter() {
+        h.headers.push((span(f.name.as_bytes()), span(f.value)));
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match content_length(f.value) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                Some(_) => refused = Some("conflicting Content-Length headers"),
+                None => refused = Some("invalid Content-Length"),
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            has_te = true;
+            // Only `chunked`, once, and last; anything else cannot be framed safely.
+            chunked = !chunked && trim(f.value).eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for option in f.value.split(|&b| b == b',').map(trim) {
+                close |= option.eq_ignore_ascii_case(b"close");
+                keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            h.expect_continue = trim(f.value).eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    h.framing = match (refused, has_te, length) {
+        (Some(why), _, _) => Framing::Refused(why),
+        (None, true, Some(_)) => Framing::Refused("both Transfer-Encoding and Content-Length"),
+        (None, true, None) if h.minor == 0 || !chunked => {
+            Framing::Refused("unsupported Transfer-Encoding (only chunked is accepted)")
+        }
+        (None, true, None) => Framing::Chunked,
+        (None, false, Some(0) | None) => Framing::None,
+        (None, false, Some(n)) => Framing::Length(n),
+    };
+    h.keep_alive = !close && (h.minor >= 1 || keep_alive);
+    Ok(true)
+}
+
+/// A valid `Content-Length` value; `5, 5` is one length said twice.
+fn content_length(value: &[u8]) -> Option<usize> {
+    let mut n: Option<usize> = None;
+    for part in value.split(|&b| b == b',').map(trim) {
+        if part.is_empty() || part.len() > 15 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let v = part
+            .iter()
+            .fold(0usize, |acc, d| acc * 10 + usize::from(d - b'0'));
+        if n.is_some_and(|n| n != v) {
+            return None;
+        }
+        n = Some(v);
+    }
+    n
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// Decode a chunked body at the start of `buf` into `out` (cleared first), at most `max`
+/// bytes of data. `Ok(Some(n))`: complete, `n` bytes of `buf` consumed (trailers included,
+/// and ignored); `Ok(None)`: incomplete.
+pub fn decode_chunked(buf: &[u8], max: usize, out: &mut Vec<u8>) -> Result<Option<usize>, GatewayError> {
+    let bad = || GatewayError::BadRequest("malformed chunked body");
+    out.clear();
+    let mut pos = 0;
+    loop {
+        let (skip, size) = match httparse::parse_chunk_size(&buf[pos..]) {
+            Ok(httparse::Status::Complete(v)) => v,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(bad()),
+        };
+        pos += skip;
+        if size == 0 {
+            break;
+        }
+        let size = usize::try_from(size).map_err(|_| GatewayError::PayloadTooLarge)?;
+        if out.len().saturating_add(size) > max {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        let end = pos + size;
+        if buf.len() < end + 2 {
+            return Ok(None);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(bad());
+        }
+        out.extend_from_slice(&buf[pos..end]);
+        pos = end + 2;
+    }
+    // Trailer fields, then the blank line.
+    loop {
+        let rest = &buf[pos..];
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return if rest.len() > 8192 { Err(bad()) } else { Ok(None) };
+        };
+        pos += eol + 2;
+        if eol == 0 {
+            return Ok(Some(pos));
+        }
+    }
+}
+
+/// One complete request as the gateway sees it.
+pub struct Request<'a> {
+    buf: &'a [u8],
+    head: &'a Head,
+    pub body: &'a [u8],
+    pub peer: Option<IpAddr>,
+}
+
+impl<'a> Request<'a> {
+    /// `buf` holds the head at its start.
+    pub fn new(buf: &'a [u8], head: &'a Head, body: &'a [u8], peer: Option<IpAddr>) -> Self {
+        Request {
+            buf,
+            head,
+            body,
+            peer,
+        }
+    }
+
+    fn text(&self, r: &Range<usize>) -> &'a str {
+        // httparse only accepts ASCII tokens in the method and visible ASCII in the target.
+        std::str::from_utf8(&self.buf[r.clone()]).unwrap_or("")
+    }
+
+    pub fn method(&self) -> &'a str {
+        self.text(&self.head.method)
+    }
+
+    /// The path of the request target, without the query; an absolute-form target
+    /// (`http://host/path`) is reduced to its path.
+    pub fn path(&self) -> &'a str {
+        let mut t = self.text(&self.head.target);
+        for scheme in ["http://", "https://"] {
+            if t.len() > scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme) {
+                t = t[scheme.len()..]
+                    .find('/')
+                    .map_or("/", |i| &t[scheme.len() + i..]);
+                break;
+            }
+        }
+        t.split(['?', '#']).next().unwrap_or("")
+    }
+
+    /// Every value of the header `name` (case-insensitive), in order.
+    pub fn headers(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let buf = self.buf;
+        self.head
+            .headers
+            .iter()
+            .filter(move |(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |(_, v)| &buf[v.clone()])
+    }
+
+    /// The first value of the header `name`.
+    pub fn header(&self, name: &'a str) -> Option<&'a [u8]> {
+        self.headers(name).next()
+    }
+
+    /// The first value of the header `name`, if it is text.
+    pub fn header_str(&self, name: &'a str) -> Option<&'a str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// Parse a whole head (test helper).
+    pub fn head(raw: &[u8]) -> Result<Head, GatewayError> {
+        let mut h = None;
+        assert!(parse_head(raw, 16 * 1024, &mut h)?, "incomplete head");
+        Ok(h.unwrap())
+    }
+
+    #[test]
+    fn a_simple_get() {
+        let raw = b"GET /rest/chat/client/id/abc?x=1 HTTP/1.1\r\nHost: gw\r\nToken: t1\r\n\r\nrest";
+        let h = head(raw).unwrap();
+        assert_eq!(h.len, raw.len() - 4);
+        assert_eq!(h.framing, Framing::None);
+        assert!(h.keep_alive);
+        let r = Request::new(raw, &h, b"", None);
+        assert_eq!(r.method(), "GET");
+        assert_eq!(r.path(), "/rest/chat/client/id/abc");
+        assert_eq!(r.header("token"), Some(&b"t1"[..]));
+        assert_eq!(r.header("TOKEN"), Some(&b"t1"[..]));
+        assert_eq!(r.header("x"), None);
+    }
+
+    #[test]
+    fn incomplete_heads_ask_for_more_and_big_ones_are_refused() {
+        let mut h = None;
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost:", 64, &mut h), Ok(false));
+        assert_eq!(parse_head(b"", 64, &mut h), Ok(false));
+        let long_line = [b"GET /".as_slice(), &[b'a'; 100]].concat();
+        assert_eq!(parse_head(&long_line, 64, &mut h), Err(GatewayError::UriTooLong));
+        let long_headers = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 100]].concat();
+        assert_eq!(
+            parse_head(&long_headers, 64, &mut h),
+            Err(GatewayError::HeadersTooLarge)
+        );
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            parse_head(raw.as_bytes(), 16 * 1024, &mut h),
+            Err(GatewayError::HeadersTooLarge)
+        );
+    }
+
+    #[test]
+    fn body_framing() {
+        let f = |raw: &str| head(raw.as_bytes()).map(|h| h.framing);
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"),
+            Ok(Framing::Length(5))
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Framing::None)
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        for bad in [
+            "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(f(bad).unwrap_err().status(), 400, "{bad:?}");
+        }
+        for bad in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(f(bad), Ok(Framing::Refused(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_by_version_and_connection_header() {
+        let k = |raw: &str| head(raw.as_bytes()).unwrap().keep_alive;
+        assert!(k("GET / HTTP/1.1\r\n\r\n"));
+        assert!(!k("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!k("GET / HTTP/1.0\r\n\r\n"));
+        assert!(k("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(
+            head(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+                .unwrap()
+                .expect_continue
+        );
+    }
+
+    #[test]
+    fn targets() {
+        let p = |t: &str| {
+            let raw = format!("GET {t} HTTP/1.1\r\n\r\n");
+            let h = head(raw.as_bytes()).unwrap();
+            Request::new(raw.as_bytes(), &h, b"", None).path().to_string()
+        };
+        assert_eq!(p("/a/b?c=d"), "/a/b");
+        assert_eq!(p("http://gw:8080/rest/x?y"), "/rest/x");
+        assert_eq!(p("HTTP://gw"), "/");
+        assert_eq!(p("*"), "*");
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let mut out = Vec::new();
+        let raw = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        assert_eq!(decode_chunked(raw, 100, &mut out), Ok(Some(raw.len() - 4)));
+        assert_eq!(out, b"hello, world");
+        for cut in 0..raw.len() - 4 {
+            assert_eq!(decode_chunked(&raw[..cut], 100, &mut out), Ok(None), "cut {cut}");
+        }
+        assert_eq!(
+            decode_chunked(raw, 8, &mut out),
+            Err(GatewayError::PayloadTooLarge)
+        );
+        assert_eq!(
+            decode_chunked(b"ffffffffffffffff\r\n", 8, &mut out),
+            Err(GatewayError::PayloadTooLarge)
+        );
+        for bad in [&b"zz\r\n"[..], b"3\r\nabcX\r\n", b"3\r\nabc\r\n0\r\n\n"] {
+            let r = decode_chunked(bad, 100, &mut out);
+            assert!(matches!(r, Err(_) | Ok(None)), "{bad:?}: {r:?}");
+        }
+        assert_eq!(
+            decode_chunked(b"zz\r\n", 100, &mut out).unwrap_err().status(),
+            400
+        );
+        assert_eq!(
+            decode_chunked(b"3\r\nabcX\r\n", 100, &mut out)
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+}

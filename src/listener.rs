@@ -1,0 +1,331 @@
+//! The chat-server listener: HTTP/1.1 connections served on Pingora's listening service.
+//!
+//! Pingora accepts the connections (its listener sockets, handed over on a zero-downtime
+//! upgrade, its worker threads, its shutdown signal); this [`ServerApp`] runs each one:
+//! read a request ([`crate::http1`]), let the [`Gateway`] answer it, write the answer
+//! ([`crate::respond`]) with one `write`, and wait for the next request on the same
+//! connection. An idle connection closes after `server.keepalive_timeout`; a started
+//! request must arrive whole, and its answer be taken, within `server.client_timeout`
+//! (else 408, or a plain close when the answer cannot be written). Requests the framing
+//! refuses (oversized, malformed, ambiguous) are answered with their JSON error and the
+//! connection is closed, since what follows them on the wire cannot be trusted. On
+//! shutdown, idle connections close at once and busy ones after their answer.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{timeout_at, Instant};
+
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::http1::{self, Framing, Head, Request};
+use crate::respond;
+
+/// Read buffer kept per connection; it grows up to the head and body limits.
+const READ_CHUNK: usize = 4096;
+
+/// How long, and for how many bytes at most, a refused client's input is drained.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+pub struct Listener {
+    gateway: Arc<Gateway>,
+    keepalive: Duration,
+    client_timeout: Duration,
+    max_head: usize,
+    max_body: usize,
+}
+
+impl Listener {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        let cfg = &gateway.cfg;
+        Listener {
+            keepalive: cfg.server.keepalive_timeout,
+            client_timeout: cfg.server.client_timeout,
+            max_head: usize::try_from(cfg.limits.max_head_bytes).unwrap_or(usize::MAX),
+            max_body: usize::try_from(cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
+            gateway,
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Listener {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let peer = if self.gateway.cfg.log.access {
+            io.get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        } else {
+            None
+        };
+        let mut conn = Connection {
+            app: self.as_ref(),
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
+            chunked: Vec::new(),
+            head: None,
+            peer,
+            shutdown: shutdown.clone(),
+        };
+        conn.run().await;
+        let _ = conn.io.shutdown().await;
+        None
+    }
+}
+
+/// How a wait for bytes from the client ended.
+enum Read {
+    Data,
+    Closed,
+    TimedOut,
+    ShuttingDown,
+}
+
+/// Where the body of the current request is.
+enum Body {
+    /// In the read buffer.
+    Inline(usize, usize),
+    /// Decoded from chunks into `Connection::chunked`.
+    Chunked,
+}
+
+struct Connection<'a> {
+    app: &'a Listener,
+    io: Stream,
+    buf: BytesMut,
+    out: Vec<u8>,
+    chunked: Vec<u8>,
+    /// The parsed head of the current request (kept to reuse its allocation).
+    head: Option<Head>,
+    peer: Option<IpAddr>,
+    shutdown: ShutdownWatch,
+}
+
+impl Connection<'_> {
+    /// Serve requests until the client leaves, a timeout, a refusal or shutdown.
+    async fn run(&mut self) {
+        loop {
+            if self.buf.is_empty() {
+                let idle_until = Instant::now() + self.app.keepalive;
+                if !matches!(self.read(idle_until, true).await, Read::Data) {
+                    return;
+                }
+            }
+            let deadline = Instant::now() + self.app.client_timeout;
+            if !self.serve_one(deadline).await {
+                return;
+            }
+        }
+    }
+
+    /// Read, answer and write one request; false when the connection must end.
+    async fn serve_one(&mut self, deadline: Instant) -> bool {
+        loop {
+            match http1::parse_head(&self.buf, self.app.max_head, &mut self.head) {
+                Ok(true) => break,
+                Ok(false) => match self.read(deadline, false).await {
+                    Read::Data => {}
+                    Read::TimedOut => return self.refuse(GatewayError::RequestTimeout, None).await,
+                    Read::Closed | Read::ShuttingDown => return false,
+                },
+                Err(e) => return self.refuse(e, None).await,
+            }
+        }
+        let head = self.head.take().expect("a parsed head");
+        let method = method_label(head.method(&self.buf));
+        let (body, consumed) = match self.body(&head, deadline).await {
+            Ok(framed) => framed,
+            Err(None) => return false,
+            Err(Some(e)) => {
+                let refused = self.refuse(e, Some(&head)).await;
+                self.head = Some(head);
+                return refused;
+            }
+        };
+
+        let gw = &self.app.gateway;
+        let mut ctx = gw.begin();
+        let body = match body {
+            Body::Inline(start, end) => &self.buf[start..end],
+            Body::Chunked => &self.chunked[..],
+        };
+        let req = Request::new(&self.buf, &head, body, self.peer);
+        let answer = gw.answer(&req, &mut ctx).await;
+        let close = !head.keep_alive || *self.shutdown.borrow();
+        let framing = respond::Framing {
+            close,
+            keep_alive_1_0: head.minor == 0 && !close,
+            head_only: method == "HEAD",
+        };
+        respond::write(&mut self.out, &answer, framing);
+        let written = self.flush().await;
+        gw.finish(method, self.peer, ctx);
+        self.head = Some(head);
+        self.buf.advance(consumed);
+        written && !close
+    }
+
+    /// Wait for the body of `head`; its place and the bytes the request took in all.
+    /// `Err(Some(e))`: answer `e` and close; `Err(None)`: the client is gone.
+    async fn body(&mut self, head: &Head, deadline: Instant) -> Result<(Body, usize), Option<GatewayError>> {
+        let start = head.len;
+        let mut continued = false;
+        match head.framing {
+            Framing::None => Ok((Body::Inline(start, start), start)),
+            Framing::Refused(why) => Err(Some(GatewayError::BadRequest(why))),
+            Framing::Length(n) if n > self.app.max_body => Err(Some(GatewayError::PayloadTooLarge)),
+            Framing::Length(n) => {
+                let end = start + n;
+                while self.buf.len() < end {
+                    self.wait_for_body(head, &mut continued, deadline).await?;
+                }
+                Ok((Body::Inline(start, end), end))
+            }
+            Framing::Chunked => loop {
+                match http1::decode_chunked(&self.buf[start..], self.app.max_body, &mut self.chunked) {
+                    Ok(Some(n)) => return Ok((Body::Chunked, start + n)),
+                    // Chunk framing may double a tiny-chunked body, not more.
+                    Ok(None) if self.buf.len() - start > 2 * self.app.max_body + READ_CHUNK => {
+                        return Err(Some(GatewayError::PayloadTooLarge))
+                    }
+                    Ok(None) => self.wait_for_body(head, &mut continued, deadline).await?,
+                    Err(e) => return Err(Some(e)),
+                }
+            },
+        }
+    }
+
+    /// Read more of a body, after sending `100 Continue` once if the client waits for it.
+    async fn wait_for_body(
+        &mut self,
+        head: &Head,
+        continued: &mut bool,
+        deadline: Instant,
+    ) -> Result<(), Option<GatewayError>> {
+        if head.expect_continue && !*continued {
+            *continued = true;
+            self.out.extend_from_slice(respond::CONTINUE);
+            if !self.flush().await {
+                return Err(None);
+            }
+        }
+        match self.read(deadline, false).await {
+            Read::Data => Ok(()),
+            Read::TimedOut => Err(Some(GatewayError::RequestTimeout)),
+            Read::Closed | Read::ShuttingDown => Err(None),
+        }
+    }
+
+    /// Answer a request the framing refused, and end the connection (always false).
+    async fn refuse(&mut self, e: GatewayError, head: Option<&Head>) -> bool {
+        let gw = &self.app.gateway;
+        let mut ctx = gw.begin();
+        let req = head.map(|h| Request::new(&self.buf, h, b"", self.peer));
+        let answer = gw.refuse(req.as_ref(), &e, &mut ctx);
+        let method = head.map_or("-", |h| method_label(h.method(&self.buf)));
+        let framing = respond::Framing {
+            close: true,
+            ..respond::Framing::default()
+        };
+        respond::write(&mut self.out, &answer, framing);
+        if self.flush().await {
+            self.linger().await;
+        }
+        gw.finish(method, self.peer, ctx);
+        false
+    }
+
+    /// Before closing on a refused request, stop writing and read (and drop) what the
+    /// client is still sending, briefly: closing with unread input makes the kernel reset
+    /// the connection, and the reset can destroy the error answer before the client reads it.
+    async fn linger(&mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let until = Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            self.buf.clear();
+            match self.read(until, false).await {
+                Read::Data => drained += self.buf.len(),
+                Read::Closed | Read::TimedOut | Read::ShuttingDown => return,
+            }
+        }
+    }
+
+    /// Read what the client sent into the buffer, until `deadline`. While `idle` (between
+    /// requests) a shutdown ends the wait.
+    async fn read(&mut self, deadline: Instant, idle: bool) -> Read {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let Connection {
+            io, buf, shutdown, ..
+        } = self;
+        let read = timeout_at(deadline, io.read_buf(buf));
+        let result = if idle {
+            if *shutdown.borrow() {
+                return Read::ShuttingDown;
+            }
+            tokio::select! {
+                r = read => r,
+                _ = shutdown.wait_for(|down| *down) => return Read::ShuttingDown,
+            }
+        } else {
+            read.await
+        };
+        match result {
+            Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
+            Ok(Ok(_)) => Read::Data,
+            Err(_) => Read::TimedOut,
+        }
+    }
+
+    /// Write the output buffer within `server.client_timeout`; false if that failed.
+    async fn flush(&mut self) -> bool {
+        let Connection { io, out, .. } = self;
+        let write = async {
+            io.write_all(out).await?;
+            io.flush().await
+        };
+        let ok = matches!(
+            tokio::time::timeout(self.app.client_timeout, write).await,
+            Ok(Ok(()))
+        );
+        self.out.clear();
+        ok
+    }
+}
+
+/// The request method as a log label (a fixed set: never arbitrary client text).
+fn method_label(method: &[u8]) -> &'static str {
+    const KNOWN: [&str; 8] = [
+        "GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+    ];
+    KNOWN
+        .iter()
+        .find(|m| m.as_bytes() == method)
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_a_fixed_set() {
+        assert_eq!(method_label(b"GET"), "GET");
+        assert_eq!(method_label(b"POST"), "POST");
+        assert_eq!(method_label(b"BREW"), "OTHER");
+        assert_eq!(method_label(b"get"), "OTHER");
+    }
+}
