@@ -1,31 +1,45 @@
-//! Talk to the internal system through Pingora's pooled HTTP client.
+//! Talk to the internal system: HTTP/1.1 over pooled keep-alive connections.
 //!
-//! One [`Upstream`] per process holds a `Connector` (keepalive pool, TLS via rustls with an
-//! optional custom CA and client certificate) and the `HttpPeer` of `upstream.url`. A call
-//! is bounded by `upstream.connect_timeout` for the connection and `upstream.timeout` for
-//! the whole exchange. A request that met a dead pooled connection is retried once on a
-//! fresh one when it is safe to repeat. Transport failures become the `CRM_*` errors.
+//! Connections come from Pingora's `TransportConnector` (TCP, or TLS via rustls with an
+//! optional custom CA and client certificate, within `upstream.connect_timeout`); idle ones
+//! wait in a small LIFO pool (`upstream.pool_size`, at most [`POOL_IDLE`] idle), and one the
+//! internal system has closed meanwhile is noticed before use. A request is one write of a
+//! ready head and body; the answer is parsed with `httparse` and framed by Content-Length,
+//! chunks or the end of the connection, within `upstream.max_response_bytes`. The whole
+//! exchange is bounded by `upstream.timeout`. A request that met a dead pooled connection
+//! is retried once on a fresh one when it is safe to repeat. Transport failures become the
+//! `CRM_*` errors.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
-use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
-use pingora::http::RequestHeader;
-use pingora::protocols::http::client::HttpSession;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error as PError, ErrorType};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::config::{Config, ConfigError};
 use crate::error::GatewayError;
+use crate::http1;
 use crate::metrics::Metrics;
 use crate::normalise::UpstreamAnswer;
 
 /// How long an idle pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
+pub const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// The largest response head accepted from the internal system.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Response header fields accepted at most.
+const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// One request to the internal system; `path` is relative to the base URL's path.
 #[derive(Debug, Clone)]
@@ -66,21 +80,29 @@ impl Trace {
 }
 
 pub struct Upstream {
-    connector: Connector,
-    peer: Arc<HttpPeer>,
-    authority: HeaderValue,
+    connector: TransportConnector,
+    peer: HttpPeer,
+    pool: Mutex<VecDeque<Idle>>,
+    pool_size: usize,
+    /// `Host`, `User-Agent` and `Accept` lines, the same on every request.
+    fixed_headers: Vec<u8>,
     base_path: String,
     timeout: Duration,
     max_body: usize,
-    user_agent: HeaderValue,
     metrics: Arc<Metrics>,
+}
+
+/// A pooled connection and when it was put back.
+struct Idle {
+    io: Stream,
+    since: Instant,
 }
 
 impl Upstream {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         let url = cfg.upstream_url();
         let addr = url.resolve()?;
-        let mut options = ConnectorOptions::new(cfg.upstream.pool_size);
+        let mut options = ConnectorOptions::new(0);
         options.ca_file = cfg.upstream.ca_file.clone();
         if let (Some(cert), Some(key)) = (&cfg.upstream.client_cert, &cfg.upstream.client_key) {
             options.cert_key_file = Some((cert.clone(), key.clone()));
@@ -88,19 +110,26 @@ impl Upstream {
         let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
         peer.options.connection_timeout = Some(cfg.upstream.connect_timeout);
         peer.options.total_connection_timeout = Some(cfg.upstream.connect_timeout * 2);
-        peer.options.read_timeout = Some(cfg.upstream.timeout);
-        peer.options.write_timeout = Some(cfg.upstream.timeout);
-        peer.options.idle_timeout = Some(POOL_IDLE);
-        let authority = HeaderValue::from_str(&url.authority())
-            .map_err(|_| ConfigError("upstream.url: host is not a valid Host header".into()))?;
+        let authority = url.authority();
+        if HeaderValue::from_str(&authority).is_err() {
+            return Err(ConfigError(
+                "upstream.url: host is not a valid Host header".into(),
+            ));
+        }
+        let fixed_headers = format!(
+            "Host: {authority}\r\nUser-Agent: cardgate/{}\r\nAccept: application/json\r\n",
+            env!("CARGO_PKG_VERSION")
+        )
+        .into_bytes();
         Ok(Upstream {
-            connector: Connector::new(Some(options)),
-            peer: Arc::new(peer),
-            authority,
+            connector: TransportConnector::new(Some(options)),
+            peer,
+            pool: Mutex::new(VecDeque::new()),
+            pool_size: cfg.upstream.pool_size,
+            fixed_headers,
             base_path: url.base_path,
             timeout: cfg.upstream.timeout,
             max_body: usize::try_from(cfg.upstream.max_response_bytes).unwrap_or(usize::MAX),
-            user_agent: HeaderValue::from_static(concat!("cardgate/", env!("CARGO_PKG_VERSION"))),
             metrics,
         })
     }
@@ -126,31 +155,19 @@ impl Upstream {
     }
 
     async fn exchange(&self, req: &UpstreamRequest) -> Result<UpstreamAnswer, GatewayError> {
-        let header = self.request_header(req)?;
+        let wire = self.wire(req);
         let mut retried = false;
         loop {
-            let (mut session, reused) = self
-                .connector
-                .get_http_session(self.peer.as_ref())
-                .await
-                .map_err(|e| transport_error(&e))?;
-            match self.once(&mut session, header.clone(), req).await {
-                Ok(answer) => {
-                    if session.response_done() {
-                        self.connector
-                            .release_http_session(session, self.peer.as_ref(), Some(POOL_IDLE))
-                            .await;
+            let (mut io, reused) = self.checkout().await?;
+            match self.once(&mut io, &wire).await {
+                Ok((answer, reusable)) => {
+                    if reusable {
+                        self.checkin(io);
                     }
                     return Ok(answer);
                 }
                 Err(Failure { error, answered }) => {
-                    session.shutdown().await;
-                    let stale_connection = reused
-                        && !answered
-                        && matches!(
-                            error.etype(),
-                            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-                        );
+                    let stale_connection = reused && !answered && matches!(error, Fault::Io(_));
                     if stale_connection && req.idempotent && !retried {
                         retried = true;
                         continue;
@@ -161,91 +178,281 @@ impl Upstream {
         }
     }
 
-    fn request_header(&self, req: &UpstreamRequest) -> Result<Box<RequestHeader>, GatewayError> {
-        let path = format!("{}{}", self.base_path, req.path);
-        let mut h = RequestHeader::build(req.method, path.as_bytes(), Some(req.headers.len() + 5))
-            .map_err(|_| GatewayError::Internal("cannot build the upstream request"))?;
-        let set = |h: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
-            h.insert_header(name, value)
-                .map_err(|_| GatewayError::Internal("cannot build the upstream request"))
-        };
-        set(&mut h, http::header::HOST, self.authority.clone())?;
-        set(&mut h, http::header::USER_AGENT, self.user_agent.clone())?;
-        set(
-            &mut h,
-            http::header::ACCEPT,
-            HeaderValue::from_static("application/json"),
-        )?;
+    /// The request as bytes on the wire: request line, headers, body.
+    fn wire(&self, req: &UpstreamRequest) -> Vec<u8> {
+        let mut w = Vec::with_capacity(256 + req.body.len());
+        w.extend_from_slice(req.method.as_bytes());
+        w.push(b' ');
+        w.extend_from_slice(self.base_path.as_bytes());
+        w.extend_from_slice(req.path.as_bytes());
+        w.extend_from_slice(b" HTTP/1.1\r\n");
+        w.extend_from_slice(&self.fixed_headers);
         for (name, value) in &req.headers {
-            set(&mut h, name.clone(), value.clone())?;
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
         }
         if req.method != "GET" || !req.body.is_empty() {
-            set(
-                &mut h,
-                http::header::CONTENT_LENGTH,
-                HeaderValue::from(req.body.len()),
-            )?;
+            w.extend_from_slice(b"Content-Length: ");
+            w.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
+            w.extend_from_slice(b"\r\n");
         }
-        Ok(Box::new(h))
+        w.extend_from_slice(b"\r\n");
+        w.extend_from_slice(&req.body);
+        w
     }
 
-    async fn once(
-        &self,
-        session: &mut HttpSession,
-        header: Box<RequestHeader>,
-        req: &UpstreamRequest,
-    ) -> Result<UpstreamAnswer, Failure> {
-        let unanswered = |error| Failure {
-            error: Fault::Transport(error),
+    /// A pooled connection that is still open (true), or a new one (false).
+    async fn checkout(&self) -> Result<(Stream, bool), GatewayError> {
+        loop {
+            let idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_back();
+            let Some(mut idle) = idle else { break };
+            if idle.since.elapsed() >= POOL_IDLE {
+                // The newest is too old: so are all the others.
+                let old = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+                drop(old);
+                break;
+            }
+            if still_open(&mut idle.io).await {
+                return Ok((idle.io, true));
+            }
+        }
+        let io = self
+            .connector
+            .new_stream(&self.peer)
+            .await
+            .map_err(|e| transport_error(&e))?;
+        Ok((io, false))
+    }
+
+    fn checkin(&self, io: Stream) {
+        let evicted = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.push_back(Idle {
+                io,
+                since: Instant::now(),
+            });
+            (pool.len() > self.pool_size).then(|| pool.pop_front())
+        };
+        drop(evicted);
+    }
+
+    /// One exchange on one connection: the answer, and whether the connection may be reused.
+    async fn once(&self, io: &mut Stream, wire: &[u8]) -> Result<(UpstreamAnswer, bool), Failure> {
+        let unanswered = |e| Failure {
+            error: Fault::Io(e),
             answered: false,
         };
-        session.write_request_header(header).await.map_err(unanswered)?;
-        if !req.body.is_empty() {
-            session
-                .write_request_body(req.body.clone(), true)
-                .await
-                .map_err(unanswered)?;
-        }
-        session.finish_request_body().await.map_err(unanswered)?;
-        session.read_response_header().await.map_err(unanswered)?;
-        let answered = |error| Failure {
-            error: Fault::Transport(error),
+        io.write_all(wire).await.map_err(unanswered)?;
+        io.flush().await.map_err(unanswered)?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let head = loop {
+            match parse_response(&buf) {
+                Ok(Some(head)) if head.interim => {
+                    let _ = buf.split_to(head.len);
+                }
+                Ok(Some(head)) => break head,
+                Ok(None) => {
+                    let answered = !buf.is_empty();
+                    if read_more(io, &mut buf).await.map_err(|e| Failure {
+                        error: Fault::Io(e),
+                        answered,
+                    })? == 0
+                    {
+                        return Err(Failure {
+                            error: Fault::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                            answered,
+                        });
+                    }
+                }
+                Err(why) => return Err(Failure::invalid(why)),
+            }
+        };
+        let _ = buf.split_to(head.len);
+        let (body, reusable) = self.body(io, &mut buf, &head).await?;
+        let answer = UpstreamAnswer {
+            status: head.status,
+            content_type: head.content_type,
+            cache_control: head.cache_control,
+            body,
+        };
+        Ok((answer, reusable && head.keep_alive))
+    }
+
+    /// Read the body that follows `head` (`buf` holds what was read past the head).
+    async fn body(
+        &self,
+        io: &mut Stream,
+        buf: &mut BytesMut,
+        head: &ResponseHead,
+    ) -> Result<(Bytes, bool), Failure> {
+        let too_large = || Failure::invalid("body too large");
+        let eof = || Failure {
+            error: Fault::Io(std::io::ErrorKind::UnexpectedEof.into()),
             answered: true,
         };
-        let resp = session.response_header().ok_or_else(|| Failure {
-            error: Fault::Invalid("no response header"),
-            answered: false,
-        })?;
-        let status = resp.status.as_u16();
-        let text_header = |name: http::header::HeaderName| {
-            resp.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+        let io_error = |e| Failure {
+            error: Fault::Io(e),
+            answered: true,
         };
-        let content_type = text_header(http::header::CONTENT_TYPE);
-        let cache_control = text_header(http::header::CACHE_CONTROL);
-        let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_response_body().await.map_err(answered)? {
-            if body.len() + chunk.len() > self.max_body {
-                return Err(Failure {
-                    error: Fault::Invalid("body too large"),
-                    answered: true,
-                });
+        match head.framing {
+            BodyFraming::Length(n) => {
+                if n > self.max_body {
+                    return Err(too_large());
+                }
+                buf.reserve(n.saturating_sub(buf.len()));
+                while buf.len() < n {
+                    if read_more(io, buf).await.map_err(io_error)? == 0 {
+                        return Err(eof());
+                    }
+                }
+                let body = buf.split_to(n).freeze();
+                // Bytes past the answer: the connection is out of step, do not reuse it.
+                Ok((body, buf.is_empty()))
             }
-            body.extend_from_slice(&chunk);
+            BodyFraming::Chunked => {
+                let mut decoded = Vec::new();
+                loop {
+                    match http1::decode_chunked(buf, self.max_body, &mut decoded) {
+                        Ok(Some(used)) => return Ok((Bytes::from(decoded), used == buf.len())),
+                        Ok(None) if buf.len() > 2 * self.max_body + 4096 => return Err(too_large()),
+                        Ok(None) => {
+                            if read_more(io, buf).await.map_err(io_error)? == 0 {
+                                return Err(eof());
+                            }
+                        }
+                        Err(GatewayError::PayloadTooLarge) => return Err(too_large()),
+                        Err(_) => return Err(Failure::invalid("malformed chunked body")),
+                    }
+                }
+            }
+            BodyFraming::UntilClose => {
+                while read_more(io, buf).await.map_err(io_error)? > 0 {
+                    if buf.len() > self.max_body {
+                        return Err(too_large());
+                    }
+                }
+                Ok((buf.split().freeze(), false))
+            }
         }
-        Ok(UpstreamAnswer {
-            status,
-            content_type,
-            cache_control,
-            body: body.freeze(),
-        })
     }
 }
 
+/// Read more of the answer into `buf`; 0 at the end of the connection.
+async fn read_more(io: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    io.read_buf(buf).await
+}
+
+/// Whether a pooled connection is still usable: nothing to read on it yet (a closed
+/// connection reads as its end, a broken one as an error; data nobody asked for means the
+/// connection is out of step).
+async fn still_open(io: &mut Stream) -> bool {
+    poll_fn(|cx| {
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        Poll::Ready(Pin::new(&mut *io).poll_read(cx, &mut probe).is_pending())
+    })
+    .await
+}
+
+/// How the body of an answer is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFraming {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+struct ResponseHead {
+    len: usize,
+    status: u16,
+    /// A 1xx answer: skip it, the real one follows.
+    interim: bool,
+    framing: BodyFraming,
+    keep_alive: bool,
+    content_type: Option<String>,
+    cache_control: Option<String>,
+}
+
+/// Parse a response head at the start of `buf`; `Ok(None)`: incomplete.
+fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+            return Err("response head too large")
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("malformed HTTP"),
+    };
+    let status = resp.code.unwrap_or(0);
+    let minor = resp.version.unwrap_or(1);
+    let mut head = ResponseHead {
+        len,
+        status,
+        interim: (100..200).contains(&status),
+        framing: BodyFraming::UntilClose,
+        keep_alive: false,
+        content_type: None,
+        cache_control: None,
+    };
+    if status == 101 {
+        return Err("unexpected protocol switch");
+    }
+    let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_string);
+    let mut length = None;
+    let mut chunked = None;
+    let mut close = false;
+    let mut keep_alive = false;
+    for f in resp.headers.iter() {
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(f.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or("invalid Content-Length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length");
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // The last coding decides: chunked, or the body runs to the end of the connection.
+            let last = f.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(std::str::from_utf8(last).is_ok_and(|c| c.trim().eq_ignore_ascii_case("chunked")));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for option in f.value.split(|&b| b == b',') {
+                let option = std::str::from_utf8(option).unwrap_or("").trim();
+                close |= option.eq_ignore_ascii_case("close");
+                keep_alive |= option.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            head.content_type = text(f.value);
+        } else if name.eq_ignore_ascii_case(b"cache-control") {
+            head.cache_control = text(f.value);
+        }
+    }
+    let bodiless = head.interim || status == 204 || status == 304;
+    head.framing = match (chunked, length) {
+        _ if bodiless => BodyFraming::Length(0),
+        (Some(_), Some(_)) => return Err("both Transfer-Encoding and Content-Length"),
+        (Some(true), None) => BodyFraming::Chunked,
+        (Some(false), None) => BodyFraming::UntilClose,
+        (None, Some(n)) => BodyFraming::Length(n),
+        (None, None) => BodyFraming::UntilClose,
+    };
+    head.keep_alive = head.framing != BodyFraming::UntilClose && !close && (minor >= 1 || keep_alive);
+    Ok(Some(head))
+}
+
 enum Fault {
-    Transport(Box<PError>),
+    Io(std::io::Error),
     Invalid(&'static str),
 }
 
@@ -254,29 +461,36 @@ struct Failure {
     answered: bool,
 }
 
-impl Fault {
-    fn etype(&self) -> &ErrorType {
-        match self {
-            Fault::Transport(e) => &e.etype,
-            Fault::Invalid(_) => &ErrorType::InvalidHTTPHeader,
+impl Failure {
+    fn invalid(why: &'static str) -> Self {
+        Failure {
+            error: Fault::Invalid(why),
+            answered: true,
         }
     }
+}
 
+impl Fault {
     fn into_gateway(self) -> GatewayError {
         match self {
-            Fault::Transport(e) => transport_error(&e),
+            Fault::Io(e) => match e.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe => {
+                    GatewayError::CrmUnavailable("connection closed or reset")
+                }
+                _ => GatewayError::CrmUnavailable("connection failed"),
+            },
             Fault::Invalid(why) => GatewayError::CrmInvalidResponse(why),
         }
     }
 }
 
-/// Map a Pingora transport error to the gateway's error.
+/// Map a Pingora connect error to the gateway's error.
 fn transport_error(e: &PError) -> GatewayError {
     match &e.etype {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            GatewayError::CrmTimeout
-        }
-        ErrorType::TLSHandshakeTimedout => GatewayError::CrmTimeout,
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => GatewayError::CrmTimeout,
         ErrorType::ConnectRefused => GatewayError::CrmUnavailable("connection refused"),
         ErrorType::ConnectNoRoute => GatewayError::CrmUnavailable("no route to the CRM"),
         ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
@@ -285,9 +499,63 @@ fn transport_error(e: &PError) -> GatewayError {
         ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
             GatewayError::CrmUnavailable("connection closed or reset")
         }
-        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error | ErrorType::InvalidH2 => {
-            GatewayError::CrmInvalidResponse("malformed HTTP")
-        }
         _ => GatewayError::CrmUnavailable("connection failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> ResponseHead {
+        parse_response(raw.as_bytes()).unwrap().expect("complete")
+    }
+
+    #[test]
+    fn response_framing() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\nCache-Control: max-age=5\r\n\r\n");
+        assert_eq!(
+            (h.status, h.framing, h.keep_alive),
+            (200, BodyFraming::Length(12), true)
+        );
+        assert_eq!(h.content_type.as_deref(), Some("application/json"));
+        assert_eq!(h.cache_control.as_deref(), Some("max-age=5"));
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (BodyFraming::Chunked, true));
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (BodyFraming::UntilClose, false));
+        let h = head("HTTP/1.1 500 Oops\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (BodyFraming::UntilClose, false));
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n");
+        assert!(h.keep_alive);
+        let h = head("HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(h.interim);
+        let h = head("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (BodyFraming::Length(0), true));
+    }
+
+    #[test]
+    fn bad_responses_are_invalid() {
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le")
+                .unwrap()
+                .map(|h| h.len),
+            None
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 101 Switching\r\n\r\n",
+            "<html>\r\n\r\n",
+        ] {
+            assert!(parse_response(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        let huge = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_RESPONSE_HEAD));
+        assert!(parse_response(huge.as_bytes()).is_err());
     }
 }
