@@ -23,7 +23,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::CacheSection;
 use crate::error::GatewayError;
-use crate::keys::CacheKey;
+use crate::keys::{CacheKey, KeyHashBuilder};
 use crate::normalise::Card;
 
 /// Bytes charged per entry on top of the answer body: the key, the entry struct, the
@@ -159,8 +159,8 @@ impl Expiry<CacheKey, Arc<Stored>> for UntilStaleEnd {
 }
 
 pub struct CardCache {
-    cards: Cache<CacheKey, Arc<Stored>>,
-    inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>>>,
+    cards: Cache<CacheKey, Arc<Stored>, KeyHashBuilder>,
+    inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>, KeyHashBuilder>>,
     ttl: Duration,
     negative_ttl: Duration,
     stale_if_error: Duration,
@@ -182,10 +182,10 @@ impl CardCache {
                     on_evict();
                 }
             })
-            .build();
+            .build_with_hasher(KeyHashBuilder);
         CardCache {
             cards,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::with_hasher(KeyHashBuilder)),
             ttl: cfg.ttl,
             negative_ttl: cfg.negative_ttl,
             stale_if_error: cfg.stale_if_error,

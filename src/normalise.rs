@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::GatewayError;
@@ -37,18 +38,37 @@ pub struct UpstreamAnswer {
     pub body: Bytes,
 }
 
+/// What the Auth API check reads of a card; the members are left raw (borrowed, not
+/// built) until needed, so validating a card allocates nothing.
 #[derive(Deserialize)]
-struct Probe {
-    client: Option<ClientProbe>,
-    #[serde(rename = "errorCode")]
-    error_code: Option<Value>,
-    #[serde(rename = "errorText")]
-    error_text: Option<Value>,
+struct Probe<'a> {
+    #[serde(borrow)]
+    client: Option<ClientProbe<'a>>,
+    #[serde(rename = "errorCode", borrow)]
+    error_code: Option<&'a RawValue>,
+    #[serde(rename = "errorText", borrow)]
+    error_text: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct ClientProbe {
-    id: Option<Value>,
+struct ClientProbe<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+/// A raw JSON member as text (strings, numbers, booleans), like [`value_text`].
+fn raw_text(raw: Option<&RawValue>) -> Option<String> {
+    let value: Value = serde_json::from_str(raw?.get()).ok()?;
+    value_text(Some(&value))
+}
+
+/// A usable `client.id`: a non-empty string or a number.
+fn id_ok(raw: Option<&RawValue>) -> bool {
+    match raw.map(RawValue::get).and_then(|t| t.bytes().next()) {
+        Some(b'"') => raw.is_some_and(|r| r.get().len() > 2),
+        Some(b'-' | b'0'..=b'9') => true,
+        _ => false,
+    }
 }
 
 #[derive(Deserialize)]
@@ -140,12 +160,7 @@ pub fn auth_answer(a: UpstreamAnswer) -> Result<Card, GatewayError> {
                 .map_err(|_| GatewayError::CrmInvalidResponse("body is not a JSON object"))?;
             match probe.client {
                 Some(client) => {
-                    let id_ok = match client.id {
-                        Some(Value::String(s)) => !s.is_empty(),
-                        Some(Value::Number(_)) => true,
-                        _ => false,
-                    };
-                    if !id_ok {
+                    if !id_ok(client.id) {
                         return Err(GatewayError::CrmInvalidResponse("client.id is missing or empty"));
                     }
                     let (max_age, no_store) = cache_directives(a.cache_control.as_deref());
@@ -155,11 +170,11 @@ pub fn auth_answer(a: UpstreamAnswer) -> Result<Card, GatewayError> {
                         no_store,
                     })
                 }
-                None => match value_text(probe.error_code.as_ref()) {
+                None => match raw_text(probe.error_code) {
                     // A 200 that carries an error: the CRM's verdict, answered as not found.
                     Some(code) => Err(GatewayError::CrmRejected {
                         status: 404,
-                        text: value_text(probe.error_text.as_ref()).unwrap_or_else(|| code.clone()),
+                        text: raw_text(probe.error_text).unwrap_or_else(|| code.clone()),
                         code,
                     }),
                     None => Err(GatewayError::CrmInvalidResponse("200 without client")),
@@ -231,6 +246,11 @@ mod tests {
             "{\"client\":",
             "{\"client\":{\"id\":\"\"}}",
             "{\"client\":{}}",
+            "{\"client\":{\"id\":null}}",
+            "{\"client\":{\"id\":true}}",
+            "{\"client\":{\"id\":[\"1\"]}}",
+            "{\"client\":null}",
+            "{\"client\":{\"id\":\"1\"}} trailing",
             "{}",
             "[]",
         ] {

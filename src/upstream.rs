@@ -218,9 +218,9 @@ impl Upstream {
                 return Ok((idle.io, true));
             }
         }
-        let io = self
-            .connector
-            .new_stream(&self.peer)
+        // Boxed: the connect future (TCP, TLS handshake) is large and rarely needed; kept
+        // inline it would make every exchange future as large, and costly to move.
+        let io = Box::pin(self.connector.new_stream(&self.peer))
             .await
             .map_err(|e| transport_error(&e))?;
         Ok((io, false))
