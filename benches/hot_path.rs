@@ -12,7 +12,7 @@ use cardgate::http1::{parse_head, Request};
 use cardgate::keys::TokenHasher;
 use cardgate::normalise::Card;
 use cardgate::parse::{route, Route};
-use cardgate::respond::{write, Answer, Framing};
+use cardgate::respond::{write, Answer, Body, Framing};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 const TOKEN: &str = "3f6c1b0e-5a2d-4c8e-9f1a-7b2d4e6f8a0c";
@@ -81,7 +81,7 @@ fn hit_path(c: &mut Criterion) {
         b.iter(|| {
             let answer = Answer {
                 status: 200,
-                body: stored.body.clone(),
+                body: Body::Stored(stored.clone()),
                 x_cache: Some("HIT"),
                 allow: None,
             };
@@ -100,8 +100,8 @@ fn hit_path(c: &mut Criterion) {
             let key = hasher.cache_key(token.as_bytes());
             let stored = rt.block_on(cache.get_or_fetch(key, never)).0.unwrap();
             let answer = Answer {
-                status: stored.status,
-                body: stored.body.clone(),
+                status: stored.status(),
+                body: Body::Stored(stored.clone()),
                 x_cache: Some("HIT"),
                 allow: None,
             };

@@ -117,8 +117,9 @@ fn main() {
         per(rss)
     );
     println!(
-        "overhead (heap)      {:.0} bytes per entry beyond the body; weigher charges {ENTRY_OVERHEAD}",
-        per(heap) - card_bytes as f64
+        "overhead             {:.0} heap / {:.0} RSS bytes per entry beyond the body; weigher charges {ENTRY_OVERHEAD}",
+        per(heap) - card_bytes as f64,
+        per(rss) - card_bytes as f64
     );
     println!("process RSS          {:.1} MiB", rss_bytes() as f64 / 1048576.0);
 }

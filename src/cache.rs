@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,17 +20,19 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
 use tokio::sync::OnceCell;
+use triomphe::ThinArc;
 
 use crate::config::CacheSection;
 use crate::error::GatewayError;
 use crate::keys::{CacheKey, KeyHashBuilder};
 use crate::normalise::Card;
 
-/// Bytes charged per entry on top of the answer body: the key, the entry struct, the
-/// `Arc`, and moka's per-entry bookkeeping (hash table slot, access-order and timer nodes).
-/// Measured with `benches/memory.rs`: 401 heap bytes per entry beyond the body (1 M cards
-/// of 1 KB), plus the shared-buffer header `Bytes` allocates on a card's first hit.
-pub const ENTRY_OVERHEAD: u32 = 448;
+/// Bytes charged per entry on top of the answer body: the key, the entry's header, and
+/// moka's per-entry bookkeeping (hash table slot, access-order and timer nodes), with the
+/// allocator's own overhead. Measured with `benches/memory.rs` (1 M cards of 1 KB): 329
+/// heap bytes and 433 RSS bytes per entry beyond the body; the RSS figure, rounded up, so
+/// that `cache.max_size` bounds what the process really holds.
+pub const ENTRY_OVERHEAD: u32 = 440;
 
 /// The least time between two refresh attempts of one key while its card is served stale.
 pub const STALE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,100 +68,157 @@ impl CacheResult {
     }
 }
 
-/// A stored answer: status and body bytes ready to write.
-#[derive(Debug)]
-pub struct Stored {
-    pub status: u16,
-    pub body: Bytes,
-    pub negative: bool,
-    /// The errorCode of a stored negative answer, for the log line.
-    pub error_code: Option<Box<str>>,
-    fresh_until: Instant,
-    stale_until: Instant,
-    /// When the last refresh failed, in milliseconds relative to `fresh_until`
-    /// ([`NEVER`]: no failure yet). Compact: no lock, no 16-byte `Instant`.
-    last_failed_refresh: AtomicI64,
+/// A stored answer: its status, freshness and body bytes ready to write, in one
+/// allocation (a thin, reference-counted header-plus-slice), cheap to clone into an answer.
+#[derive(Clone)]
+pub struct Stored(ThinArc<Meta, u8>);
+
+/// What an entry knows besides its body; 24 bytes.
+struct Meta {
+    /// End of freshness, in [`clock_ms`] milliseconds.
+    fresh_until: u64,
+    /// Length of the stale window after `fresh_until`, in milliseconds.
+    stale_for: u32,
+    /// When the last refresh failed, in milliseconds after `fresh_until` ([`NEVER`]: no
+    /// failure yet). Refreshes are only tried once the entry is no longer fresh.
+    last_failed_refresh: AtomicU32,
+    status: u16,
+    negative: bool,
+}
+
+const NEVER: u32 = u32::MAX;
+
+/// The process clock's origin: entries keep times as milliseconds after it.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Milliseconds from [`EPOCH`] to `t` (0 before it).
+fn clock_ms(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(*EPOCH).as_millis()).unwrap_or(u64::MAX)
+}
+
+fn millis_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX - 1)
 }
 
 impl Stored {
-    fn new(
-        status: u16,
-        body: Bytes,
-        error_code: Option<&str>,
-        now: Instant,
-        fresh: Duration,
-        stale: Duration,
-    ) -> Self {
-        Stored {
+    fn new(status: u16, body: &[u8], negative: bool, now: Instant, fresh: Duration, stale: Duration) -> Self {
+        let meta = Meta {
+            fresh_until: clock_ms(now).saturating_add(u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX)),
+            stale_for: millis_u32(stale),
+            last_failed_refresh: AtomicU32::new(NEVER),
             status,
-            body,
-            negative: error_code.is_some(),
-            error_code: error_code.map(Into::into),
-            fresh_until: now + fresh,
-            stale_until: now + fresh + stale,
-            last_failed_refresh: AtomicI64::new(NEVER),
+            negative,
+        };
+        Stored(ThinArc::from_header_and_slice(meta, body))
+    }
+
+    fn meta(&self) -> &Meta {
+        &self.0.header.header
+    }
+
+    pub fn status(&self) -> u16 {
+        self.meta().status
+    }
+
+    /// The answer body.
+    pub fn body(&self) -> &[u8] {
+        &self.0.slice
+    }
+
+    /// A "not found" answer of the CRM.
+    pub fn is_negative(&self) -> bool {
+        self.meta().negative
+    }
+
+    /// The errorCode of a negative answer (read back from its body), for the log line.
+    pub fn error_code(&self) -> Option<String> {
+        if !self.is_negative() {
+            return None;
         }
+        let v: serde_json::Value = serde_json::from_slice(self.body()).ok()?;
+        v.get("errorCode")?.as_str().map(str::to_string)
+    }
+
+    fn same_entry(&self, other: &Stored) -> bool {
+        std::ptr::eq(self.0.slice.as_ptr(), other.0.slice.as_ptr())
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
-        now < self.fresh_until
+        clock_ms(now) < self.meta().fresh_until
+    }
+
+    fn stale_until(&self) -> u64 {
+        self.meta()
+            .fresh_until
+            .saturating_add(u64::from(self.meta().stale_for))
     }
 
     /// May this entry stand in for a failed refresh at `now`?
     pub fn may_serve_stale(&self, now: Instant) -> bool {
-        !self.negative && now < self.stale_until
+        !self.meta().negative && clock_ms(now) < self.stale_until()
+    }
+
+    /// Milliseconds after `fresh_until` (0 before it).
+    fn past_fresh(&self, now: Instant) -> u32 {
+        let past = clock_ms(now).saturating_sub(self.meta().fresh_until);
+        u32::try_from(past).unwrap_or(NEVER - 1)
     }
 
     /// Did a refresh fail less than [`STALE_RETRY_INTERVAL`] ago?
     fn refresh_failed_recently(&self, now: Instant) -> bool {
-        match self.last_failed_refresh.load(Ordering::Relaxed) {
+        match self.meta().last_failed_refresh.load(Ordering::Relaxed) {
             NEVER => false,
-            at => self.offset(now).saturating_sub(at) < STALE_RETRY_INTERVAL.as_millis() as i64,
+            at => self.past_fresh(now).saturating_sub(at) < millis_u32(STALE_RETRY_INTERVAL),
         }
     }
 
     fn note_failed_refresh(&self, now: Instant) {
-        self.last_failed_refresh
-            .store(self.offset(now), Ordering::Relaxed);
+        self.meta()
+            .last_failed_refresh
+            .store(self.past_fresh(now), Ordering::Relaxed);
     }
 
-    /// Milliseconds from `fresh_until` to `t` (negative before it).
-    fn offset(&self, t: Instant) -> i64 {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
-        match t.checked_duration_since(self.fresh_until) {
-            Some(after) => ms(after),
-            None => -ms(self.fresh_until - t),
-        }
+    /// Time left until the end of the stale window.
+    fn left(&self, now: Instant) -> Duration {
+        Duration::from_millis(self.stale_until().saturating_sub(clock_ms(now)))
     }
 }
 
-const NEVER: i64 = i64::MIN;
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored")
+            .field("status", &self.status())
+            .field("bytes", &self.body().len())
+            .field("negative", &self.is_negative())
+            .finish()
+    }
+}
 
 /// What a lookup gives: the answer (or the error all waiters share) and how it was found.
-pub type Lookup = (Result<Arc<Stored>, GatewayError>, CacheResult);
+pub type Lookup = (Result<Stored, GatewayError>, CacheResult);
 
-type Outcome = Result<(Arc<Stored>, bool), GatewayError>;
+type Outcome = Result<(Stored, bool), GatewayError>;
 
 struct UntilStaleEnd;
 
-impl Expiry<CacheKey, Arc<Stored>> for UntilStaleEnd {
-    fn expire_after_create(&self, _k: &CacheKey, v: &Arc<Stored>, now: Instant) -> Option<Duration> {
-        Some(v.stale_until.saturating_duration_since(now))
+impl Expiry<CacheKey, Stored> for UntilStaleEnd {
+    fn expire_after_create(&self, _k: &CacheKey, v: &Stored, now: Instant) -> Option<Duration> {
+        Some(v.left(now))
     }
 
     fn expire_after_update(
         &self,
         _k: &CacheKey,
-        v: &Arc<Stored>,
+        v: &Stored,
         now: Instant,
         _left: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.stale_until.saturating_duration_since(now))
+        Some(v.left(now))
     }
 }
 
 pub struct CardCache {
-    cards: Cache<CacheKey, Arc<Stored>, KeyHashBuilder>,
+    cards: Cache<CacheKey, Stored, KeyHashBuilder>,
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>, KeyHashBuilder>>,
     ttl: Duration,
     negative_ttl: Duration,
@@ -169,10 +228,11 @@ pub struct CardCache {
 impl CardCache {
     /// `on_evict` is called once per entry dropped to keep within `max_size`.
     pub fn new(cfg: &CacheSection, on_evict: impl Fn() + Send + Sync + 'static) -> Self {
+        LazyLock::force(&EPOCH);
         let cards = Cache::builder()
             .max_capacity(cfg.max_size)
-            .weigher(|_k: &CacheKey, v: &Arc<Stored>| {
-                u32::try_from(v.body.len())
+            .weigher(|_k: &CacheKey, v: &Stored| {
+                u32::try_from(v.body().len())
                     .unwrap_or(u32::MAX)
                     .saturating_add(ENTRY_OVERHEAD)
             })
@@ -202,7 +262,7 @@ impl CardCache {
         let existing = self.cards.get(&key);
         if let Some(e) = &existing {
             if e.is_fresh(now) {
-                let result = if e.negative {
+                let result = if e.is_negative() {
                     CacheResult::NegativeHit
                 } else {
                     CacheResult::Hit
@@ -248,14 +308,14 @@ impl CardCache {
     }
 
     /// The leader's work: one upstream call, and what to keep of its result.
-    async fn lead<F, Fut>(&self, key: CacheKey, existing: Option<Arc<Stored>>, fetch: F) -> Outcome
+    async fn lead<F, Fut>(&self, key: CacheKey, existing: Option<Stored>, fetch: F) -> Outcome
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Card, GatewayError>>,
     {
         // A leader that finished just before this one began may have stored a fresh answer.
         if let Some(e) = self.cards.get(&key) {
-            if e.is_fresh(Instant::now()) && existing.as_ref().is_none_or(|old| !Arc::ptr_eq(old, &e)) {
+            if e.is_fresh(Instant::now()) && existing.as_ref().is_none_or(|old| !old.same_entry(&e)) {
                 return Ok((e, false));
             }
         }
@@ -264,23 +324,22 @@ impl CardCache {
         match result {
             Ok(card) => {
                 let ttl = card.max_age.map_or(self.ttl, |age| age.min(self.ttl));
-                // An exact-size copy: the answer was read into a buffer that may be larger.
-                let body = Bytes::copy_from_slice(&card.body);
-                let stored = Arc::new(Stored::new(200, body, None, now, ttl, self.stale_if_error));
+                // One allocation, exact size: the answer was read into a larger buffer.
+                let stored = Stored::new(200, &card.body, false, now, ttl, self.stale_if_error);
                 if !card.no_store && !ttl.is_zero() {
                     self.cards.insert(key, stored.clone());
                 }
                 Ok((stored, false))
             }
             Err(e) if e.is_negative() => {
-                let stored = Arc::new(Stored::new(
+                let stored = Stored::new(
                     e.status(),
-                    e.body(),
-                    Some(e.code()),
+                    &e.body(),
+                    true,
                     now,
                     self.negative_ttl,
                     Duration::ZERO,
-                ));
+                );
                 if !self.negative_ttl.is_zero() {
                     self.cards.insert(key, stored.clone());
                 }
@@ -299,8 +358,8 @@ impl CardCache {
     /// Keep a card a dialect built itself (a logged-in session) for `ttl`, with no stale
     /// window: when it expires, the session is over.
     pub async fn store_session(&self, key: CacheKey, body: Bytes, ttl: Duration) {
-        let stored = Stored::new(200, body, None, Instant::now(), ttl, Duration::ZERO);
-        self.cards.insert(key, Arc::new(stored));
+        let stored = Stored::new(200, &body, false, Instant::now(), ttl, Duration::ZERO);
+        self.cards.insert(key, stored);
     }
 
     /// Drop one entry; true if it was there.
@@ -354,39 +413,49 @@ mod tests {
 
     #[test]
     fn freshness_arithmetic() {
-        let t0 = Instant::now();
+        let t0 = Instant::now() + Duration::from_secs(1);
         let s = Stored::new(
             200,
-            Bytes::new(),
-            None,
+            b"{}",
+            false,
             t0,
             Duration::from_secs(10),
             Duration::from_secs(5),
         );
+        assert_eq!((s.status(), s.body(), s.error_code()), (200, &b"{}"[..], None));
         assert!(s.is_fresh(t0 + Duration::from_secs(9)));
         assert!(!s.is_fresh(t0 + Duration::from_secs(10)));
         assert!(s.may_serve_stale(t0 + Duration::from_secs(14)));
         assert!(!s.may_serve_stale(t0 + Duration::from_secs(15)));
+        let body = GatewayError::CrmRejected {
+            status: 404,
+            code: "1001".into(),
+            text: "Client not found".into(),
+        }
+        .body();
         let n = Stored::new(
             404,
-            Bytes::new(),
-            Some("1001"),
+            &body,
+            true,
             t0,
             Duration::from_secs(10),
             Duration::from_secs(5),
         );
+        assert_eq!(n.error_code().as_deref(), Some("1001"));
         assert!(!n.may_serve_stale(t0 + Duration::from_secs(11)));
-        assert!(!s.refresh_failed_recently(t0));
-        s.note_failed_refresh(t0);
-        assert!(s.refresh_failed_recently(t0 + Duration::from_millis(999)));
-        assert!(!s.refresh_failed_recently(t0 + STALE_RETRY_INTERVAL));
+        let t1 = t0 + Duration::from_secs(11);
+        assert!(!s.refresh_failed_recently(t1));
+        s.note_failed_refresh(t1);
+        assert!(s.refresh_failed_recently(t1 + Duration::from_millis(999)));
+        assert!(!s.refresh_failed_recently(t1 + STALE_RETRY_INTERVAL));
+        assert_eq!(s.left(t0), Duration::from_secs(15));
     }
 
     #[tokio::test]
     async fn hit_after_miss_and_max_age_lowers_ttl() {
         let c = CardCache::new(&cfg(60_000, 1000, 0), || {});
         let (r, how) = c.get_or_fetch([1; 32], || async { card("{}") }).await;
-        assert_eq!((r.unwrap().status, how), (200, CacheResult::Miss));
+        assert_eq!((r.unwrap().status(), how), (200, CacheResult::Miss));
         let (_, how) = c
             .get_or_fetch([1; 32], || async { panic!("no call on a hit") })
             .await;
@@ -440,10 +509,7 @@ mod tests {
         let (r, how) = c
             .get_or_fetch([3; 32], || async { Err(GatewayError::CrmError { status: 500 }) })
             .await;
-        assert_eq!(
-            (r.unwrap().body.as_ref(), how),
-            (&b"{\"v\":1}"[..], CacheResult::Stale)
-        );
+        assert_eq!((r.unwrap().body(), how), (&b"{\"v\":1}"[..], CacheResult::Stale));
         let (_, how) = c
             .get_or_fetch([3; 32], || async { panic!("no refresh within a second") })
             .await;
@@ -469,11 +535,11 @@ mod tests {
             })
         };
         let (r, how) = c.get_or_fetch([5; 32], not_found).await;
-        assert_eq!((r.unwrap().status, how), (404, CacheResult::Miss));
+        assert_eq!((r.unwrap().status(), how), (404, CacheResult::Miss));
         let (_, how) = c.get_or_fetch([5; 32], || async { panic!("negative hit") }).await;
         assert_eq!(how, CacheResult::NegativeHit);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (r, how) = c.get_or_fetch([5; 32], || async { card("{}") }).await;
-        assert_eq!((r.unwrap().status, how), (200, CacheResult::Miss));
+        assert_eq!((r.unwrap().status(), how), (200, CacheResult::Miss));
     }
 }

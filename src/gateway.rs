@@ -26,7 +26,7 @@ use crate::http1::Request;
 use crate::keys::TokenHasher;
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
-use crate::respond::Answer;
+use crate::respond::{Answer, Body};
 use crate::upstream::{Trace, Upstream};
 
 /// Everything a request needs, shared by all workers.
@@ -122,12 +122,12 @@ impl Gateway {
         ctx.cache = Some(how);
         ctx.upstream = trace.get();
         let stored = result?;
-        if let Some(code) = &stored.error_code {
-            ctx.error_code = Some(code.to_string());
+        if self.cfg.log.access {
+            ctx.error_code = stored.error_code();
         }
         Ok(Answer {
-            status: stored.status,
-            body: stored.body.clone(),
+            status: stored.status(),
+            body: Body::Stored(stored),
             x_cache: Some(how.header()),
             allow: None,
         })
@@ -147,7 +147,7 @@ impl Gateway {
         match self.search_step(req, ctx, &mut step_id).await {
             Ok(body) => Answer {
                 status: 200,
-                body,
+                body: body.into(),
                 x_cache: None,
                 allow: None,
             },
@@ -212,7 +212,7 @@ impl Gateway {
             let trace = Trace::default();
             let (result, how) = gw.lookup(&token, &trace).await;
             let (status, code) = match &result {
-                Ok(stored) => (stored.status, stored.error_code.as_deref().map(str::to_string)),
+                Ok(stored) => (stored.status(), stored.error_code()),
                 Err(e) => (e.status(), Some(e.code().to_string())),
             };
             let outcome = if status == 200 { "ok" } else { "error" };
@@ -242,7 +242,7 @@ impl Gateway {
 fn error_answer(e: &GatewayError, body: Bytes, x_cache: Option<&'static str>) -> Answer {
     Answer {
         status: e.status(),
-        body,
+        body: body.into(),
         x_cache,
         allow: e.allow(),
     }

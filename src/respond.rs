@@ -10,11 +10,35 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::cache::Stored;
+
+/// The body of an answer: a stored card (shared with the cache), or bytes of its own.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Stored(Stored),
+    Bytes(Bytes),
+}
+
+impl Body {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Body::Stored(s) => s.body(),
+            Body::Bytes(b) => b,
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body::Bytes(b)
+    }
+}
+
 /// An answer ready to write.
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
-    pub body: Bytes,
+    pub body: Body,
     pub x_cache: Option<&'static str>,
     pub allow: Option<&'static str>,
 }
@@ -32,7 +56,8 @@ pub struct Framing {
 
 /// Append the whole answer to `out`.
 pub fn write(out: &mut Vec<u8>, answer: &Answer, framing: Framing) {
-    out.reserve(256 + answer.body.len());
+    let body = answer.body.as_slice();
+    out.reserve(256 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(answer.status).as_bytes());
     out.push(b' ');
@@ -40,7 +65,7 @@ pub fn write(out: &mut Vec<u8>, answer: &Answer, framing: Framing) {
     out.extend_from_slice(b"\r\nDate: ");
     http_date(out);
     out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(answer.body.len()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
     if let Some(x) = answer.x_cache {
         out.extend_from_slice(b"X-Cache: ");
@@ -59,7 +84,7 @@ pub fn write(out: &mut Vec<u8>, answer: &Answer, framing: Framing) {
     }
     out.extend_from_slice(b"\r\n");
     if !framing.head_only {
-        out.extend_from_slice(&answer.body);
+        out.extend_from_slice(body);
     }
 }
 
@@ -126,7 +151,7 @@ mod tests {
     fn a_card_answer() {
         let a = Answer {
             status: 200,
-            body: Bytes::from_static(b"{\"client\":{}}"),
+            body: Bytes::from_static(b"{\"client\":{}}").into(),
             x_cache: Some("HIT"),
             allow: None,
         };
@@ -152,7 +177,7 @@ mod tests {
     fn an_error_answer_that_closes() {
         let a = Answer {
             status: 405,
-            body: Bytes::from_static(b"{}"),
+            body: Bytes::from_static(b"{}").into(),
             x_cache: None,
             allow: Some("GET, POST"),
         };
