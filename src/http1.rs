@@ -3,7 +3,7 @@
 //! [`parse_head`] finds a complete request head in the connection's read buffer (request
 //! line and headers, parsed by `httparse`) and records where each part lies, so nothing is
 //! copied; it also decides how the body is framed and whether the connection may be kept.
-//! [`decode_chunked`] collects a chunked body. Framing is strict, because a gateway that
+//! [`Chunked`] collects a chunked body. Framing is strict, because a gateway that
 //! disagrees with its peer about where a request ends can be made to smuggle one: both
 //! `Transfer-Encoding` and `Content-Length`, conflicting lengths, a transfer coding other
 //! than `chunked`, or a malformed chunk are refused and the connection is closed.
@@ -102,6 +102,11 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
         let start = s.as_ptr() as usize - base;
         start..start + s.len()
     };
+    // Tokens and routes are ASCII (anything else is percent-encoded): refuse the rest here,
+    // so that nothing downstream meets a multi-byte character where it slices.
+    if !req.path.unwrap_or_default().is_ascii() {
+        return Err(GatewayError::BadRequest("request target is not ASCII"));
+    }
     let h = head.get_or_insert_with(Head::empty);
     h.len = len;
     h.method = span(req.method.unwrap_or_default().as_bytes());
@@ -125,9 +130,9 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
                 None => refused = Some("invalid Content-Length"),
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only `chunked`, in one field, alone; anything else cannot be framed safely.
+            chunked = !has_te && trim(f.value).eq_ignore_ascii_case(b"chunked");
             has_te = true;
-            // Only `chunked`, once, and last; anything else cannot be framed safely.
-            chunked = !chunked && trim(f.value).eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case(b"connection") {
             for option in f.value.split(|&b| b == b',').map(trim) {
                 close |= option.eq_ignore_ascii_case(b"close");
@@ -151,16 +156,15 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     Ok(true)
 }
 
-/// A valid `Content-Length` value; `5, 5` is one length said twice.
-fn content_length(value: &[u8]) -> Option<usize> {
+/// A valid `Content-Length` value (digits only); `5, 5` is one length said twice.
+pub fn content_length(value: &[u8]) -> Option<usize> {
     let mut n: Option<usize> = None;
     for part in value.split(|&b| b == b',').map(trim) {
         if part.is_empty() || part.len() > 15 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let v = part
-            .iter()
-            .fold(0usize, |acc, d| acc * 10 + usize::from(d - b'0'));
+        let v = part.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+        let v = usize::try_from(v).ok()?;
         if n.is_some_and(|n| n != v) {
             return None;
         }
@@ -178,48 +182,142 @@ fn trim(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
-/// Decode a chunked body at the start of `buf` into `out` (cleared first), at most `max`
-/// bytes of data. `Ok(Some(n))`: complete, `n` bytes of `buf` consumed (trailers included,
-/// and ignored); `Ok(None)`: incomplete.
-pub fn decode_chunked(buf: &[u8], max: usize, out: &mut Vec<u8>) -> Result<Option<usize>, GatewayError> {
-    let bad = || GatewayError::BadRequest("malformed chunked body");
-    out.clear();
-    let mut pos = 0;
-    loop {
-        let (skip, size) = match httparse::parse_chunk_size(&buf[pos..]) {
-            Ok(httparse::Status::Complete(v)) => v,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(bad()),
-        };
-        pos += skip;
-        if size == 0 {
-            break;
-        }
-        let size = usize::try_from(size).map_err(|_| GatewayError::PayloadTooLarge)?;
-        if out.len().saturating_add(size) > max {
-            return Err(GatewayError::PayloadTooLarge);
-        }
-        let end = pos + size;
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return Err(bad());
-        }
-        out.extend_from_slice(&buf[pos..end]);
-        pos = end + 2;
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+/// Longest trailer section accepted.
+const MAX_TRAILERS: usize = 8 * 1024;
+
+/// A chunked body decoder that resumes where it stopped: feed it the bytes after the head
+/// (a buffer that only grows between calls) until it reports the body complete, so a body
+/// sent in many small pieces is still decoded in one pass.
+///
+/// Strict on purpose: a size line is hex digits, optionally followed by `;` extensions of
+/// visible characters, then CRLF; chunk data is followed by CRLF; trailer fields must be
+/// well-formed header fields (they are read and ignored).
+#[derive(Debug, Default)]
+pub struct Chunked {
+    /// Bytes of the input consumed so far.
+    pos: usize,
+    state: ChunkState,
+    /// The decoded body.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(usize),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl Chunked {
+    /// Start over for a new body (keeps the buffer's allocation).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.state = ChunkState::Size;
+        self.body.clear();
     }
-    // Trailer fields, then the blank line.
-    loop {
-        let rest = &buf[pos..];
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return if rest.len() > 8192 { Err(bad()) } else { Ok(None) };
-        };
-        pos += eol + 2;
-        if eol == 0 {
-            return Ok(Some(pos));
+
+    /// Go on decoding `input`, at most `max` bytes of data. `Ok(Some(n))`: complete, the
+    /// body took `n` bytes of `input`; `Ok(None)`: incomplete, call again with more.
+    pub fn decode(&mut self, input: &[u8], max: usize) -> Result<Option<usize>, GatewayError> {
+        let bad = |why| Err(GatewayError::BadRequest(why));
+        loop {
+            let rest = &input[self.pos..];
+            match self.state {
+                ChunkState::Size => {
+                    let Some(eol) = find_crlf(rest, MAX_CHUNK_LINE) else {
+                        return if rest.len() > MAX_CHUNK_LINE {
+                            bad("malformed chunked body: chunk line too long")
+                        } else {
+                            Ok(None)
+                        };
+                    };
+                    let size = chunk_size(&rest[..eol])
+                        .ok_or(GatewayError::BadRequest("malformed chunked body: bad chunk size"))?;
+                    if size > max.saturating_sub(self.body.len()) as u64 {
+                        return Err(GatewayError::PayloadTooLarge);
+                    }
+                    self.pos += eol + 2;
+                    self.state = match size {
+                        0 => ChunkState::Trailers,
+                        n => ChunkState::Data(n as usize),
+                    };
+                }
+                ChunkState::Data(left) => {
+                    let take = left.min(rest.len());
+                    if take == 0 {
+                        return Ok(None);
+                    }
+                    self.body.extend_from_slice(&rest[..take]);
+                    self.pos += take;
+                    self.state = match left - take {
+                        0 => ChunkState::DataEnd,
+                        n => ChunkState::Data(n),
+                    };
+                }
+                ChunkState::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return bad("malformed chunked body: no CRLF after chunk data");
+                    }
+                    self.pos += 2;
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    let mut fields = [httparse::EMPTY_HEADER; 16];
+                    match httparse::parse_headers(rest, &mut fields) {
+                        // httparse takes a bare LF as a line end; here only CRLF is.
+                        Ok(httparse::Status::Complete((n, _))) if crlf_only(&rest[..n]) => {
+                            self.pos += n;
+                            self.state = ChunkState::Done;
+                        }
+                        Ok(httparse::Status::Partial) if rest.len() <= MAX_TRAILERS => return Ok(None),
+                        _ => return bad("malformed chunked body: bad trailer section"),
+                    }
+                }
+                ChunkState::Done => return Ok(Some(self.pos)),
+            }
         }
     }
+}
+
+/// Every LF in `s` ends a CRLF.
+fn crlf_only(s: &[u8]) -> bool {
+    s.iter()
+        .enumerate()
+        .all(|(i, &b)| b != b'\n' || (i > 0 && s[i - 1] == b'\r'))
+}
+
+/// The position of the first CRLF within the first `limit + 2` bytes.
+fn find_crlf(s: &[u8], limit: usize) -> Option<usize> {
+    let end = s.len().min(limit + 2);
+    s[..end].windows(2).position(|w| w == b"\r\n")
+}
+
+/// The size on a chunk-size line: 1 to 15 hex digits, then nothing or `;` extensions
+/// (whitespace before `;` tolerated) of visible characters, spaces and tabs.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let (hex, ext) = line.split_at(digits);
+    let ext_ok = match ext.iter().position(|&b| b != b' ' && b != b'\t') {
+        None => true,
+        Some(i) => ext[i] == b';' && ext[i..].iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)),
+    };
+    if !ext_ok {
+        return None;
+    }
+    std::str::from_utf8(hex)
+        .ok()
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
 }
 
 /// One complete request as the gateway sees it.
@@ -367,6 +465,7 @@ pub mod tests {
             "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(matches!(f(bad), Ok(Framing::Refused(_))), "{bad:?}");
         }
@@ -399,35 +498,85 @@ pub mod tests {
         assert_eq!(p("*"), "*");
     }
 
+    /// Decode `raw` whole (a fresh decoder).
+    fn chunked(raw: &[u8], max: usize) -> Result<Option<(usize, Vec<u8>)>, GatewayError> {
+        let mut d = Chunked::default();
+        Ok(d.decode(raw, max)?.map(|n| (n, d.body)))
+    }
+
     #[test]
     fn chunked_bodies() {
-        let mut out = Vec::new();
         let raw = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
-        assert_eq!(decode_chunked(raw, 100, &mut out), Ok(Some(raw.len() - 4)));
-        assert_eq!(out, b"hello, world");
-        for cut in 0..raw.len() - 4 {
-            assert_eq!(decode_chunked(&raw[..cut], 100, &mut out), Ok(None), "cut {cut}");
-        }
+        let whole = raw.len() - 4;
+        assert_eq!(chunked(raw, 100), Ok(Some((whole, b"hello, world".to_vec()))));
         assert_eq!(
-            decode_chunked(raw, 8, &mut out),
+            chunked(b"A ; a=b\t\r\n0123456789\r\n0\r\n\r\n", 100)
+                .unwrap()
+                .unwrap()
+                .1,
+            b"0123456789"
+        );
+        // Any cut is incomplete, and feeding the rest resumes where it stopped.
+        for cut in 0..whole {
+            assert_eq!(chunked(&raw[..cut], 100), Ok(None), "cut {cut}");
+            let mut d = Chunked::default();
+            assert_eq!(d.decode(&raw[..cut], 100), Ok(None));
+            assert_eq!(d.decode(raw, 100), Ok(Some(whole)), "cut {cut}");
+            assert_eq!(d.body, b"hello, world");
+        }
+        // Byte by byte, as a slow client sends it: still one pass.
+        let mut d = Chunked::default();
+        for end in 1..=whole {
+            let r = d.decode(&raw[..end], 100).unwrap();
+            assert_eq!(r.is_some(), end == whole, "at {end}");
+        }
+        d.reset();
+        assert_eq!(d.decode(b"0\r\n\r\n", 100), Ok(Some(5)));
+        assert!(d.body.is_empty());
+    }
+
+    #[test]
+    fn chunked_limits_and_malformed_bodies() {
+        let raw = b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+        assert_eq!(chunked(raw, 8), Err(GatewayError::PayloadTooLarge));
+        assert_eq!(
+            chunked(b"fffffffffffffff\r\n", 8),
             Err(GatewayError::PayloadTooLarge)
         );
-        assert_eq!(
-            decode_chunked(b"ffffffffffffffff\r\n", 8, &mut out),
-            Err(GatewayError::PayloadTooLarge)
-        );
-        for bad in [&b"zz\r\n"[..], b"3\r\nabcX\r\n", b"3\r\nabc\r\n0\r\n\n"] {
-            let r = decode_chunked(bad, 100, &mut out);
-            assert!(matches!(r, Err(_) | Ok(None)), "{bad:?}: {r:?}");
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"ffffffffffffffff\r\n",
+            b"3\r\nabcX\r\n",
+            b"3;a\nb\r\nabc\r\n0\r\n\r\n",
+            b"3 x\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\n\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nBad Trailer: x\r\n\r\n",
+        ] {
+            let r = chunked(bad, 100);
+            assert_eq!(
+                r.map(|_| ()).unwrap_err().status(),
+                400,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
+        let long_line = [b"3;".as_slice(), &[b'x'; MAX_CHUNK_LINE + 8]].concat();
+        assert_eq!(chunked(&long_line, 100).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn non_ascii_targets_are_refused() {
+        let mut h = None;
+        let raw = "GET /abcde\u{e9} HTTP/1.1\r\n\r\n";
         assert_eq!(
-            decode_chunked(b"zz\r\n", 100, &mut out).unwrap_err().status(),
+            parse_head(raw.as_bytes(), 1024, &mut h).unwrap_err().status(),
             400
         );
+        let raw = "GET /rest/chat/client/search\u{e9} HTTP/1.1\r\n\r\n";
         assert_eq!(
-            decode_chunked(b"3\r\nabcX\r\n", 100, &mut out)
-                .unwrap_err()
-                .status(),
+            parse_head(raw.as_bytes(), 1024, &mut h).unwrap_err().status(),
             400
         );
     }

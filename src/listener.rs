@@ -25,11 +25,14 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::http1::{self, Framing, Head, Request};
+use crate::http1::{self, Chunked, Framing, Head, Request};
 use crate::respond;
 
 /// Read buffer kept per connection; it grows up to the head and body limits.
 const READ_CHUNK: usize = 4096;
+
+/// Buffers larger than this are given back after the request that grew them.
+const SHRINK_ABOVE: usize = 64 * 1024;
 
 /// How long, and for how many bytes at most, a refused client's input is drained.
 const LINGER: Duration = Duration::from_secs(2);
@@ -70,7 +73,7 @@ impl ServerApp for Listener {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(1024),
-            chunked: Vec::new(),
+            chunked: Chunked::default(),
             head: None,
             peer,
             shutdown: shutdown.clone(),
@@ -93,7 +96,7 @@ enum Read {
 enum Body {
     /// In the read buffer.
     Inline(usize, usize),
-    /// Decoded from chunks into `Connection::chunked`.
+    /// Decoded from chunks by `Connection::chunked`.
     Chunked,
 }
 
@@ -102,7 +105,7 @@ struct Connection<'a> {
     io: Stream,
     buf: BytesMut,
     out: Vec<u8>,
-    chunked: Vec<u8>,
+    chunked: Chunked,
     /// The parsed head of the current request (kept to reuse its allocation).
     head: Option<Head>,
     peer: Option<IpAddr>,
@@ -155,7 +158,7 @@ impl Connection<'_> {
         let mut ctx = gw.begin();
         let body = match body {
             Body::Inline(start, end) => &self.buf[start..end],
-            Body::Chunked => &self.chunked[..],
+            Body::Chunked => &self.chunked.body[..],
         };
         let req = Request::new(&self.buf, &head, body, self.peer);
         let answer = gw.answer(&req, &mut ctx).await;
@@ -170,7 +173,22 @@ impl Connection<'_> {
         gw.finish(method, self.peer, ctx);
         self.head = Some(head);
         self.buf.advance(consumed);
+        self.shrink();
         written && !close
+    }
+
+    /// Give back what one large request made the buffers grow to, so an idle keep-alive
+    /// connection holds little memory.
+    fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+            self.buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        if self.chunked.body.capacity() > SHRINK_ABOVE {
+            self.chunked.body = Vec::new();
+        }
+        if self.out.capacity() > SHRINK_ABOVE {
+            self.out = Vec::with_capacity(1024);
+        }
     }
 
     /// Wait for the body of `head`; its place and the bytes the request took in all.
@@ -189,17 +207,23 @@ impl Connection<'_> {
                 }
                 Ok((Body::Inline(start, end), end))
             }
-            Framing::Chunked => loop {
-                match http1::decode_chunked(&self.buf[start..], self.app.max_body, &mut self.chunked) {
-                    Ok(Some(n)) => return Ok((Body::Chunked, start + n)),
-                    // Chunk framing may double a tiny-chunked body, not more.
-                    Ok(None) if self.buf.len() - start > 2 * self.app.max_body + READ_CHUNK => {
-                        return Err(Some(GatewayError::PayloadTooLarge))
+            Framing::Chunked => {
+                self.chunked.reset();
+                loop {
+                    match self.chunked.decode(&self.buf[start..], self.app.max_body) {
+                        Ok(Some(n)) => return Ok((Body::Chunked, start + n)),
+                        // Chunk framing may double a tiny-chunked body, not more.
+                        Ok(None)
+                            if self.buf.len() - start
+                                > self.app.max_body.saturating_mul(2).saturating_add(READ_CHUNK) =>
+                        {
+                            return Err(Some(GatewayError::PayloadTooLarge))
+                        }
+                        Ok(None) => self.wait_for_body(head, &mut continued, deadline).await?,
+                        Err(e) => return Err(Some(e)),
                     }
-                    Ok(None) => self.wait_for_body(head, &mut continued, deadline).await?,
-                    Err(e) => return Err(Some(e)),
                 }
-            },
+            }
         }
     }
 
@@ -210,7 +234,7 @@ impl Connection<'_> {
         continued: &mut bool,
         deadline: Instant,
     ) -> Result<(), Option<GatewayError>> {
-        if head.expect_continue && !*continued {
+        if head.expect_continue && head.minor >= 1 && !*continued {
             *continued = true;
             self.out.extend_from_slice(respond::CONTINUE);
             if !self.flush().await {
@@ -233,6 +257,7 @@ impl Connection<'_> {
         let method = head.map_or("-", |h| method_label(h.method(&self.buf)));
         let framing = respond::Framing {
             close: true,
+            head_only: method == "HEAD",
             ..respond::Framing::default()
         };
         respond::write(&mut self.out, &answer, framing);

@@ -66,8 +66,8 @@ pub fn route(req: &Request<'_>, max_token_bytes: usize) -> (Api, Result<Route, G
         return (Api::Auth, auth_route(method, rest, req, max_token_bytes));
     }
     if let Some(rest) = path.strip_prefix(SEARCH_PREFIX) {
-        let known =
-            rest.is_empty() || rest == "/" || (rest[1..].find('/').is_none() && rest.starts_with('/'));
+        // `/rest/chat/client/search`, `.../search/` or `.../search/{id}`.
+        let known = rest.is_empty() || rest.strip_prefix('/').is_some_and(|id| !id.contains('/'));
         if !known {
             return (Api::Other, Err(GatewayError::NotFound));
         }

@@ -42,7 +42,7 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// One request to the internal system; `path` is relative to the base URL's path.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamRequest {
     pub method: &'static str,
     pub path: String,
@@ -50,6 +50,19 @@ pub struct UpstreamRequest {
     pub body: Bytes,
     /// Safe to send twice (no side effect such as placing a call).
     pub idempotent: bool,
+}
+
+/// Header values stay out: one of them may carry a token.
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("UpstreamRequest")
+            .field("method", &self.method)
+            .field("headers", &names)
+            .field("body_bytes", &self.body.len())
+            .field("idempotent", &self.idempotent)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the last upstream call of a request did, for its log line.
@@ -158,7 +171,8 @@ impl Upstream {
         let wire = self.wire(req);
         let mut retried = false;
         loop {
-            let (mut io, reused) = self.checkout().await?;
+            // A retry goes to a new connection: the pooled ones may all be closing.
+            let (mut io, reused) = self.checkout(retried).await?;
             match self.once(&mut io, &wire).await {
                 Ok((answer, reusable)) => {
                     if reusable {
@@ -203,19 +217,12 @@ impl Upstream {
         w
     }
 
-    /// A pooled connection that is still open (true), or a new one (false).
-    async fn checkout(&self) -> Result<(Stream, bool), GatewayError> {
-        loop {
-            let idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_back();
-            let Some(mut idle) = idle else { break };
-            if idle.since.elapsed() >= POOL_IDLE {
-                // The newest is too old: so are all the others.
-                let old = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
-                drop(old);
-                break;
-            }
-            if still_open(&mut idle.io).await {
-                return Ok((idle.io, true));
+    /// A pooled connection that is still open (true), or a new one (false; always when
+    /// `fresh`).
+    async fn checkout(&self, fresh: bool) -> Result<(Stream, bool), GatewayError> {
+        if !fresh {
+            if let Some(io) = self.pooled().await {
+                return Ok((io, true));
             }
         }
         // Boxed: the connect future (TCP, TLS handshake) is large and rarely needed; kept
@@ -224,6 +231,22 @@ impl Upstream {
             .await
             .map_err(|e| transport_error(&e))?;
         Ok((io, false))
+    }
+
+    /// The newest pooled connection that is still open, if any.
+    async fn pooled(&self) -> Option<Stream> {
+        loop {
+            let mut idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_back()?;
+            if idle.since.elapsed() >= POOL_IDLE {
+                // The newest is too old: so are all the others.
+                let old = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+                drop(old);
+                return None;
+            }
+            if still_open(&mut idle.io).await {
+                return Some(idle.io);
+            }
+        }
     }
 
     fn checkin(&self, io: Stream) {
@@ -312,11 +335,13 @@ impl Upstream {
                 Ok((body, buf.is_empty()))
             }
             BodyFraming::Chunked => {
-                let mut decoded = Vec::new();
+                let mut chunked = http1::Chunked::default();
                 loop {
-                    match http1::decode_chunked(buf, self.max_body, &mut decoded) {
-                        Ok(Some(used)) => return Ok((Bytes::from(decoded), used == buf.len())),
-                        Ok(None) if buf.len() > 2 * self.max_body + 4096 => return Err(too_large()),
+                    match chunked.decode(buf, self.max_body) {
+                        Ok(Some(used)) => return Ok((Bytes::from(chunked.body), used == buf.len())),
+                        Ok(None) if buf.len() > self.max_body.saturating_mul(2).saturating_add(4096) => {
+                            return Err(too_large())
+                        }
                         Ok(None) => {
                             if read_more(io, buf).await.map_err(io_error)? == 0 {
                                 return Err(eof());
@@ -414,10 +439,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, &'static str> {
     for f in resp.headers.iter() {
         let name = f.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(f.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or("invalid Content-Length")?;
+            let n = http1::content_length(f.value).ok_or("invalid Content-Length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting Content-Length");
             }

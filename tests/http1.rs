@@ -122,6 +122,13 @@ fn connection_header_version_and_head_are_honoured() {
     let r = c.roundtrip(get("/nowhere").as_bytes()).unwrap();
     assert_eq!((r.status, r.error_code().as_str()), (404, "NOT_FOUND"));
 
+    // A refused HEAD: headers only too, then the connection closes.
+    let mut h = Raw::connect(&gw.addr);
+    h.send(format!("HEAD {card} HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n").as_bytes());
+    let r = h.read_head().unwrap();
+    assert_eq!((r.status, r.header("connection")), (400, Some("close")));
+    assert!(h.is_closed(), "no body follows the refusal of a HEAD");
+
     // An absolute-form target is routed by its path.
     let r = c
         .roundtrip(format!("GET http://gw{card}?x=1 HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
@@ -164,6 +171,13 @@ fn framing_errors_are_json_4xx_and_close_the_connection() {
             "BAD_REQUEST",
         ),
         ("HELLO\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
+        ("GET /rest/chat/client/id/abcd\u{e9} HTTP/1.1\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
+        ("GET /rest/chat/client/search\u{e9} HTTP/1.1\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
+        (
+            format!("{search}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            400,
+            "BAD_REQUEST",
+        ),
         (
             "GET /rest/chat/client/id/x HTTP/9.9\r\n\r\n".to_string(),
             400,

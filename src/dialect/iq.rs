@@ -45,8 +45,9 @@ impl Iq {
     fn card_request(&self, token: &Token) -> Result<UpstreamRequest, GatewayError> {
         Ok(match self.method {
             AuthMethod::Post => {
-                let value = HeaderValue::from_bytes(token.as_bytes())
+                let mut value = HeaderValue::from_bytes(token.as_bytes())
                     .map_err(|_| GatewayError::BadRequest("token cannot be sent in a header"))?;
+                value.set_sensitive(true);
                 UpstreamRequest {
                     method: "POST",
                     path: "/rest/chat/client/id/".into(),

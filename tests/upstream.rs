@@ -1,0 +1,172 @@
+//! The gateway's HTTP/1.1 client against a scripted internal system on a raw socket:
+//! chunked, close-delimited and interim (1xx) answers are read whole; oversized and
+//! ambiguously framed answers are CRM_INVALID_RESPONSE; connections the system closes
+//! after an answer are not reused; a keep-alive connection is.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{token, Gateway};
+
+const CARD: &str = r#"{"client":{"id":"77","name":"Scripted"}}"#;
+
+/// A scripted internal system: the answer depends on the token header's prefix.
+struct Scripted {
+    url: String,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    fn start() -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve(stream));
+            }
+        });
+        Scripted { url, connections }
+    }
+}
+
+/// Answer requests on one connection until the script closes it or the peer leaves.
+fn serve(stream: TcpStream) {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut token = String::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "token" => token = v.trim().to_string(),
+                    "content-length" => length = v.trim().parse().unwrap(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let (answer, keep) = script(&token);
+        if out.write_all(&answer).is_err() || !keep {
+            return;
+        }
+    }
+}
+
+/// The raw answer for a token, and whether the connection stays open after it.
+fn script(token: &str) -> (Vec<u8>, bool) {
+    let json = "Content-Type: application/json\r\n";
+    let kind = token.split('-').next().unwrap_or("");
+    let answer = match kind {
+        "chunked" => {
+            let (a, b) = CARD.split_at(10);
+            format!(
+                "HTTP/1.1 200 OK\r\n{json}Transfer-Encoding: chunked\r\n\r\n{:x};note=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-Trailer: t\r\n\r\n",
+                a.len(),
+                b.len()
+            )
+        }
+        "eof" => format!("HTTP/1.0 200 OK\r\n{json}\r\n{CARD}"),
+        "interim" => format!(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n{json}Content-Length: {}\r\n\r\n{CARD}",
+            CARD.len()
+        ),
+        "huge" => format!("HTTP/1.1 200 OK\r\n{json}Content-Length: 2000000\r\n\r\n{CARD}"),
+        "ambiguous" => format!(
+            "HTTP/1.1 200 OK\r\n{json}Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{CARD}",
+            CARD.len()
+        ),
+        "short" => format!("HTTP/1.1 200 OK\r\n{json}Content-Length: 500\r\n\r\n{CARD}"),
+        "closing" => format!(
+            "HTTP/1.1 200 OK\r\n{json}Content-Length: {}\r\nConnection: close\r\n\r\n{CARD}",
+            CARD.len()
+        ),
+        _ => format!(
+            "HTTP/1.1 200 OK\r\n{json}Content-Length: {}\r\n\r\n{CARD}",
+            CARD.len()
+        ),
+    };
+    let keep = !matches!(kind, "eof" | "huge" | "short" | "closing" | "ambiguous");
+    (answer.into_bytes(), keep)
+}
+
+fn gateway(crm: &Scripted) -> Gateway {
+    // No cache: every request below reaches the scripted system.
+    Gateway::start(&crm.url, &[("cache", "ttl = \"0s\"\nnegative_ttl = \"0s\"")])
+}
+
+#[test]
+fn answers_framed_every_way_are_read_whole() {
+    let crm = Scripted::start();
+    let gw = gateway(&crm);
+    let mut used = Vec::new();
+    for kind in ["chunked", "eof", "interim", "plain"] {
+        let t = token(kind);
+        let r = gw.post_card(&t);
+        assert_eq!(r.status, 200, "{kind}: {}", r.body);
+        assert_eq!(r.body, CARD, "{kind}");
+        used.push(t);
+    }
+    let refs: Vec<&str> = used.iter().map(String::as_str).collect();
+    gw.assert_never_shown(&refs);
+}
+
+#[test]
+fn oversized_ambiguous_and_truncated_answers_are_invalid() {
+    let crm = Scripted::start();
+    let gw = gateway(&crm);
+    for kind in ["huge", "ambiguous", "short"] {
+        let t = token(kind);
+        let r = gw.post_card(&t);
+        let code = r.error_code();
+        let want = if kind == "short" {
+            "CRM_UNAVAILABLE"
+        } else {
+            "CRM_INVALID_RESPONSE"
+        };
+        assert_eq!((r.status, code.as_str()), (502, want), "{kind}: {}", r.body);
+        // The next request is served normally (on another connection).
+        let ok = gw.post_card(&token("plain"));
+        assert_eq!(ok.status, 200, "after {kind}: {}", ok.body);
+    }
+}
+
+#[test]
+fn keepalive_connections_are_reused_and_closed_ones_are_not() {
+    let crm = Scripted::start();
+    let gw = gateway(&crm);
+    for _ in 0..5 {
+        assert_eq!(gw.post_card(&token("plain")).status, 200);
+    }
+    assert_eq!(
+        crm.connections.load(Ordering::SeqCst),
+        1,
+        "sequential requests share one pooled connection"
+    );
+    for _ in 0..3 {
+        assert_eq!(gw.post_card(&token("closing")).status, 200);
+    }
+    // The first "closing" answer came on the pooled connection and ended it; the next two
+    // needed new ones, and so does the request after them.
+    assert_eq!(crm.connections.load(Ordering::SeqCst), 3);
+    assert_eq!(gw.post_card(&token("plain")).status, 200);
+    assert_eq!(crm.connections.load(Ordering::SeqCst), 4);
+}
