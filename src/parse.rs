@@ -107,8 +107,11 @@ fn path_token(raw: &str, max: usize) -> Result<Token, GatewayError> {
     if raw.len() > max.saturating_mul(3) {
         return Err(GatewayError::TokenTooLong { in_header: false });
     }
+    if !raw.contains('%') {
+        return check_token(raw.as_bytes(), max, false);
+    }
     let decoded: Vec<u8> = percent_decode(raw.as_bytes()).collect();
-    check_token(decoded, max, false)
+    check_token(&decoded, max, false)
 }
 
 fn header_token(req: &Request<'_>, max: usize) -> Result<Token, GatewayError> {
@@ -119,10 +122,10 @@ fn header_token(req: &Request<'_>, max: usize) -> Result<Token, GatewayError> {
     if values.next().is_some() {
         return Err(GatewayError::BadRequest("token header is repeated"));
     }
-    check_token(value.to_vec(), max, true)
+    check_token(value, max, true)
 }
 
-fn check_token(bytes: Vec<u8>, max: usize, in_header: bool) -> Result<Token, GatewayError> {
+fn check_token(bytes: &[u8], max: usize, in_header: bool) -> Result<Token, GatewayError> {
     if bytes.is_empty() {
         return Err(GatewayError::BadRequest("token is empty"));
     }
@@ -132,12 +135,13 @@ fn check_token(bytes: Vec<u8>, max: usize, in_header: bool) -> Result<Token, Gat
     if bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
         return Err(GatewayError::BadRequest("token contains control characters"));
     }
-    Ok(Token(Bytes::from(bytes)))
+    // One exact-size allocation.
+    Ok(Token(Bytes::copy_from_slice(bytes)))
 }
 
 /// A token received from somewhere else than the chat server's request (a search answer).
 pub fn token(bytes: &[u8], max: usize) -> Result<Token, GatewayError> {
-    check_token(bytes.to_vec(), max, true)
+    check_token(bytes, max, true)
 }
 
 /// How the chat server encoded search parameters.
