@@ -100,17 +100,19 @@ impl Gateway {
         if let Some(req) = head {
             ctx.api = parse::route(req, self.cfg.limits.max_token_bytes).0;
         }
-        ctx.error_code = Some(e.code().to_string());
         ctx.status = e.status();
-        match ctx.api {
-            Api::Search => error_answer(e, e.search_body(None), None),
-            _ => error_answer(e, e.body(), None),
-        }
+        self.reject(e, ctx)
     }
 
+    /// The error answer, in the shape of the request's API (the Search client API's
+    /// errors carry `errorMessage` too).
     fn reject(&self, e: &GatewayError, ctx: &mut Ctx) -> Answer {
         ctx.error_code = Some(e.code().to_string());
-        error_answer(e, e.body(), ctx.cache.map(CacheResult::header))
+        let body = match ctx.api {
+            Api::Search => e.search_body(None),
+            _ => e.body(),
+        };
+        error_answer(e, body, ctx.cache.map(CacheResult::header))
     }
 
     async fn card(&self, ctx: &mut Ctx, token: Token) -> Result<Answer, GatewayError> {

@@ -68,7 +68,7 @@ impl Head {
 }
 
 /// A request head that cannot be answered normally. The answer closes the connection.
-pub fn head_error(e: &httparse::Error) -> GatewayError {
+fn head_error(e: &httparse::Error) -> GatewayError {
     match e {
         httparse::Error::TooManyHeaders => GatewayError::HeadersTooLarge,
         _ => GatewayError::BadRequest("malformed HTTP request"),
@@ -113,51 +113,78 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     h.target = span(req.path.unwrap_or_default().as_bytes());
     h.minor = req.version.unwrap_or(1);
     h.headers.clear();
-    let mut length: Option<usize> = None;
-    let mut chunked = false;
-    let mut has_te = false;
-    let mut close = false;
-    let mut keep_alive = false;
     h.expect_continue = false;
-    let mut refused = None;
+    let mut fields = FramingFields::default();
     for f in req.headers.iter() {
         h.headers.push((span(f.name.as_bytes()), span(f.value)));
-        let name = f.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            match content_length(f.value) {
-                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                Some(_) => refused = Some("conflicting Content-Length headers"),
-                None => refused = Some("invalid Content-Length"),
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // Only `chunked`, in one field, alone; anything else cannot be framed safely.
-            chunked = !has_te && trim(f.value).eq_ignore_ascii_case(b"chunked");
-            has_te = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for option in f.value.split(|&b| b == b',').map(trim) {
-                close |= option.eq_ignore_ascii_case(b"close");
-                keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if name.eq_ignore_ascii_case(b"expect") {
+        if !fields.add(f.name.as_bytes(), f.value) && f.name.eq_ignore_ascii_case("expect") {
             h.expect_continue = trim(f.value).eq_ignore_ascii_case(b"100-continue");
         }
     }
-    h.framing = match (refused, has_te, length) {
+    h.framing = match (fields.length_error, fields.te_fields, fields.length) {
         (Some(why), _, _) => Framing::Refused(why),
-        (None, true, Some(_)) => Framing::Refused("both Transfer-Encoding and Content-Length"),
-        (None, true, None) if h.minor == 0 || !chunked => {
-            Framing::Refused("unsupported Transfer-Encoding (only chunked is accepted)")
-        }
-        (None, true, None) => Framing::Chunked,
-        (None, false, Some(0) | None) => Framing::None,
-        (None, false, Some(n)) => Framing::Length(n),
+        (None, 0, Some(0) | None) => Framing::None,
+        (None, 0, Some(n)) => Framing::Length(n),
+        (None, _, Some(_)) => Framing::Refused("both Transfer-Encoding and Content-Length"),
+        // Only `chunked`, in one field, alone; anything else cannot be framed safely.
+        (None, 1, None) if h.minor >= 1 && fields.te_only_chunked => Framing::Chunked,
+        (None, _, None) => Framing::Refused("unsupported Transfer-Encoding (only chunked is accepted)"),
     };
-    h.keep_alive = !close && (h.minor >= 1 || keep_alive);
+    h.keep_alive = fields.persistent(h.minor);
     Ok(true)
 }
 
+/// The fields that frame a message and decide the connection's fate, as read from the
+/// head of a request or of an answer; each side applies its own rules to them.
+#[derive(Debug, Default)]
+pub struct FramingFields {
+    /// The `Content-Length`, when every such field agrees and is valid.
+    pub length: Option<usize>,
+    /// Why the `Content-Length` fields cannot be trusted.
+    pub length_error: Option<&'static str>,
+    /// `Transfer-Encoding` fields seen.
+    pub te_fields: usize,
+    /// The last `Transfer-Encoding` field's last coding is `chunked`.
+    pub te_chunked: bool,
+    /// ... and that field says nothing but `chunked`.
+    pub te_only_chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl FramingFields {
+    /// Take in one header field; false when it is none of the framing fields.
+    pub fn add(&mut self, name: &[u8], value: &[u8]) -> bool {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match content_length(value) {
+                Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                Some(_) => self.length_error = Some("conflicting Content-Length headers"),
+                None => self.length_error = Some("invalid Content-Length"),
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.te_fields += 1;
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.te_chunked = trim(last).eq_ignore_ascii_case(b"chunked");
+            self.te_only_chunked = trim(value).eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for option in value.split(|&b| b == b',').map(trim) {
+                self.close |= option.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// May the connection stay open after this message of HTTP/1.`minor`?
+    pub fn persistent(&self, minor: u8) -> bool {
+        !self.close && (minor >= 1 || self.keep_alive)
+    }
+}
+
 /// A valid `Content-Length` value (digits only); `5, 5` is one length said twice.
-pub fn content_length(value: &[u8]) -> Option<usize> {
+fn content_length(value: &[u8]) -> Option<usize> {
     let mut n: Option<usize> = None;
     for part in value.split(|&b| b == b',').map(trim) {
         if part.is_empty() || part.len() > 15 || !part.iter().all(u8::is_ascii_digit) {
@@ -340,7 +367,7 @@ impl<'a> Request<'a> {
     }
 
     fn text(&self, r: &Range<usize>) -> &'a str {
-        // httparse only accepts ASCII tokens in the method and visible ASCII in the target.
+        // The method is an ASCII token (httparse) and the target ASCII ([`parse_head`]).
         std::str::from_utf8(&self.buf[r.clone()]).unwrap_or("")
     }
 

@@ -432,44 +432,32 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, &'static str> {
         return Err("unexpected protocol switch");
     }
     let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_string);
-    let mut length = None;
-    let mut chunked = None;
-    let mut close = false;
-    let mut keep_alive = false;
+    let mut fields = http1::FramingFields::default();
     for f in resp.headers.iter() {
         let name = f.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = http1::content_length(f.value).ok_or("invalid Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length");
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // The last coding decides: chunked, or the body runs to the end of the connection.
-            let last = f.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            chunked = Some(std::str::from_utf8(last).is_ok_and(|c| c.trim().eq_ignore_ascii_case("chunked")));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for option in f.value.split(|&b| b == b',') {
-                let option = std::str::from_utf8(option).unwrap_or("").trim();
-                close |= option.eq_ignore_ascii_case("close");
-                keep_alive |= option.eq_ignore_ascii_case("keep-alive");
-            }
-        } else if name.eq_ignore_ascii_case(b"content-type") {
+        if fields.add(name, f.value) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-type") {
             head.content_type = text(f.value);
         } else if name.eq_ignore_ascii_case(b"cache-control") {
             head.cache_control = text(f.value);
         }
     }
+    if let Some(why) = fields.length_error {
+        return Err(why);
+    }
     let bodiless = head.interim || status == 204 || status == 304;
-    head.framing = match (chunked, length) {
+    head.framing = match (fields.te_fields, fields.length) {
         _ if bodiless => BodyFraming::Length(0),
-        (Some(_), Some(_)) => return Err("both Transfer-Encoding and Content-Length"),
-        (Some(true), None) => BodyFraming::Chunked,
-        (Some(false), None) => BodyFraming::UntilClose,
-        (None, Some(n)) => BodyFraming::Length(n),
-        (None, None) => BodyFraming::UntilClose,
+        (0, Some(n)) => BodyFraming::Length(n),
+        (0, None) => BodyFraming::UntilClose,
+        (_, Some(_)) => return Err("both Transfer-Encoding and Content-Length"),
+        // The last coding decides: chunked, or the body runs to the end of the connection.
+        (_, None) if fields.te_chunked => BodyFraming::Chunked,
+        (_, None) => BodyFraming::UntilClose,
     };
-    head.keep_alive = head.framing != BodyFraming::UntilClose && !close && (minor >= 1 || keep_alive);
+    head.keep_alive = head.framing != BodyFraming::UntilClose && fields.persistent(minor);
     Ok(Some(head))
 }
 
