@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cardgate::cache::CardCache;
 use cardgate::config::CacheSection;
-use cardgate::http1::{parse_head, Request};
+use cardgate::h1::server::{parse_head, Request};
 use cardgate::keys::TokenHasher;
 use cardgate::normalise::Card;
 use cardgate::parse::{route, Route};

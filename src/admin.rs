@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::gateway::Gateway;
 use crate::parse;
-use crate::upstream::Trace;
+use crate::upstream::CallRecord;
 
 pub struct Admin {
     pub gateway: Arc<Gateway>,
@@ -67,7 +67,7 @@ impl Admin {
         // Dialects with sessions (gigma) end the session behind the card too.
         let ended = match gw
             .dialect
-            .end_session(&gw.upstream, &token, &Trace::default())
+            .end_session(&gw.upstream, &token, &CallRecord::default())
             .await
         {
             Ok(ended) => ended,

@@ -8,6 +8,8 @@
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::h1::FramingError;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
     /// The request is malformed (empty token, control characters, bad parameters).
@@ -177,46 +179,37 @@ impl GatewayError {
 
     /// The JSON body `{errorCode, errorText}`.
     pub fn body(&self) -> Bytes {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            #[serde(rename = "errorCode")]
-            code: &'a str,
-            #[serde(rename = "errorText")]
-            text: &'a str,
-        }
-        let text = self.text();
-        let json = serde_json::to_vec(&Body {
-            code: self.code(),
-            text: &text,
-        })
-        .expect("two strings always serialise");
-        Bytes::from(json)
+        self.render(false, None)
     }
 
     /// The Search client API's error body: `errorCode`, `errorText`, the same text as
     /// `errorMessage` (the v1.1 table and example disagree on the name) and the request's
     /// `stepId` when it had one.
     pub fn search_body(&self, step_id: Option<&str>) -> Bytes {
+        self.render(true, step_id)
+    }
+
+    fn render(&self, with_message: bool, step_id: Option<&str>) -> Bytes {
         #[derive(Serialize)]
         struct Body<'a> {
             #[serde(rename = "errorCode")]
             code: &'a str,
             #[serde(rename = "errorText")]
             text: &'a str,
-            #[serde(rename = "errorMessage")]
-            message: &'a str,
+            #[serde(rename = "errorMessage", skip_serializing_if = "Option::is_none")]
+            message: Option<&'a str>,
             #[serde(rename = "stepId", skip_serializing_if = "Option::is_none")]
             step_id: Option<&'a str>,
         }
         let text = self.text();
-        let json = serde_json::to_vec(&Body {
+        let body = Body {
             code: self.code(),
             text: &text,
-            message: &text,
+            message: with_message.then_some(text.as_str()),
             step_id,
-        })
-        .expect("strings always serialise");
-        Bytes::from(json)
+        };
+        // Strings only: serialising cannot fail; an empty body would still be no panic.
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
     /// Extra response header this error needs (`Allow` for 405).
@@ -224,6 +217,23 @@ impl GatewayError {
         match self {
             GatewayError::MethodNotAllowed { allow } => Some(allow),
             _ => None,
+        }
+    }
+}
+
+/// A request the chat server sent that cannot be read: the wire-level refusal of
+/// [`crate::h1`] as the chat server's answer (the connection is closed after it).
+impl From<FramingError> for GatewayError {
+    fn from(e: FramingError) -> Self {
+        match e {
+            FramingError::LineTooLong => GatewayError::UriTooLong,
+            FramingError::HeadTooLarge | FramingError::TooManyFields => GatewayError::HeadersTooLarge,
+            FramingError::BodyTooLarge => GatewayError::PayloadTooLarge,
+            FramingError::Malformed(_) => GatewayError::BadRequest("malformed HTTP request"),
+            FramingError::NonAsciiTarget
+            | FramingError::Unframeable(_)
+            | FramingError::BadChunk(_)
+            | FramingError::UnexpectedSwitch => GatewayError::BadRequest(e.reason()),
         }
     }
 }
@@ -371,6 +381,22 @@ mod tests {
                     .expect("code in table");
                 assert!(listed.1 == e.status() || e.code() == "TOKEN_TOO_LONG");
             }
+        }
+    }
+
+    #[test]
+    fn wire_refusals_map_to_the_chat_servers_statuses() {
+        let cases = [
+            (FramingError::LineTooLong, 414),
+            (FramingError::HeadTooLarge, 431),
+            (FramingError::TooManyFields, 431),
+            (FramingError::BodyTooLarge, 413),
+            (FramingError::Malformed(httparse::Error::Token), 400),
+            (FramingError::Unframeable("x"), 400),
+            (FramingError::BadChunk("x"), 400),
+        ];
+        for (wire, status) in cases {
+            assert_eq!(GatewayError::from(wire).status(), status, "{wire:?}");
         }
     }
 }

@@ -22,12 +22,12 @@ use crate::config::Config;
 use crate::dialect::Dialect;
 use crate::error::GatewayError;
 use crate::guard::SearchGuard;
-use crate::http1::Request;
+use crate::h1::server::Request;
 use crate::keys::TokenHasher;
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
 use crate::respond::{Answer, Body};
-use crate::upstream::{Trace, Upstream};
+use crate::upstream::{CallRecord, Upstream};
 
 /// Everything a request needs, shared by all workers.
 pub struct Gateway {
@@ -119,10 +119,10 @@ impl Gateway {
         if self.cfg.log.access {
             ctx.token_fp = Some(self.hasher.fingerprint(token.as_bytes()));
         }
-        let trace = Trace::default();
-        let (result, how) = self.lookup(&token, &trace).await;
+        let record = CallRecord::default();
+        let (result, how) = self.lookup(&token, &record).await;
         ctx.cache = Some(how);
-        ctx.upstream = trace.get();
+        ctx.upstream = record.get();
         let stored = result?;
         if self.cfg.log.access {
             ctx.error_code = stored.error_code();
@@ -136,10 +136,10 @@ impl Gateway {
     }
 
     /// The card of a token: from the cache, or from the internal system (single-flight).
-    async fn lookup(&self, token: &Token, trace: &Trace) -> Lookup {
+    async fn lookup(&self, token: &Token, record: &CallRecord) -> Lookup {
         let key = self.hasher.cache_key(token.as_bytes());
         self.cache
-            .get_or_fetch(key, || self.dialect.fetch_card(&self.upstream, token, trace))
+            .get_or_fetch(key, || self.dialect.fetch_card(&self.upstream, token, record))
             .await
     }
 
@@ -178,9 +178,9 @@ impl Gateway {
             ctx.search = Some((step, "refused"));
             return Err(refusal.error());
         }
-        let trace = Trace::default();
-        let result = self.dialect.search(&self.upstream, &req, &trace).await;
-        ctx.upstream = trace.get();
+        let record = CallRecord::default();
+        let result = self.dialect.search(&self.upstream, &req, &record).await;
+        ctx.upstream = record.get();
         self.guard.record(&self.hasher, &req, &result).await;
         let outcome = match &result {
             Ok(a) if a.answer_type == 2 => "answer2",
@@ -211,8 +211,8 @@ impl Gateway {
                 gw.metrics.prewarms.with_label_values(&["error"]).inc();
                 return;
             };
-            let trace = Trace::default();
-            let (result, how) = gw.lookup(&token, &trace).await;
+            let record = CallRecord::default();
+            let (result, how) = gw.lookup(&token, &record).await;
             let (status, code) = match &result {
                 Ok(stored) => (stored.status(), stored.error_code()),
                 Err(e) => (e.status(), Some(e.code().to_string())),
@@ -220,7 +220,7 @@ impl Gateway {
             let outcome = if status == 200 { "ok" } else { "error" };
             gw.metrics.prewarms.with_label_values(&[outcome]).inc();
             if gw.cfg.log.access {
-                let upstream = trace.get();
+                let upstream = record.get();
                 let fp = gw.hasher.fingerprint(token.as_bytes());
                 accesslog::emit(&accesslog::Line {
                     ts: accesslog::now(),

@@ -15,7 +15,7 @@ pub mod dialect;
 pub mod error;
 pub mod gateway;
 pub mod guard;
-pub mod http1;
+pub mod h1;
 pub mod keys;
 pub mod listener;
 pub mod metrics;

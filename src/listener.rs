@@ -2,7 +2,7 @@
 //!
 //! Pingora accepts the connections (its listener sockets, handed over on a zero-downtime
 //! upgrade, its worker threads, its shutdown signal); this [`ServerApp`] runs each one:
-//! read a request ([`crate::http1`]), let the [`Gateway`] answer it, write the answer
+//! read a request ([`crate::h1::server`]), let the [`Gateway`] answer it, write the answer
 //! ([`crate::respond`]) with one `write`, and wait for the next request on the same
 //! connection. An idle connection closes after `server.keepalive_timeout`; a started
 //! request must arrive whole, and its answer be taken, within `server.client_timeout`
@@ -20,12 +20,13 @@ use bytes::{Buf, BytesMut};
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::http1::{self, Chunked, Framing, Head, Request};
+use crate::h1::server::{parse_head, Head, Request};
+use crate::h1::{BodyFraming, ChunkedDecoder};
 use crate::respond;
 
 /// Read buffer kept per connection; it grows up to the head and body limits.
@@ -68,24 +69,36 @@ impl ServerApp for Listener {
         } else {
             None
         };
-        let mut conn = Connection {
-            app: self.as_ref(),
-            io,
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            out: Vec::with_capacity(1024),
-            chunked: Chunked::default(),
-            head: None,
-            peer,
-            shutdown: shutdown.clone(),
-        };
-        conn.run().await;
-        let _ = conn.io.shutdown().await;
+        self.serve(io, peer, shutdown.clone()).await;
         None
     }
 }
 
+impl Listener {
+    /// Serve one connection until it ends, then close it.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: S,
+        peer: Option<IpAddr>,
+        shutdown: ShutdownWatch,
+    ) {
+        let mut conn = Connection {
+            app: self,
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
+            chunked: ChunkedDecoder::default(),
+            head: None,
+            peer,
+            shutdown,
+        };
+        conn.run().await;
+        let _ = conn.io.shutdown().await;
+    }
+}
+
 /// How a wait for bytes from the client ended.
-enum Read {
+enum Arrival {
     Data,
     Closed,
     TimedOut,
@@ -93,32 +106,33 @@ enum Read {
 }
 
 /// Where the body of the current request is.
-enum Body {
+enum BodyPlace {
     /// In the read buffer.
     Inline(usize, usize),
     /// Decoded from chunks by `Connection::chunked`.
     Chunked,
 }
 
-struct Connection<'a> {
+/// One chat-server connection: any byte stream (Pingora's, or a scripted one in tests).
+struct Connection<'a, S> {
     app: &'a Listener,
-    io: Stream,
+    io: S,
     buf: BytesMut,
     out: Vec<u8>,
-    chunked: Chunked,
+    chunked: ChunkedDecoder,
     /// The parsed head of the current request (kept to reuse its allocation).
     head: Option<Head>,
     peer: Option<IpAddr>,
     shutdown: ShutdownWatch,
 }
 
-impl Connection<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Serve requests until the client leaves, a timeout, a refusal or shutdown.
     async fn run(&mut self) {
         loop {
             if self.buf.is_empty() {
                 let idle_until = Instant::now() + self.app.keepalive;
-                if !matches!(self.read(idle_until, true).await, Read::Data) {
+                if !matches!(self.read(idle_until, true).await, Arrival::Data) {
                     return;
                 }
             }
@@ -132,17 +146,19 @@ impl Connection<'_> {
     /// Read, answer and write one request; false when the connection must end.
     async fn serve_one(&mut self, deadline: Instant) -> bool {
         loop {
-            match http1::parse_head(&self.buf, self.app.max_head, &mut self.head) {
+            match parse_head(&self.buf, self.app.max_head, &mut self.head) {
                 Ok(true) => break,
                 Ok(false) => match self.read(deadline, false).await {
-                    Read::Data => {}
-                    Read::TimedOut => return self.refuse(GatewayError::RequestTimeout, None).await,
-                    Read::Closed | Read::ShuttingDown => return false,
+                    Arrival::Data => {}
+                    Arrival::TimedOut => return self.refuse(GatewayError::RequestTimeout, None).await,
+                    Arrival::Closed | Arrival::ShuttingDown => return false,
                 },
-                Err(e) => return self.refuse(e, None).await,
+                Err(e) => return self.refuse(e.into(), None).await,
             }
         }
-        let head = self.head.take().expect("a parsed head");
+        let Some(head) = self.head.take() else {
+            return false; // parse_head filled it; nothing to answer otherwise
+        };
         let method = method_label(head.method(&self.buf));
         let (body, consumed) = match self.body(&head, deadline).await {
             Ok(framed) => framed,
@@ -157,8 +173,8 @@ impl Connection<'_> {
         let gw = &self.app.gateway;
         let mut ctx = gw.begin();
         let body = match body {
-            Body::Inline(start, end) => &self.buf[start..end],
-            Body::Chunked => &self.chunked.body[..],
+            BodyPlace::Inline(start, end) => &self.buf[start..end],
+            BodyPlace::Chunked => &self.chunked.body[..],
         };
         let req = Request::new(&self.buf, &head, body, self.peer);
         let answer = gw.answer(&req, &mut ctx).await;
@@ -193,25 +209,30 @@ impl Connection<'_> {
 
     /// Wait for the body of `head`; its place and the bytes the request took in all.
     /// `Err(Some(e))`: answer `e` and close; `Err(None)`: the client is gone.
-    async fn body(&mut self, head: &Head, deadline: Instant) -> Result<(Body, usize), Option<GatewayError>> {
+    async fn body(
+        &mut self,
+        head: &Head,
+        deadline: Instant,
+    ) -> Result<(BodyPlace, usize), Option<GatewayError>> {
         let start = head.len;
         let mut continued = false;
         match head.framing {
-            Framing::None => Ok((Body::Inline(start, start), start)),
-            Framing::Refused(why) => Err(Some(GatewayError::BadRequest(why))),
-            Framing::Length(n) if n > self.app.max_body => Err(Some(GatewayError::PayloadTooLarge)),
-            Framing::Length(n) => {
+            Err(refused) => Err(Some(refused.into())),
+            // A request has no close-delimited body: without a length it has none.
+            Ok(BodyFraming::UntilClose) => Ok((BodyPlace::Inline(start, start), start)),
+            Ok(BodyFraming::Length(n)) if n > self.app.max_body => Err(Some(GatewayError::PayloadTooLarge)),
+            Ok(BodyFraming::Length(n)) => {
                 let end = start + n;
                 while self.buf.len() < end {
                     self.wait_for_body(head, &mut continued, deadline).await?;
                 }
-                Ok((Body::Inline(start, end), end))
+                Ok((BodyPlace::Inline(start, end), end))
             }
-            Framing::Chunked => {
+            Ok(BodyFraming::Chunked) => {
                 self.chunked.reset();
                 loop {
                     match self.chunked.decode(&self.buf[start..], self.app.max_body) {
-                        Ok(Some(n)) => return Ok((Body::Chunked, start + n)),
+                        Ok(Some(n)) => return Ok((BodyPlace::Chunked, start + n)),
                         // Chunk framing may double a tiny-chunked body, not more.
                         Ok(None)
                             if self.buf.len() - start
@@ -220,7 +241,7 @@ impl Connection<'_> {
                             return Err(Some(GatewayError::PayloadTooLarge))
                         }
                         Ok(None) => self.wait_for_body(head, &mut continued, deadline).await?,
-                        Err(e) => return Err(Some(e)),
+                        Err(e) => return Err(Some(e.into())),
                     }
                 }
             }
@@ -242,9 +263,9 @@ impl Connection<'_> {
             }
         }
         match self.read(deadline, false).await {
-            Read::Data => Ok(()),
-            Read::TimedOut => Err(Some(GatewayError::RequestTimeout)),
-            Read::Closed | Read::ShuttingDown => Err(None),
+            Arrival::Data => Ok(()),
+            Arrival::TimedOut => Err(Some(GatewayError::RequestTimeout)),
+            Arrival::Closed | Arrival::ShuttingDown => Err(None),
         }
     }
 
@@ -280,15 +301,15 @@ impl Connection<'_> {
         while drained < LINGER_BYTES {
             self.buf.clear();
             match self.read(until, false).await {
-                Read::Data => drained += self.buf.len(),
-                Read::Closed | Read::TimedOut | Read::ShuttingDown => return,
+                Arrival::Data => drained += self.buf.len(),
+                Arrival::Closed | Arrival::TimedOut | Arrival::ShuttingDown => return,
             }
         }
     }
 
     /// Read what the client sent into the buffer, until `deadline`. While `idle` (between
     /// requests) a shutdown ends the wait.
-    async fn read(&mut self, deadline: Instant, idle: bool) -> Read {
+    async fn read(&mut self, deadline: Instant, idle: bool) -> Arrival {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
@@ -298,19 +319,19 @@ impl Connection<'_> {
         let read = timeout_at(deadline, io.read_buf(buf));
         let result = if idle {
             if *shutdown.borrow() {
-                return Read::ShuttingDown;
+                return Arrival::ShuttingDown;
             }
             tokio::select! {
                 r = read => r,
-                _ = shutdown.wait_for(|down| *down) => return Read::ShuttingDown,
+                _ = shutdown.wait_for(|down| *down) => return Arrival::ShuttingDown,
             }
         } else {
             read.await
         };
         match result {
-            Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
-            Ok(Ok(_)) => Read::Data,
-            Err(_) => Read::TimedOut,
+            Ok(Ok(0)) | Ok(Err(_)) => Arrival::Closed,
+            Ok(Ok(_)) => Arrival::Data,
+            Err(_) => Arrival::TimedOut,
         }
     }
 

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::GatewayError;
+use crate::upstream::UpstreamAnswer;
 
 /// A validated client card, ready to write.
 #[derive(Debug, Clone)]
@@ -27,15 +28,6 @@ pub struct Card {
     pub max_age: Option<Duration>,
     /// `Cache-Control: no-store` (or `no-cache`/`private`): do not keep it.
     pub no_store: bool,
-}
-
-/// The parts of an upstream answer that mapping needs.
-#[derive(Debug, Clone)]
-pub struct UpstreamAnswer {
-    pub status: u16,
-    pub content_type: Option<String>,
-    pub cache_control: Option<String>,
-    pub body: Bytes,
 }
 
 /// What the Auth API check reads of a card; the members are left raw (borrowed, not
@@ -223,12 +215,7 @@ mod tests {
     use super::*;
 
     fn answer(status: u16, body: &str) -> UpstreamAnswer {
-        UpstreamAnswer {
-            status,
-            content_type: Some("application/json".into()),
-            cache_control: None,
-            body: Bytes::copy_from_slice(body.as_bytes()),
-        }
+        UpstreamAnswer::json(status, body)
     }
 
     #[test]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use percent_encoding::percent_decode;
 
 use crate::error::GatewayError;
-use crate::http1::Request;
+use crate::h1::server::Request;
 
 const AUTH_PREFIX: &str = "/rest/chat/client/id";
 const SEARCH_PREFIX: &str = "/rest/chat/client/search";
@@ -315,7 +315,7 @@ mod tests {
 
     fn route_of(method: &str, path: &str, token: Option<&str>) -> (Api, Result<Route, GatewayError>) {
         let raw = raw(method, path, token);
-        let head = crate::http1::tests::head(&raw).unwrap();
+        let head = crate::h1::server::tests::head(&raw).unwrap();
         route(&Request::new(&raw, &head, b"", None), 16)
     }
 

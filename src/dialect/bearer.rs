@@ -14,9 +14,9 @@ use serde_json::{json, Map, Value};
 use super::{bearer_header, Dialect};
 use crate::config::UpstreamSection;
 use crate::error::GatewayError;
-use crate::normalise::{self, Card, UpstreamAnswer};
+use crate::normalise::{self, Card};
 use crate::parse::Token;
-use crate::upstream::{Trace, Upstream, UpstreamRequest};
+use crate::upstream::{CallRecord, Upstream, UpstreamAnswer, UpstreamRequest};
 
 pub struct Bearer {
     path: String,
@@ -130,9 +130,14 @@ impl Bearer {
 
 #[async_trait]
 impl Dialect for Bearer {
-    async fn fetch_card(&self, up: &Upstream, token: &Token, trace: &Trace) -> Result<Card, GatewayError> {
+    async fn fetch_card(
+        &self,
+        up: &Upstream,
+        token: &Token,
+        record: &CallRecord,
+    ) -> Result<Card, GatewayError> {
         let req = self.card_request(token)?;
-        let answer = up.send(&req, trace).await?;
+        let answer = up.send(&req, record).await?;
         self.card(answer)
     }
 }
@@ -149,12 +154,7 @@ mod tests {
     }
 
     fn answer(status: u16, body: &str) -> UpstreamAnswer {
-        UpstreamAnswer {
-            status,
-            content_type: Some("application/json".into()),
-            cache_control: None,
-            body: Bytes::copy_from_slice(body.as_bytes()),
-        }
+        UpstreamAnswer::json(status, body)
     }
 
     #[test]

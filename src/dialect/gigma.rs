@@ -27,9 +27,9 @@ use serde_json::{json, Value};
 use super::{bearer_header, Dialect};
 use crate::config::UpstreamSection;
 use crate::error::GatewayError;
-use crate::normalise::{Card, SearchAnswer, UpstreamAnswer};
+use crate::normalise::{Card, SearchAnswer};
 use crate::parse::{phone_digits, SearchRequest, Token};
-use crate::upstream::{Trace, Upstream, UpstreamRequest};
+use crate::upstream::{CallRecord, Upstream, UpstreamAnswer, UpstreamRequest};
 
 /// The code gigma's call-reset login asks for: the last 4 digits of the calling number.
 pub const VALIDATOR: &str = r"^\d{4}$";
@@ -102,12 +102,12 @@ impl Gigma {
         &self,
         up: &Upstream,
         req: &SearchRequest,
-        trace: &Trace,
+        record: &CallRecord,
     ) -> Result<SearchAnswer, GatewayError> {
         let phone =
             phone_digits(&req.client).ok_or(GatewayError::BadRequest("client is not a phone number"))?;
         let call = self.post("/counterparty/send_password", &json!({ "phone": phone }), None)?;
-        let answer = up.send(&call, trace).await?;
+        let answer = up.send(&call, record).await?;
         if answer.status != 200 {
             return Err(error(Call::SendPassword, &answer));
         }
@@ -136,7 +136,7 @@ impl Gigma {
         up: &Upstream,
         req: &SearchRequest,
         step_id: &str,
-        trace: &Trace,
+        record: &CallRecord,
     ) -> Result<SearchAnswer, GatewayError> {
         let phone = self.steps.get(step_id).await.ok_or(GatewayError::StepUnknown)?;
         if phone_digits(&req.client).as_deref() != Some(&*phone) {
@@ -151,7 +151,7 @@ impl Gigma {
             &json!({ "phone": &*phone, "password": password.expose() }),
             None,
         )?;
-        let answer = up.send(&call, trace).await?;
+        let answer = up.send(&call, record).await?;
         if answer.status != 200 {
             return Err(error(Call::Login, &answer));
         }
@@ -186,7 +186,12 @@ impl Gigma {
 
 #[async_trait]
 impl Dialect for Gigma {
-    async fn fetch_card(&self, _up: &Upstream, _token: &Token, _trace: &Trace) -> Result<Card, GatewayError> {
+    async fn fetch_card(
+        &self,
+        _up: &Upstream,
+        _token: &Token,
+        _record: &CallRecord,
+    ) -> Result<Card, GatewayError> {
         // Cards exist only for sessions this gateway logged in (they are in the cache).
         Err(GatewayError::SessionUnknown)
     }
@@ -195,21 +200,26 @@ impl Dialect for Gigma {
         &self,
         up: &Upstream,
         req: &SearchRequest,
-        trace: &Trace,
+        record: &CallRecord,
     ) -> Result<SearchAnswer, GatewayError> {
         match &req.step_id {
-            None => self.first_step(up, req, trace).await,
-            Some(step_id) => self.next_step(up, req, step_id, trace).await,
+            None => self.first_step(up, req, record).await,
+            Some(step_id) => self.next_step(up, req, step_id, record).await,
         }
     }
 
-    async fn end_session(&self, up: &Upstream, token: &Token, trace: &Trace) -> Result<bool, GatewayError> {
+    async fn end_session(
+        &self,
+        up: &Upstream,
+        token: &Token,
+        record: &CallRecord,
+    ) -> Result<bool, GatewayError> {
         let call = self.post(
             "/counterparty/logout",
             &json!({ "from_all_devices": false }),
             Some(token),
         )?;
-        let answer = up.send(&call, trace).await?;
+        let answer = up.send(&call, record).await?;
         match answer.status {
             200..=299 => Ok(true),
             // The session had already ended.

@@ -18,7 +18,7 @@ use crate::config::{AuthMethod, SearchEncoding, UpstreamSection};
 use crate::error::GatewayError;
 use crate::normalise::{self, Card, SearchAnswer};
 use crate::parse::{Encoding, SearchRequest, Token};
-use crate::upstream::{Trace, Upstream, UpstreamRequest};
+use crate::upstream::{CallRecord, Upstream, UpstreamRequest};
 
 /// Characters left as they are in a path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -108,15 +108,20 @@ impl Dialect for Iq {
         &self,
         up: &Upstream,
         req: &SearchRequest,
-        trace: &Trace,
+        record: &CallRecord,
     ) -> Result<SearchAnswer, GatewayError> {
-        let answer = up.send(&self.search_request(req), trace).await?;
+        let answer = up.send(&self.search_request(req), record).await?;
         normalise::search_answer(answer)
     }
 
-    async fn fetch_card(&self, up: &Upstream, token: &Token, trace: &Trace) -> Result<Card, GatewayError> {
+    async fn fetch_card(
+        &self,
+        up: &Upstream,
+        token: &Token,
+        record: &CallRecord,
+    ) -> Result<Card, GatewayError> {
         let req = self.card_request(token)?;
-        let answer = up.send(&req, trace).await?;
+        let answer = up.send(&req, record).await?;
         normalise::auth_answer(answer)
     }
 }

@@ -15,19 +15,24 @@ use crate::config::{Config, DialectKind};
 use crate::error::GatewayError;
 use crate::normalise::{Card, SearchAnswer};
 use crate::parse::{SearchRequest, Token};
-use crate::upstream::{Trace, Upstream};
+use crate::upstream::{CallRecord, Upstream};
 
 #[async_trait]
 pub trait Dialect: Send + Sync {
     /// Ask the internal system for the card of `token`.
-    async fn fetch_card(&self, up: &Upstream, token: &Token, trace: &Trace) -> Result<Card, GatewayError>;
+    async fn fetch_card(
+        &self,
+        up: &Upstream,
+        token: &Token,
+        record: &CallRecord,
+    ) -> Result<Card, GatewayError>;
 
     /// Run one step of the Search client API. Dialects without one keep this default.
     async fn search(
         &self,
         _up: &Upstream,
         _req: &SearchRequest,
-        _trace: &Trace,
+        _record: &CallRecord,
     ) -> Result<SearchAnswer, GatewayError> {
         Err(GatewayError::SearchNotSupported)
     }
@@ -38,7 +43,7 @@ pub trait Dialect: Send + Sync {
         &self,
         _up: &Upstream,
         _token: &Token,
-        _trace: &Trace,
+        _record: &CallRecord,
     ) -> Result<bool, GatewayError> {
         Ok(false)
     }

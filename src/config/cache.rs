@@ -1,0 +1,66 @@
+//! `[cache]`: how long cards are kept, and how much memory they may take.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::{de_duration, de_size};
+use super::{err, ConfigError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// How long a card answers without asking the CRM. "0s" disables caching.
+    #[serde(deserialize_with = "de_duration")]
+    pub ttl: Duration,
+    /// How long a "client not found" answer is remembered.
+    #[serde(deserialize_with = "de_duration")]
+    pub negative_ttl: Duration,
+    /// How long past its TTL a card may still be served while the CRM fails.
+    #[serde(deserialize_with = "de_duration")]
+    pub stale_if_error: Duration,
+    /// Memory bound: bytes of stored answers plus per-entry overhead.
+    #[serde(deserialize_with = "de_size")]
+    pub max_size: u64,
+    /// Name of an environment variable with a secret for the token hash, so that several
+    /// instances agree on keys and fingerprints. Unset: a random key per process.
+    pub hash_key_env: Option<String>,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(600),
+            max_size: 256 * 1024 * 1024,
+            hash_key_env: None,
+        }
+    }
+}
+
+impl CacheSection {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_size < 4096 {
+            return Err(err("cache.max_size", "must be at least 4KiB"));
+        }
+        if let Some(var) = &self.hash_key_env {
+            match std::env::var(var) {
+                Ok(v) if v.len() >= 16 => {}
+                Ok(_) => {
+                    return Err(err(
+                        "cache.hash_key_env",
+                        format!("${var} must hold at least 16 bytes"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(err(
+                        "cache.hash_key_env",
+                        format!("environment variable {var} is not set"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! Typed configuration: one TOML file, validated at start, one module per section.
+//!
+//! Every key has a default except `upstream.url`. Unknown keys and bad values are errors
+//! that name the offending key by its full path (`upstream.timeout: invalid duration ...`,
+//! also inside inline tables), with the line and column where the file says it; a TOML
+//! syntax error names its line and column. Durations are written like `"300ms"`, `"2s"`,
+//! `"10m"`; sizes like `"16KiB"`, `"256MiB"` (or a plain integer of bytes). Secrets are
+//! never read from this file: keys that need one name an environment variable instead.
+
+mod cache;
+mod limits;
+mod search;
+mod server;
+mod units;
+mod upstream;
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use cache::CacheSection;
+pub use limits::{LimitsSection, LogSection};
+pub use search::SearchSection;
+pub use server::{AdminSection, ServerSection};
+pub use upstream::{
+    AuthMethod, BearerSection, DialectKind, GigmaSection, SearchEncoding, UpstreamSection, UpstreamUrl,
+};
+
+/// A configuration mistake, with the key it concerns when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, msg: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {msg}"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub search: SearchSection,
+}
+
+impl Config {
+    /// Parse and validate a TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| describe(text, e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::from_toml(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.admin.validate(&self.server)?;
+        self.upstream.validate()?;
+        self.cache.validate()?;
+        self.limits.validate()?;
+        self.search.validate()
+    }
+
+    /// The parsed `upstream.url`.
+    pub fn upstream_url(&self) -> Result<UpstreamUrl, ConfigError> {
+        UpstreamUrl::parse(&self.upstream.url)
+    }
+
+    /// The upgrade socket path: configured, or derived from the listen port.
+    pub fn upgrade_sock(&self) -> String {
+        self.server.upgrade_sock()
+    }
+}
+
+/// A deserialisation error as "key.path: message (line L, column C)".
+fn describe(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let msg = inner.message().trim_end();
+    let at = inner
+        .span()
+        .map(|span| {
+            let (line, column) = line_column(text, span.start);
+            format!(" (line {line}, column {column})")
+        })
+        .unwrap_or_default();
+    if let Some(field) = msg
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        let key = if path == "." {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        return if key == "upstream" || key == "upstream.url" {
+            ConfigError("upstream.url: is required (the base URL of the internal system)".into())
+        } else {
+            ConfigError(format!("{key}: is required"))
+        };
+    }
+    if path == "." {
+        // A syntax error, or a value at the top level.
+        ConfigError(format!("TOML error{at}: {msg}"))
+    } else {
+        ConfigError(format!("{path}: {msg}{at}"))
+    }
+}
+
+/// The 1-based line and column (in characters) of byte offset `at` of `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const MIN: &str = "[upstream]\nurl = \"http://127.0.0.1:18081\"\n";
+
+    #[test]
+    fn defaults_apply_with_only_the_url() {
+        let c = Config::from_toml(MIN).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.upstream.timeout, Duration::from_secs(2));
+        assert_eq!(c.upstream.auth_method, AuthMethod::Post);
+        assert_eq!(c.cache.max_size, 256 * 1024 * 1024);
+        assert_eq!(c.limits.max_body_bytes, 16 * 1024);
+    }
+
+    #[test]
+    fn missing_url_is_an_error() {
+        let e = Config::from_toml("[server]\nthreads = 1\n").unwrap_err();
+        assert!(e.0.contains("upstream.url"), "{e}");
+        let e = Config::from_toml("[server]\nthreads = 1\n[upstream]\ntimeout = \"1s\"\n").unwrap_err();
+        assert!(e.0.starts_with("upstream.url"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (
+                "[upstream]\nurl = \"http://x:1\"\ntimeout = \"soon\"\n",
+                "upstream.timeout",
+            ),
+            (
+                "[upstream]\nurl = \"http://x:1\"\n[cache]\nmax_size = \"lots\"\n",
+                "cache.max_size",
+            ),
+            (
+                "[upstream]\nurl = \"http://x:1\"\n[cache]\nttl2 = \"1s\"\n",
+                "cache",
+            ),
+            ("[upstream]\nurl = \"ftp://x\"\n", "upstream.url"),
+            (
+                "[upstream]\nurl = \"http://x:1\"\ndialect = \"soap\"\n",
+                "upstream.dialect",
+            ),
+            (
+                "[upstream]\nurl = \"http://x:1\"\n[server]\nlisten = \"nowhere\"\n",
+                "server.listen",
+            ),
+            (
+                "[upstream]\nurl = \"http://x:1\"\ntoken_header = \"bad header\"\n",
+                "upstream.token_header",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(e.0.starts_with(key), "expected {key} in {e}");
+        }
+    }
+
+    #[test]
+    fn sizes_accept_units_and_integers() {
+        let c = Config::from_toml(&format!(
+            "{MIN}[limits]\nmax_body_bytes = 2048\n[cache]\nmax_size = \"1MiB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.max_body_bytes, 2048);
+        assert_eq!(c.cache.max_size, 1024 * 1024);
+    }
+
+    #[test]
+    fn keys_inside_inline_tables_are_named() {
+        let e = Config::from_toml("upstream = { url = \"http://x:1\", timeout = \"soon\" }\n").unwrap_err();
+        assert!(e.0.starts_with("upstream.timeout: invalid duration"), "{e}");
+        assert!(e.0.ends_with("(line 1, column 44)"), "{e}");
+        let e = Config::from_toml(&format!("cache = {{ ttl = \"1s\", tll = \"2s\" }}\n{MIN}")).unwrap_err();
+        assert!(e.0.starts_with("cache.tll: "), "{e}");
+        assert!(e.0.contains("unknown field `tll`"), "{e}");
+        let e = Config::from_toml(&format!("{MIN}[server]\nthreads = \"two\"\n")).unwrap_err();
+        assert!(e.0.starts_with("server.threads: "), "{e}");
+        assert!(e.0.contains("(line 4, column 11)"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let e = Config::from_toml(&format!("{MIN}[cache\nttl = 1\n")).unwrap_err();
+        assert!(e.0.starts_with("TOML error (line 3, column 7): "), "{e}");
+        let e = Config::from_toml("[upstream]\nurl = \"http://x:1\"\ntimeout = \n").unwrap_err();
+        assert!(e.0.starts_with("TOML error (line 3, column 11): "), "{e}");
+    }
+}

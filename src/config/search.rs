@@ -1,0 +1,54 @@
+//! `[search]`: the brute-force guard of the Search client API.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::de_duration;
+use super::{err, ConfigError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchSection {
+    /// Failed answers one search step may collect before further attempts get 429.
+    pub max_attempts: u32,
+    /// First steps (no stepId) per client identifier per hour.
+    pub max_starts_per_hour: u32,
+    /// How long the guard remembers a step (its validator and failed attempts).
+    #[serde(deserialize_with = "de_duration")]
+    pub step_ttl: Duration,
+    /// Steps and identifiers tracked at most (each a few hundred bytes).
+    pub max_tracked: u64,
+    /// Fetch the card of a token a search ends with, so the next Auth API call is a hit.
+    pub prewarm: bool,
+}
+
+impl Default for SearchSection {
+    fn default() -> Self {
+        SearchSection {
+            max_attempts: 5,
+            max_starts_per_hour: 10,
+            step_ttl: Duration::from_secs(600),
+            max_tracked: 100_000,
+            prewarm: true,
+        }
+    }
+}
+
+impl SearchSection {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_attempts == 0 {
+            return Err(err("search.max_attempts", "must be at least 1"));
+        }
+        if self.max_starts_per_hour == 0 {
+            return Err(err("search.max_starts_per_hour", "must be at least 1"));
+        }
+        if self.step_ttl.is_zero() {
+            return Err(err("search.step_ttl", "must be greater than 0"));
+        }
+        if self.max_tracked == 0 {
+            return Err(err("search.max_tracked", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! `[server]` (the chat-server-facing listener and the process) and `[admin]`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::de_duration;
+use super::{err, ConfigError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Chat-server-facing listener.
+    pub listen: String,
+    /// Worker threads of the gateway service.
+    pub threads: usize,
+    /// On SIGTERM: stop accepting, finish in-flight requests, exit within this.
+    #[serde(deserialize_with = "de_duration")]
+    pub grace_period: Duration,
+    /// Unix socket used to hand listening sockets to a new process (zero-downtime upgrade).
+    /// Empty: derived from the listen port, so instances on one machine do not collide.
+    pub upgrade_sock: String,
+    /// How long an idle keep-alive connection is kept open.
+    #[serde(deserialize_with = "de_duration")]
+    pub keepalive_timeout: Duration,
+    /// A request must arrive whole, and its answer be taken, within this once it started.
+    #[serde(deserialize_with = "de_duration")]
+    pub client_timeout: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:8080".into(),
+            threads: 2,
+            grace_period: Duration::from_secs(5),
+            upgrade_sock: String::new(),
+            keepalive_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerSection {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_listen("server.listen", &self.listen)?;
+        if self.threads == 0 || self.threads > 256 {
+            return Err(err("server.threads", "must be between 1 and 256"));
+        }
+        if self.grace_period > Duration::from_secs(3600) {
+            return Err(err("server.grace_period", "must be at most 1h"));
+        }
+        for (key, d) in [
+            ("server.keepalive_timeout", self.keepalive_timeout),
+            ("server.client_timeout", self.client_timeout),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(err(key, "must be greater than 0 and at most 1h"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upgrade socket path: configured, or derived from the listen port.
+    pub fn upgrade_sock(&self) -> String {
+        if !self.upgrade_sock.is_empty() {
+            return self.upgrade_sock.clone();
+        }
+        let port = self.listen.parse::<SocketAddr>().map(|a| a.port()).unwrap_or(0);
+        format!("/tmp/cardgate-{port}.upgrade.sock")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Metrics, health, readiness and cache administration. Loopback by default.
+    pub listen: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+impl AdminSection {
+    pub fn validate(&self, server: &ServerSection) -> Result<(), ConfigError> {
+        check_listen("admin.listen", &self.listen)?;
+        if server.listen == self.listen {
+            return Err(err("admin.listen", "must differ from server.listen"));
+        }
+        Ok(())
+    }
+}
+
+fn check_listen(key: &str, addr: &str) -> Result<(), ConfigError> {
+    addr.parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|e| err(key, format!("{addr:?} is not an address:port ({e})")))
+}

@@ -1,0 +1,372 @@
+//! What both directions of HTTP/1.1 share: the wire-level error, the fields that frame a
+//! message, and the chunked-body decoder.
+//!
+//! Nothing here knows about the gateway's answers: a refusal is a [`FramingError`] that
+//! says what was wrong on the wire (keeping httparse's verdict as its cause), and the
+//! layer above decides what status and `errorCode` it becomes.
+
+use std::fmt;
+
+/// How the body of a message is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Exactly this many bytes (`Content-Length`, or 0 when a request has neither field).
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the peer closes the connection (answers only; a request never is).
+    UntilClose,
+}
+
+/// A message that cannot be read safely, as seen on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingError {
+    /// Not HTTP/1.x syntax; httparse's verdict is the cause.
+    Malformed(httparse::Error),
+    /// More header fields than accepted.
+    TooManyFields,
+    /// The first line did not end within the head limit.
+    LineTooLong,
+    /// The head did not end within the head limit.
+    HeadTooLarge,
+    /// A request target with bytes outside ASCII.
+    NonAsciiTarget,
+    /// The body's length cannot be trusted (why): conflicting or invalid `Content-Length`,
+    /// both `Transfer-Encoding` and `Content-Length`, an unsupported transfer coding.
+    Unframeable(&'static str),
+    /// A malformed chunked body (why).
+    BadChunk(&'static str),
+    /// A body over the limit.
+    BodyTooLarge,
+    /// An answer switching protocols that nobody asked for.
+    UnexpectedSwitch,
+}
+
+impl FramingError {
+    /// A short, fixed description (never bytes from the wire).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FramingError::Malformed(_) => "malformed HTTP message",
+            FramingError::TooManyFields => "too many header fields",
+            FramingError::LineTooLong => "first line longer than the head limit",
+            FramingError::HeadTooLarge => "head larger than the limit",
+            FramingError::NonAsciiTarget => "request target is not ASCII",
+            FramingError::Unframeable(why) | FramingError::BadChunk(why) => why,
+            FramingError::BodyTooLarge => "body larger than the limit",
+            FramingError::UnexpectedSwitch => "unexpected protocol switch",
+        }
+    }
+}
+
+impl fmt::Display for FramingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FramingError::Malformed(cause) => write!(f, "malformed HTTP message ({cause})"),
+            other => f.write_str(other.reason()),
+        }
+    }
+}
+
+impl std::error::Error for FramingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FramingError::Malformed(cause) => Some(cause),
+            _ => None,
+        }
+    }
+}
+
+/// The fields that frame a message and decide the connection's fate, as read from the
+/// head of a request or of an answer; each side applies its own rules to them.
+#[derive(Debug, Default)]
+pub struct FramingFields {
+    /// The `Content-Length`, when every such field agrees and is valid.
+    pub length: Option<usize>,
+    /// Why the `Content-Length` fields cannot be trusted.
+    pub length_error: Option<&'static str>,
+    /// `Transfer-Encoding` fields seen.
+    pub te_fields: usize,
+    /// The last `Transfer-Encoding` field's last coding is `chunked`.
+    pub te_chunked: bool,
+    /// ... and that field says nothing but `chunked`.
+    pub te_only_chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl FramingFields {
+    /// Take in one header field; false when it is none of the framing fields.
+    pub fn add(&mut self, name: &[u8], value: &[u8]) -> bool {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match content_length(value) {
+                Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                Some(_) => self.length_error = Some("conflicting Content-Length headers"),
+                None => self.length_error = Some("invalid Content-Length"),
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.te_fields += 1;
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.te_chunked = trim(last).eq_ignore_ascii_case(b"chunked");
+            self.te_only_chunked = trim(value).eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for option in value.split(|&b| b == b',').map(trim) {
+                self.close |= option.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// May the connection stay open after this message of HTTP/1.`minor`?
+    pub fn persistent(&self, minor: u8) -> bool {
+        !self.close && (minor >= 1 || self.keep_alive)
+    }
+}
+
+/// A valid `Content-Length` value (digits only); `5, 5` is one length said twice.
+fn content_length(value: &[u8]) -> Option<usize> {
+    let mut n: Option<usize> = None;
+    for part in value.split(|&b| b == b',').map(trim) {
+        if part.is_empty() || part.len() > 15 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let v = part.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+        let v = usize::try_from(v).ok()?;
+        if n.is_some_and(|n| n != v) {
+            return None;
+        }
+        n = Some(v);
+    }
+    n
+}
+
+/// `s` without leading and trailing ASCII whitespace.
+pub fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// Longest chunk-size line (size and extensions) accepted.
+pub const MAX_CHUNK_LINE: usize = 1024;
+/// Longest trailer section accepted.
+const MAX_TRAILERS: usize = 8 * 1024;
+
+/// A chunked body decoder that resumes where it stopped: feed it the bytes after the head
+/// (a buffer that only grows between calls) until it reports the body complete, so a body
+/// sent in many small pieces is still decoded in one pass.
+///
+/// Strict on purpose: a size line is hex digits, optionally followed by `;` extensions of
+/// visible characters, then CRLF; chunk data is followed by CRLF; trailer fields must be
+/// well-formed header fields (they are read and ignored).
+#[derive(Debug, Default)]
+pub struct ChunkedDecoder {
+    /// Bytes of the input consumed so far.
+    pos: usize,
+    state: ChunkState,
+    /// The decoded body.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(usize),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl ChunkedDecoder {
+    /// Start over for a new body (keeps the buffer's allocation).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.state = ChunkState::Size;
+        self.body.clear();
+    }
+
+    /// Go on decoding `input`, at most `max` bytes of data. `Ok(Some(n))`: complete, the
+    /// body took `n` bytes of `input`; `Ok(None)`: incomplete, call again with more.
+    pub fn decode(&mut self, input: &[u8], max: usize) -> Result<Option<usize>, FramingError> {
+        let bad = |why| Err(FramingError::BadChunk(why));
+        loop {
+            let rest = &input[self.pos..];
+            match self.state {
+                ChunkState::Size => {
+                    let Some(eol) = find_crlf(rest, MAX_CHUNK_LINE) else {
+                        return if rest.len() > MAX_CHUNK_LINE {
+                            bad("malformed chunked body: chunk line too long")
+                        } else {
+                            Ok(None)
+                        };
+                    };
+                    let size = chunk_size(&rest[..eol])
+                        .ok_or(FramingError::BadChunk("malformed chunked body: bad chunk size"))?;
+                    if size > max.saturating_sub(self.body.len()) as u64 {
+                        return Err(FramingError::BodyTooLarge);
+                    }
+                    self.pos += eol + 2;
+                    self.state = match size {
+                        0 => ChunkState::Trailers,
+                        n => ChunkState::Data(n as usize),
+                    };
+                }
+                ChunkState::Data(left) => {
+                    let take = left.min(rest.len());
+                    if take == 0 {
+                        return Ok(None);
+                    }
+                    self.body.extend_from_slice(&rest[..take]);
+                    self.pos += take;
+                    self.state = match left - take {
+                        0 => ChunkState::DataEnd,
+                        n => ChunkState::Data(n),
+                    };
+                }
+                ChunkState::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return bad("malformed chunked body: no CRLF after chunk data");
+                    }
+                    self.pos += 2;
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    let mut fields = [httparse::EMPTY_HEADER; 16];
+                    match httparse::parse_headers(rest, &mut fields) {
+                        // httparse takes a bare LF as a line end; here only CRLF is.
+                        Ok(httparse::Status::Complete((n, _))) if crlf_only(&rest[..n]) => {
+                            self.pos += n;
+                            self.state = ChunkState::Done;
+                        }
+                        Ok(httparse::Status::Partial) if rest.len() <= MAX_TRAILERS => return Ok(None),
+                        _ => return bad("malformed chunked body: bad trailer section"),
+                    }
+                }
+                ChunkState::Done => return Ok(Some(self.pos)),
+            }
+        }
+    }
+}
+
+/// Every LF in `s` ends a CRLF.
+fn crlf_only(s: &[u8]) -> bool {
+    s.iter()
+        .enumerate()
+        .all(|(i, &b)| b != b'\n' || (i > 0 && s[i - 1] == b'\r'))
+}
+
+/// The position of the first CRLF within the first `limit + 2` bytes.
+fn find_crlf(s: &[u8], limit: usize) -> Option<usize> {
+    let end = s.len().min(limit + 2);
+    s[..end].windows(2).position(|w| w == b"\r\n")
+}
+
+/// The size on a chunk-size line: 1 to 15 hex digits, then nothing or `;` extensions
+/// (whitespace before `;` tolerated) of visible characters, spaces and tabs.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let (hex, ext) = line.split_at(digits);
+    let ext_ok = match ext.iter().position(|&b| b != b' ' && b != b'\t') {
+        None => true,
+        Some(i) => ext[i] == b';' && ext[i..].iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)),
+    };
+    if !ext_ok {
+        return None;
+    }
+    std::str::from_utf8(hex)
+        .ok()
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decode `raw` whole (a fresh decoder).
+    fn chunked(raw: &[u8], max: usize) -> Result<Option<(usize, Vec<u8>)>, FramingError> {
+        let mut d = ChunkedDecoder::default();
+        Ok(d.decode(raw, max)?.map(|n| (n, d.body)))
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let raw = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        let whole = raw.len() - 4;
+        assert_eq!(chunked(raw, 100), Ok(Some((whole, b"hello, world".to_vec()))));
+        assert_eq!(
+            chunked(b"A ; a=b\t\r\n0123456789\r\n0\r\n\r\n", 100)
+                .unwrap()
+                .unwrap()
+                .1,
+            b"0123456789"
+        );
+        // Any cut is incomplete, and feeding the rest resumes where it stopped.
+        for cut in 0..whole {
+            assert_eq!(chunked(&raw[..cut], 100), Ok(None), "cut {cut}");
+            let mut d = ChunkedDecoder::default();
+            assert_eq!(d.decode(&raw[..cut], 100), Ok(None));
+            assert_eq!(d.decode(raw, 100), Ok(Some(whole)), "cut {cut}");
+            assert_eq!(d.body, b"hello, world");
+        }
+        // Byte by byte, as a slow client sends it: still one pass.
+        let mut d = ChunkedDecoder::default();
+        for end in 1..=whole {
+            let r = d.decode(&raw[..end], 100).unwrap();
+            assert_eq!(r.is_some(), end == whole, "at {end}");
+        }
+        d.reset();
+        assert_eq!(d.decode(b"0\r\n\r\n", 100), Ok(Some(5)));
+        assert!(d.body.is_empty());
+    }
+
+    #[test]
+    fn chunked_limits_and_malformed_bodies() {
+        let raw = b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+        assert_eq!(chunked(raw, 8), Err(FramingError::BodyTooLarge));
+        assert_eq!(
+            chunked(b"fffffffffffffff\r\n", 8),
+            Err(FramingError::BodyTooLarge)
+        );
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"ffffffffffffffff\r\n",
+            b"3\r\nabcX\r\n",
+            b"3;a\nb\r\nabc\r\n0\r\n\r\n",
+            b"3 x\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\n\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nBad Trailer: x\r\n\r\n",
+        ] {
+            let r = chunked(bad, 100);
+            assert!(
+                matches!(r, Err(FramingError::BadChunk(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long_line = [b"3;".as_slice(), &[b'x'; MAX_CHUNK_LINE + 8]].concat();
+        assert!(matches!(chunked(&long_line, 100), Err(FramingError::BadChunk(_))));
+    }
+
+    #[test]
+    fn errors_keep_their_cause() {
+        use std::error::Error;
+        let e = FramingError::Malformed(httparse::Error::HeaderName);
+        assert!(e.source().is_some());
+        assert!(e.to_string().contains("header name"), "{e}");
+        assert_eq!(FramingError::BodyTooLarge.source().map(|_| ()), None);
+    }
+}

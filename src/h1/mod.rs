@@ -1,0 +1,13 @@
+//! HTTP/1.1 on the wire, for both sides of the gateway, and nothing above it.
+//!
+//! [`server`] finds requests in a connection's read buffer (the chat-server side);
+//! [`client`] reads the internal system's answers; [`common`] holds what both share: the
+//! framing fields, the chunked decoder and [`FramingError`], the wire-level refusal. This
+//! layer never builds a gateway answer: [`crate::error`] maps a `FramingError` to a status
+//! and `errorCode` once, for each side.
+
+pub mod client;
+pub mod common;
+pub mod server;
+
+pub use common::{BodyFraming, ChunkedDecoder, FramingError};

@@ -1,0 +1,294 @@
+//! Talk to the internal system: HTTP/1.1 over pooled keep-alive connections.
+//!
+//! Connections come from Pingora's `TransportConnector` (TCP, or TLS via rustls with an
+//! optional custom CA and client certificate, within `upstream.connect_timeout`); idle ones
+//! wait in the [`pool`]. A request is one write of a ready head and body; the answer is read
+//! by [`crate::h1::client`] within `upstream.max_response_bytes`. The whole exchange is
+//! bounded by `upstream.timeout`. A request that met a dead pooled connection is retried
+//! once on a fresh one when it is safe to repeat. This module turns transport failures
+//! into the `CRM_*` errors; [`crate::normalise`] judges the answers that did arrive.
+
+mod pool;
+mod resolve;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error as PError, ErrorType};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::{Config, ConfigError};
+use crate::error::GatewayError;
+use crate::h1::client::{read_answer, ReadError};
+use crate::h1::FramingError;
+use crate::metrics::Metrics;
+
+pub use pool::POOL_IDLE;
+pub use resolve::resolve;
+
+/// One request to the internal system; `path` is relative to the base URL's path.
+#[derive(Clone)]
+pub struct UpstreamRequest {
+    pub method: &'static str,
+    pub path: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    /// Safe to send twice (no side effect such as placing a call).
+    pub idempotent: bool,
+}
+
+/// Header values stay out: one of them may carry a token.
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("UpstreamRequest")
+            .field("method", &self.method)
+            .field("headers", &names)
+            .field("body_bytes", &self.body.len())
+            .field("idempotent", &self.idempotent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the internal system answered: the parts that judging it needs.
+#[derive(Debug, Clone)]
+pub struct UpstreamAnswer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub body: Bytes,
+}
+
+#[cfg(test)]
+impl UpstreamAnswer {
+    /// A JSON answer with `status` and `body` (test helper).
+    pub fn json(status: u16, body: &str) -> Self {
+        UpstreamAnswer {
+            status,
+            content_type: Some("application/json".into()),
+            cache_control: None,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+}
+
+/// The status and duration of the last upstream call made for one request, for its
+/// access-log line.
+#[derive(Debug, Default)]
+pub struct CallRecord {
+    status: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl CallRecord {
+    fn record(&self, status: Option<u16>, elapsed: Duration) {
+        self.status.store(status.map_or(0, u64::from), Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// The upstream status (None: no answer) and duration, if a call was made.
+    pub fn get(&self) -> Option<(Option<u16>, Duration)> {
+        let micros = self.micros.load(Ordering::Relaxed);
+        if micros == 0 {
+            return None;
+        }
+        let status = u16::try_from(self.status.load(Ordering::Relaxed))
+            .ok()
+            .filter(|s| *s != 0);
+        Some((status, Duration::from_micros(micros)))
+    }
+}
+
+pub struct Upstream {
+    connector: TransportConnector,
+    peer: HttpPeer,
+    pool: pool::Pool,
+    /// `Host`, `User-Agent` and `Accept` lines, the same on every request.
+    fixed_headers: Vec<u8>,
+    base_path: String,
+    timeout: Duration,
+    max_body: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
+        let url = cfg.upstream_url()?;
+        let addr = resolve(&url)?;
+        let mut options = ConnectorOptions::new(0);
+        options.ca_file = cfg.upstream.ca_file.clone();
+        if let (Some(cert), Some(key)) = (&cfg.upstream.client_cert, &cfg.upstream.client_key) {
+            options.cert_key_file = Some((cert.clone(), key.clone()));
+        }
+        let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
+        peer.options.connection_timeout = Some(cfg.upstream.connect_timeout);
+        peer.options.total_connection_timeout = Some(cfg.upstream.connect_timeout * 2);
+        let authority = url.authority();
+        if HeaderValue::from_str(&authority).is_err() {
+            return Err(ConfigError(
+                "upstream.url: host is not a valid Host header".into(),
+            ));
+        }
+        let fixed_headers = format!(
+            "Host: {authority}\r\nUser-Agent: cardgate/{}\r\nAccept: application/json\r\n",
+            env!("CARGO_PKG_VERSION")
+        )
+        .into_bytes();
+        Ok(Upstream {
+            connector: TransportConnector::new(Some(options)),
+            peer,
+            pool: pool::Pool::new(cfg.upstream.pool_size),
+            fixed_headers,
+            base_path: url.base_path,
+            timeout: cfg.upstream.timeout,
+            max_body: usize::try_from(cfg.upstream.max_response_bytes).unwrap_or(usize::MAX),
+            metrics,
+        })
+    }
+
+    /// Send one request and read the whole answer, within `upstream.timeout`.
+    pub async fn send(
+        &self,
+        req: &UpstreamRequest,
+        record: &CallRecord,
+    ) -> Result<UpstreamAnswer, GatewayError> {
+        let start = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.exchange(req))
+            .await
+            .unwrap_or(Err(GatewayError::CrmTimeout));
+        let elapsed = start.elapsed();
+        let outcome = match &result {
+            Ok(a) if a.status < 400 => "ok",
+            Ok(a) if a.status < 500 => "rejected",
+            Ok(_) => "error_5xx",
+            Err(GatewayError::CrmTimeout) => "timeout",
+            Err(GatewayError::CrmInvalidResponse(_)) => "invalid",
+            Err(_) => "unavailable",
+        };
+        self.metrics.observe_upstream(outcome, elapsed.as_secs_f64());
+        record.record(result.as_ref().ok().map(|a| a.status), elapsed);
+        result
+    }
+
+    async fn exchange(&self, req: &UpstreamRequest) -> Result<UpstreamAnswer, GatewayError> {
+        let wire = self.wire(req);
+        let mut retried = false;
+        loop {
+            // A retry goes to a new connection: the pooled ones may all be closing.
+            let (mut io, reused) = self.checkout(retried).await?;
+            match self.once(&mut io, &wire).await {
+                Ok((answer, reusable)) => {
+                    if reusable {
+                        self.pool.put(io);
+                    }
+                    return Ok(answer);
+                }
+                Err(e) => {
+                    let stale_connection = reused && matches!(e, ReadError::Io { answered: false, .. });
+                    if stale_connection && req.idempotent && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    return Err(answer_error(&e));
+                }
+            }
+        }
+    }
+
+    /// The request as bytes on the wire: request line, headers, body.
+    fn wire(&self, req: &UpstreamRequest) -> Vec<u8> {
+        let mut w = Vec::with_capacity(256 + req.body.len());
+        w.extend_from_slice(req.method.as_bytes());
+        w.push(b' ');
+        w.extend_from_slice(self.base_path.as_bytes());
+        w.extend_from_slice(req.path.as_bytes());
+        w.extend_from_slice(b" HTTP/1.1\r\n");
+        w.extend_from_slice(&self.fixed_headers);
+        for (name, value) in &req.headers {
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        if req.method != "GET" || !req.body.is_empty() {
+            w.extend_from_slice(b"Content-Length: ");
+            w.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        w.extend_from_slice(b"\r\n");
+        w.extend_from_slice(&req.body);
+        w
+    }
+
+    /// A pooled connection that is still open (true), or a new one (false; always when
+    /// `fresh`).
+    async fn checkout(&self, fresh: bool) -> Result<(Stream, bool), GatewayError> {
+        if !fresh {
+            if let Some(io) = self.pool.take().await {
+                return Ok((io, true));
+            }
+        }
+        // Boxed: the connect future (TCP, TLS handshake) is large and rarely needed; kept
+        // inline it would make every exchange future as large, and costly to move.
+        let io = Box::pin(self.connector.new_stream(&self.peer))
+            .await
+            .map_err(|e| connect_error(&e))?;
+        Ok((io, false))
+    }
+
+    /// One exchange on one connection: the answer, and whether the connection may be reused.
+    async fn once(&self, io: &mut Stream, wire: &[u8]) -> Result<(UpstreamAnswer, bool), ReadError> {
+        let unanswered = |cause| ReadError::Io {
+            cause,
+            answered: false,
+        };
+        io.write_all(wire).await.map_err(unanswered)?;
+        io.flush().await.map_err(unanswered)?;
+        let (head, body, reusable) = read_answer(io, self.max_body).await?;
+        let answer = UpstreamAnswer {
+            status: head.status,
+            content_type: head.content_type,
+            cache_control: head.cache_control,
+            body,
+        };
+        Ok((answer, reusable))
+    }
+}
+
+/// An answer that could not be read, as the chat server's error.
+fn answer_error(e: &ReadError) -> GatewayError {
+    match e {
+        ReadError::Io { cause, .. } => match cause.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe => GatewayError::CrmUnavailable("connection closed or reset"),
+            _ => GatewayError::CrmUnavailable("connection failed"),
+        },
+        ReadError::Framing(FramingError::BodyTooLarge) => GatewayError::CrmInvalidResponse("body too large"),
+        ReadError::Framing(f) => GatewayError::CrmInvalidResponse(f.reason()),
+    }
+}
+
+/// A Pingora connect error as the chat server's error.
+fn connect_error(e: &PError) -> GatewayError {
+    match &e.etype {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => GatewayError::CrmTimeout,
+        ErrorType::ConnectRefused => GatewayError::CrmUnavailable("connection refused"),
+        ErrorType::ConnectNoRoute => GatewayError::CrmUnavailable("no route to the CRM"),
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
+            GatewayError::CrmUnavailable("TLS handshake failed")
+        }
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            GatewayError::CrmUnavailable("connection closed or reset")
+        }
+        _ => GatewayError::CrmUnavailable("connection failed"),
+    }
+}
