@@ -6,13 +6,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cardgate::cache::CardCache;
-use cardgate::config::CacheSection;
-use cardgate::h1::server::{parse_head, Request};
-use cardgate::keys::TokenHasher;
-use cardgate::normalise::Card;
-use cardgate::parse::{route, Route};
-use cardgate::respond::{write, Answer, Body, Framing};
+use cardgate::testkit::{
+    parse_head, route, write_answer as write, Answer, Body, CacheSection, Card, CardCache, Delivery, Request,
+    Route, TokenHasher,
+};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 const TOKEN: &str = "3f6c1b0e-5a2d-4c8e-9f1a-7b2d4e6f8a0c";
@@ -33,7 +30,7 @@ fn cache_with_card(hasher: &TokenHasher, rt: &tokio::runtime::Runtime) -> CardCa
         },
         || {},
     );
-    let body = serde_json::to_vec(&cardgate::mock::card(TOKEN.as_bytes())).unwrap();
+    let body = serde_json::to_vec(&cardgate::testkit::mock::card(TOKEN.as_bytes())).unwrap();
     let key = hasher.cache_key(TOKEN.as_bytes());
     rt.block_on(cache.get_or_fetch(key, || async {
         Ok(Card {
@@ -86,7 +83,7 @@ fn hit_path(c: &mut Criterion) {
                 allow: None,
             };
             out.clear();
-            write(&mut out, black_box(&answer), Framing::default());
+            write(&mut out, black_box(&answer), Delivery::default());
             out.len()
         })
     });
@@ -106,7 +103,7 @@ fn hit_path(c: &mut Criterion) {
                 allow: None,
             };
             out.clear();
-            write(&mut out, &answer, Framing::default());
+            write(&mut out, &answer, Delivery::default());
             out.len()
         })
     });

@@ -10,10 +10,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cardgate::cache::{CardCache, ENTRY_OVERHEAD};
-use cardgate::config::CacheSection;
-use cardgate::keys::TokenHasher;
-use cardgate::normalise::Card;
+use cardgate::testkit::{CacheSection, Card, CardCache, TokenHasher, ENTRY_OVERHEAD};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);

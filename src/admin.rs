@@ -14,8 +14,6 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::gateway::Gateway;
-use crate::parse;
-use crate::upstream::CallRecord;
 
 pub struct Admin {
     pub gateway: Arc<Gateway>,
@@ -39,15 +37,7 @@ fn error(status: u16, code: &str, text: &str) -> Response<Vec<u8>> {
 
 impl Admin {
     async fn metrics(&self) -> Response<Vec<u8>> {
-        let gw = &self.gateway;
-        let (entries, bytes) = gw.cache.usage().await;
-        gw.metrics
-            .cache_entries
-            .set(i64::try_from(entries).unwrap_or(i64::MAX));
-        gw.metrics
-            .cache_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        let body = gw.metrics.render();
+        let body = self.gateway.metrics_text().await;
         Response::builder()
             .status(200)
             .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
@@ -57,33 +47,29 @@ impl Admin {
     }
 
     async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
-        let gw = &self.gateway;
         let raw = session.req_header().headers.get("token").map(|v| v.as_bytes());
-        let Some(token) = raw.and_then(|t| parse::token(t, gw.cfg.limits.max_token_bytes).ok()) else {
+        let done = match raw {
+            Some(raw) => self.gateway.purge(raw).await.ok(),
+            None => None,
+        };
+        let Some(done) = done else {
             return error(400, "BAD_REQUEST", "token header is missing or invalid");
         };
-        let key = gw.hasher.cache_key(token.as_bytes());
-        let purged = gw.cache.purge(&key).await;
         // Dialects with sessions (gigma) end the session behind the card too.
-        let ended = match gw
-            .dialect
-            .end_session(&gw.upstream, &token, &CallRecord::default())
-            .await
-        {
-            Ok(ended) => ended,
-            Err(e) => {
+        match (done.purged, done.session_ended) {
+            (purged, Err(e)) => {
                 let body = json!({
                     "purged": u8::from(purged),
                     "errorCode": e.code(),
                     "errorText": format!("the card was purged but the session could not be ended: {}", e.text()),
                 });
-                return json_response(502, body);
+                json_response(502, body)
             }
-        };
-        match (purged, ended) {
-            (false, false) => error(404, "NOT_CACHED", "no card is cached for this token"),
-            (purged, false) => json_response(200, json!({ "purged": u8::from(purged) })),
-            (purged, true) => json_response(200, json!({ "purged": u8::from(purged), "sessionEnded": true })),
+            (false, Ok(false)) => error(404, "NOT_CACHED", "no card is cached for this token"),
+            (purged, Ok(false)) => json_response(200, json!({ "purged": u8::from(purged) })),
+            (purged, Ok(true)) => {
+                json_response(200, json!({ "purged": u8::from(purged), "sessionEnded": true }))
+            }
         }
     }
 }
@@ -107,7 +93,7 @@ impl ServeHttp for Admin {
             }
             ("POST", "/cache/purge") => self.purge(session).await,
             ("POST", "/cache/clear") => {
-                let n = self.gateway.cache.clear().await;
+                let n = self.gateway.clear().await;
                 json_response(200, json!({ "cleared": n }))
             }
             (_, "/metrics" | "/healthz" | "/readyz") => error(405, "METHOD_NOT_ALLOWED", "use GET"),

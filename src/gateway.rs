@@ -18,8 +18,8 @@ use prometheus::IntGauge;
 
 use crate::accesslog;
 use crate::cache::{CacheResult, CardCache, Lookup};
-use crate::config::Config;
-use crate::dialect::Dialect;
+use crate::config::{Config, ConfigError};
+use crate::dialect::{self, Dialect};
 use crate::error::GatewayError;
 use crate::guard::SearchGuard;
 use crate::h1::server::Request;
@@ -29,15 +29,24 @@ use crate::parse::{self, Api, Route, Token};
 use crate::respond::{Answer, Body};
 use crate::upstream::{CallRecord, Upstream};
 
-/// Everything a request needs, shared by all workers.
+/// Everything a request needs, shared by all workers. The listener and the admin port ask
+/// it through its methods; what it holds stays its own.
 pub struct Gateway {
-    pub cfg: Config,
-    pub cache: CardCache,
-    pub dialect: Box<dyn Dialect>,
-    pub upstream: Upstream,
-    pub metrics: Arc<Metrics>,
-    pub hasher: TokenHasher,
-    pub guard: SearchGuard,
+    cfg: Config,
+    cache: CardCache,
+    dialect: Box<dyn Dialect>,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+    hasher: TokenHasher,
+    guard: SearchGuard,
+}
+
+/// What an admin purge did.
+pub struct Purge {
+    /// A card was cached for the token and is gone.
+    pub purged: bool,
+    /// Whether the dialect ended a session behind the token (gigma), or why it could not.
+    pub session_ended: Result<bool, GatewayError>,
 }
 
 /// What one request did, for its log line and metrics.
@@ -64,6 +73,68 @@ impl Drop for InflightGuard {
 }
 
 impl Gateway {
+    /// Build the shared state from a validated config (this resolves the upstream host).
+    pub fn new(cfg: Config) -> Result<Arc<Self>, ConfigError> {
+        let metrics = Arc::new(Metrics::new(cfg.upstream.dialect.name()));
+        let evictions = metrics.cache_evictions.clone();
+        let cache = CardCache::new(&cfg.cache, move || evictions.inc());
+        let hasher = match &cfg.cache.hash_key_env {
+            Some(var) => TokenHasher::from_secret(
+                std::env::var(var)
+                    .map_err(|_| ConfigError(format!("cache.hash_key_env: {var} is not set")))?
+                    .as_bytes(),
+            ),
+            None => TokenHasher::random(),
+        };
+        Ok(Arc::new(Gateway {
+            upstream: Upstream::new(&cfg, metrics.clone())?,
+            dialect: dialect::from_config(&cfg),
+            guard: SearchGuard::new(&cfg.search),
+            cfg,
+            cache,
+            metrics,
+            hasher,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The gauge of requests in flight (draining waits for it to reach 0).
+    pub fn inflight(&self) -> IntGauge {
+        self.metrics.inflight.clone()
+    }
+
+    /// The Prometheus text of every metric, the cache gauges brought up to date.
+    pub async fn metrics_text(&self) -> Vec<u8> {
+        let (entries, bytes) = self.cache.usage().await;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.cache_entries.set(gauge(entries));
+        self.metrics.cache_bytes.set(gauge(bytes));
+        self.metrics.render()
+    }
+
+    /// Drop the card of a token, and end the session behind it where the dialect has
+    /// sessions. `Err`: the token is not one the chat server could have sent.
+    pub async fn purge(&self, raw_token: &[u8]) -> Result<Purge, GatewayError> {
+        let token = parse::token(raw_token, self.cfg.limits.max_token_bytes)?;
+        let purged = self.cache.purge(&self.hasher.cache_key(token.as_bytes())).await;
+        let session_ended = self
+            .dialect
+            .end_session(&self.upstream, &token, &CallRecord::default())
+            .await;
+        Ok(Purge {
+            purged,
+            session_ended,
+        })
+    }
+
+    /// Drop every cached card; how many there were.
+    pub async fn clear(&self) -> u64 {
+        self.cache.clear().await
+    }
+
     /// Start accounting for a request: it is in flight until its [`Ctx`] is dropped.
     pub fn begin(&self) -> Ctx {
         self.metrics.inflight.inc();

@@ -4,7 +4,7 @@
 //! the internal system sent and the number of failed answers. A `secretWord` that does not
 //! match the validator is rejected locally; after `search.max_attempts` failures the step
 //! is closed (429) without asking the internal system. Per client identifier (hashed,
-//! normalised so that `+7 (999) 123-45-67` and `89991234567` are one phone) at most
+//! written canonically so that `+7 (999) 123-45-67` and `89991234567` are one phone) at most
 //! `search.max_starts_per_hour` first steps go through, so nobody floods a client with SMS
 //! or calls. State lives in bounded, expiring moka caches and holds no identifier in clear.
 
@@ -82,7 +82,7 @@ impl SearchGuard {
     /// Decide before the internal system is asked. A refused step is counted as failed.
     pub async fn admit(&self, keys: &TokenHasher, req: &SearchRequest) -> Result<(), Refusal> {
         let Some(step_id) = &req.step_id else {
-            let key = keys.id_key("search client", normalise_identifier(&req.client).as_bytes());
+            let key = keys.id_key("search client", canonical_identifier(&req.client).as_bytes());
             let count = self
                 .starts
                 .get_with(key, async { Arc::new(AtomicU32::new(0)) })
@@ -178,7 +178,7 @@ fn compile(pattern: &str) -> Option<Regex> {
 
 /// One spelling per identifier: phones as digits with country code 7 (see
 /// [`crate::parse::phone_digits`]), anything else trimmed and lowercased.
-pub fn normalise_identifier(client: &str) -> String {
+pub fn canonical_identifier(client: &str) -> String {
     crate::parse::phone_digits(client).unwrap_or_else(|| client.trim().to_lowercase())
 }
 
@@ -219,17 +219,17 @@ mod tests {
     }
 
     #[test]
-    fn identifiers_normalise() {
+    fn identifiers_have_one_spelling() {
         for p in [
             "+7 (999) 999-99-90",
             "8 999 999 99 90",
             "79999999990",
             "9999999990",
         ] {
-            assert_eq!(normalise_identifier(p), "79999999990", "{p}");
+            assert_eq!(canonical_identifier(p), "79999999990", "{p}");
         }
-        assert_eq!(normalise_identifier(" A@B.c "), "a@b.c");
-        assert_eq!(normalise_identifier("12345"), "12345");
+        assert_eq!(canonical_identifier(" A@B.c "), "a@b.c");
+        assert_eq!(canonical_identifier("12345"), "12345");
     }
 
     #[tokio::test]

@@ -1,27 +1,34 @@
 //! cardgate: the gateway between a chat server and the internal system that knows the clients.
 //!
 //! The modules follow a request: [`server`] runs the Pingora services; [`listener`] owns
-//! each chat-server connection and frames its requests with [`http1`]; [`gateway`] answers
+//! each chat-server connection and frames its requests with [`h1`]; [`gateway`] answers
 //! one request through [`parse`] → [`cache`] → [`dialect`] → [`upstream`] → [`normalise`],
 //! and [`respond`] writes the answer. Around them: [`config`], [`keys`] (token hashing),
 //! [`guard`] (search brute-force limits), [`error`] (the one error type), [`metrics`],
-//! [`accesslog`], [`admin`], and [`mock`], a built-in internal system for demos and tests.
+//! [`accesslog`], [`admin`], and, with the default `mock` feature, `mock`: a built-in
+//! internal system for demos and tests.
+//!
+//! Two modules are public: [`cli`], the command line the executable runs, and
+//! [`testkit`], what the integration tests and benchmarks reach inside.
 
-pub mod accesslog;
-pub mod admin;
-pub mod cache;
-pub mod config;
-pub mod dialect;
-pub mod error;
-pub mod gateway;
-pub mod guard;
-pub mod h1;
-pub mod keys;
-pub mod listener;
-pub mod metrics;
-pub mod mock;
-pub mod normalise;
-pub mod parse;
-pub mod respond;
-pub mod server;
-pub mod upstream;
+pub(crate) mod accesslog;
+pub(crate) mod admin;
+pub(crate) mod cache;
+pub mod cli;
+pub(crate) mod config;
+pub(crate) mod dialect;
+pub(crate) mod error;
+pub(crate) mod gateway;
+pub(crate) mod guard;
+pub(crate) mod h1;
+pub(crate) mod keys;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+#[cfg(feature = "mock")]
+pub(crate) mod mock;
+pub(crate) mod normalise;
+pub(crate) mod parse;
+pub(crate) mod respond;
+pub(crate) mod server;
+pub mod testkit;
+pub(crate) mod upstream;

@@ -49,7 +49,7 @@ pub struct Listener {
 
 impl Listener {
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        let cfg = &gateway.cfg;
+        let cfg = gateway.config();
         Listener {
             keepalive: cfg.server.keepalive_timeout,
             client_timeout: cfg.server.client_timeout,
@@ -63,7 +63,7 @@ impl Listener {
 #[async_trait]
 impl ServerApp for Listener {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let peer = if self.gateway.cfg.log.access {
+        let peer = if self.gateway.config().log.access {
             io.get_socket_digest()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
         } else {
@@ -179,12 +179,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         let req = Request::new(&self.buf, &head, body, self.peer);
         let answer = gw.answer(&req, &mut ctx).await;
         let close = !head.keep_alive || *self.shutdown.borrow();
-        let framing = respond::Framing {
+        let delivery = respond::Delivery {
             close,
             keep_alive_1_0: head.minor == 0 && !close,
             head_only: method == "HEAD",
         };
-        respond::write(&mut self.out, &answer, framing);
+        respond::write(&mut self.out, &answer, delivery);
         let written = self.flush().await;
         gw.finish(method, self.peer, ctx);
         self.head = Some(head);
@@ -276,12 +276,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         let req = head.map(|h| Request::new(&self.buf, h, b"", self.peer));
         let answer = gw.refuse(req.as_ref(), &e, &mut ctx);
         let method = head.map_or("-", |h| method_label(h.method(&self.buf)));
-        let framing = respond::Framing {
+        let delivery = respond::Delivery {
             close: true,
             head_only: method == "HEAD",
-            ..respond::Framing::default()
+            ..respond::Delivery::default()
         };
-        respond::write(&mut self.out, &answer, framing);
+        respond::write(&mut self.out, &answer, delivery);
         if self.flush().await {
             self.linger().await;
         }

@@ -48,10 +48,10 @@ struct ClientProbe<'a> {
     id: Option<&'a RawValue>,
 }
 
-/// A raw JSON member as text (strings, numbers, booleans), like [`value_text`].
+/// A raw JSON member as text, like [`scalar_text`].
 fn raw_text(raw: Option<&RawValue>) -> Option<String> {
     let value: Value = serde_json::from_str(raw?.get()).ok()?;
-    value_text(Some(&value))
+    scalar_text(&value)
 }
 
 /// A usable `client.id`: a non-empty string or a number.
@@ -136,7 +136,25 @@ pub fn search_answer(a: UpstreamAnswer) -> Result<SearchAnswer, GatewayError> {
 }
 
 fn value_text(v: Option<&Value>) -> Option<String> {
-    match v? {
+    scalar_text(v?)
+}
+
+/// A dialect's answer body as JSON; `why` names the answer when it is not.
+pub fn json_body(body: &[u8], why: &'static str) -> Result<Value, GatewayError> {
+    serde_json::from_slice(body).map_err(|_| GatewayError::CrmInvalidResponse(why))
+}
+
+/// The object member `name` of `v`; `why` names what is missing when there is none.
+pub fn object_member<'v>(v: &'v Value, name: &str, why: &'static str) -> Result<&'v Value, GatewayError> {
+    v.get(name)
+        .filter(|m| m.is_object())
+        .ok_or(GatewayError::CrmInvalidResponse(why))
+}
+
+/// A JSON scalar as text: a string as it is, a number or a boolean as written; loose
+/// systems send ids and codes either way. Objects, arrays and null have none.
+pub fn scalar_text(v: &Value) -> Option<String> {
+    match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),

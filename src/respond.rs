@@ -45,7 +45,7 @@ pub struct Answer {
 
 /// What the connection adds to an answer.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Framing {
+pub struct Delivery {
     /// `Connection: close` (the connection ends after this answer).
     pub close: bool,
     /// `Connection: keep-alive` (an HTTP/1.0 client asked to keep the connection).
@@ -55,7 +55,7 @@ pub struct Framing {
 }
 
 /// Append the whole answer to `out`.
-pub fn write(out: &mut Vec<u8>, answer: &Answer, framing: Framing) {
+pub fn write(out: &mut Vec<u8>, answer: &Answer, delivery: Delivery) {
     let body = answer.body.as_slice();
     out.reserve(256 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -77,13 +77,13 @@ pub fn write(out: &mut Vec<u8>, answer: &Answer, framing: Framing) {
         out.extend_from_slice(allow.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if framing.close {
+    if delivery.close {
         out.extend_from_slice(b"Connection: close\r\n");
-    } else if framing.keep_alive_1_0 {
+    } else if delivery.keep_alive_1_0 {
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !framing.head_only {
+    if !delivery.head_only {
         out.extend_from_slice(body);
     }
 }
@@ -141,9 +141,9 @@ fn http_date(out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn text(answer: &Answer, framing: Framing) -> String {
+    fn text(answer: &Answer, delivery: Delivery) -> String {
         let mut out = Vec::new();
-        write(&mut out, answer, framing);
+        write(&mut out, answer, delivery);
         String::from_utf8(out).unwrap()
     }
 
@@ -155,7 +155,7 @@ mod tests {
             x_cache: Some("HIT"),
             allow: None,
         };
-        let t = text(&a, Framing::default());
+        let t = text(&a, Delivery::default());
         assert!(t.starts_with("HTTP/1.1 200 OK\r\nDate: "), "{t}");
         let date = &t[23..52];
         assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
@@ -164,10 +164,10 @@ mod tests {
         ), "{t}");
         let head = text(
             &a,
-            Framing {
+            Delivery {
                 head_only: true,
                 keep_alive_1_0: true,
-                ..Framing::default()
+                ..Delivery::default()
             },
         );
         assert!(head.ends_with("Connection: keep-alive\r\n\r\n"), "{head}");
@@ -183,9 +183,9 @@ mod tests {
         };
         let t = text(
             &a,
-            Framing {
+            Delivery {
                 close: true,
-                ..Framing::default()
+                ..Delivery::default()
             },
         );
         assert!(t.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{t}");

@@ -22,41 +22,9 @@ use prometheus::IntGauge;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::Admin;
-use crate::cache::CardCache;
-use crate::config::{Config, ConfigError, DialectKind};
-use crate::dialect;
+use crate::config::{Config, ConfigError};
 use crate::gateway::Gateway;
-use crate::guard::SearchGuard;
-use crate::keys::TokenHasher;
 use crate::listener::Listener;
-use crate::metrics::Metrics;
-use crate::upstream::Upstream;
-
-/// Build the shared gateway state from a validated config.
-pub fn gateway(cfg: Config) -> Result<Arc<Gateway>, ConfigError> {
-    let metrics = Arc::new(Metrics::new(cfg.upstream.dialect.name()));
-    let evictions = metrics.cache_evictions.clone();
-    let cache = CardCache::new(&cfg.cache, move || evictions.inc());
-    let hasher = match &cfg.cache.hash_key_env {
-        Some(var) => TokenHasher::from_secret(
-            std::env::var(var)
-                .map_err(|_| ConfigError(format!("cache.hash_key_env: {var} is not set")))?
-                .as_bytes(),
-        ),
-        None => TokenHasher::random(),
-    };
-    let upstream = Upstream::new(&cfg, metrics.clone())?;
-    let cfg_search = cfg.search.clone();
-    Ok(Arc::new(Gateway {
-        dialect: dialect::from_config(&cfg),
-        cfg,
-        cache,
-        upstream,
-        metrics,
-        hasher,
-        guard: SearchGuard::new(&cfg_search),
-    }))
-}
 
 /// Everything the process runs besides the gateway itself (the demo's mock CRM).
 pub type Extra = Box<dyn ServiceWithDependents>;
@@ -81,7 +49,7 @@ pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), ConfigEr
     };
     let listen = cfg.server.listen.clone();
     let admin_listen = cfg.admin.listen.clone();
-    let gw = gateway(cfg)?;
+    let gw = Gateway::new(cfg)?;
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
@@ -107,7 +75,7 @@ pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), ConfigEr
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             draining,
-            inflight: gw.metrics.inflight.clone(),
+            inflight: gw.inflight(),
             grace,
         }),
     });
@@ -159,7 +127,8 @@ fn exit_when_drained(inflight: &IntGauge, grace: Duration) {
 }
 
 /// Run only the mock internal system (`cardgate mock-crm`); SIGTERM ends it at once.
-pub fn run_mock(listen: &str, dialect: DialectKind) {
+#[cfg(feature = "mock")]
+pub fn run_mock(listen: &str, dialect: crate::config::DialectKind) {
     let conf = ServerConf {
         threads: 1,
         grace_period_seconds: Some(0),

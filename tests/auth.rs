@@ -28,7 +28,7 @@ fn both_forms_reach_the_crm_as_post_with_the_token_in_a_header() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.header("x-cache"), Some("MISS"));
     let card = r.json();
-    let expected = cardgate::mock::card(t1.as_bytes());
+    let expected = cardgate::testkit::mock::card(t1.as_bytes());
     assert_eq!(
         card, expected,
         "the CRM's card passes through, unknown fields included"
@@ -50,7 +50,7 @@ fn both_forms_reach_the_crm_as_post_with_the_token_in_a_header() {
 
     let r = gw.post_card(&t2);
     assert_eq!(r.status, 200);
-    assert_eq!(r.json(), cardgate::mock::card(t2.as_bytes()));
+    assert_eq!(r.json(), cardgate::testkit::mock::card(t2.as_bytes()));
     assert_eq!(mock.calls_for(&t2)[0]["method"], "POST");
 
     // A second request for either token is answered from the cache, in either form

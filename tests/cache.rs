@@ -37,7 +37,7 @@ fn fifty_concurrent_requests_for_one_token_make_one_upstream_call() {
     let t = token("lag");
     let answers = concurrent(&gw, &t, 50);
     assert_eq!(mock.calls_for(&t).len(), 1);
-    let expected = cardgate::mock::card(t.as_bytes());
+    let expected = cardgate::testkit::mock::card(t.as_bytes());
     for r in &answers {
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json(), expected);
@@ -104,7 +104,7 @@ fn stale_cards_stand_in_for_a_failing_crm_within_the_window() {
     let mock = Mock::start();
     let gw = Gateway::start(&mock.url(), &[("cache", "ttl = \"1s\"\nstale_if_error = \"3s\"")]);
     let t = token("stale");
-    let card = cardgate::mock::card(t.as_bytes());
+    let card = cardgate::testkit::mock::card(t.as_bytes());
 
     let start = Instant::now();
     let r = gw.post_card(&t);
@@ -196,10 +196,10 @@ fn purge_and_clear_drop_cards() {
 fn max_size_bounds_the_weighted_size() {
     let mock = Mock::start();
     let gw = Gateway::start(&mock.url(), &[("cache", "max_size = \"64KiB\"")]);
-    let card_len = serde_json::to_vec(&cardgate::mock::card(token("size").as_bytes()))
+    let card_len = serde_json::to_vec(&cardgate::testkit::mock::card(token("size").as_bytes()))
         .unwrap()
         .len() as u64;
-    let per_entry = card_len + u64::from(cardgate::cache::ENTRY_OVERHEAD);
+    let per_entry = card_len + u64::from(cardgate::testkit::ENTRY_OVERHEAD);
     let n = 3 * 65536 / per_entry as usize;
     for _ in 0..n {
         assert_eq!(gw.post_card(&token("size")).status, 200);

@@ -95,7 +95,7 @@ fn gigma_login_answers_a_token_whose_card_the_auth_api_serves() {
     assert_eq!(r.json()["stepId"], step.as_str());
     assert_eq!(r.json()["errorMessage"], "Invalid password");
 
-    let r = login(&gw, client, &step, cardgate::mock::gigma::PASSWORD);
+    let r = login(&gw, client, &step, cardgate::testkit::mock::GIGMA_PASSWORD);
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     assert_eq!(v["answerType"], 2);
@@ -233,7 +233,7 @@ fn bearer_checks_the_token_and_builds_a_card() {
     let r = gw.get_card(&t);
     assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")), "{}", r.body);
     let c = &r.json()["client"];
-    assert_eq!(c["id"], cardgate::mock::bearer::user_id(&t));
+    assert_eq!(c["id"], cardgate::testkit::mock::bearer_user_id(&t));
     for f in ["name", "surname", "firstname", "patronymic"] {
         assert_eq!(c[f], "", "{f} is present and empty");
     }

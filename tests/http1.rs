@@ -32,8 +32,8 @@ fn pipelined_requests_are_answered_in_order_on_one_connection() {
         .collect();
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 404, 200, 200]);
-    assert_eq!(answers[0].json(), cardgate::mock::card(a.as_bytes()));
-    assert_eq!(answers[2].json(), cardgate::mock::card(b.as_bytes()));
+    assert_eq!(answers[0].json(), cardgate::testkit::mock::card(a.as_bytes()));
+    assert_eq!(answers[2].json(), cardgate::testkit::mock::card(b.as_bytes()));
     assert_eq!(answers[3].header("x-cache"), Some("HIT"));
     assert!(answers[0].header("date").is_some());
     // Still open.

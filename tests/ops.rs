@@ -126,7 +126,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
     gw.proc.signal("TERM");
     let r = inflight.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json(), cardgate::mock::card(t.as_bytes()));
+    assert_eq!(r.json(), cardgate::testkit::mock::card(t.as_bytes()));
 
     // grace_period is 5 s in the test config.
     let took = gw

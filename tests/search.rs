@@ -56,7 +56,7 @@ fn two_steps_identify_a_client_in_both_encodings() {
             &[
                 ("client", &client),
                 ("stepId", &step_id),
-                ("secretWord", cardgate::mock::SEARCH_CODE),
+                ("secretWord", cardgate::testkit::mock::SEARCH_CODE),
             ],
             json,
         );
@@ -208,7 +208,7 @@ fn the_guard_stops_brute_force_without_asking_the_crm() {
         assert_eq!(search_error(&attempt(word), Some(&step_id)), "WRONG_CODE");
     }
     assert_eq!(searches(&mock).len(), before + 2);
-    for word in ["0003", cardgate::mock::SEARCH_CODE] {
+    for word in ["0003", cardgate::testkit::mock::SEARCH_CODE] {
         let r = attempt(word);
         assert_eq!(
             (r.status, search_error(&r, Some(&step_id)).as_str()),
@@ -253,7 +253,7 @@ fn identify(gw: &Gateway, client: &str) -> String {
         &[
             ("client", client),
             ("stepId", step["stepId"].as_str().unwrap()),
-            ("secretWord", cardgate::mock::SEARCH_CODE),
+            ("secretWord", cardgate::testkit::mock::SEARCH_CODE),
         ],
         false,
     );

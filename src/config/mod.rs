@@ -23,9 +23,7 @@ pub use cache::CacheSection;
 pub use limits::{LimitsSection, LogSection};
 pub use search::SearchSection;
 pub use server::{AdminSection, ServerSection};
-pub use upstream::{
-    AuthMethod, BearerSection, DialectKind, GigmaSection, SearchEncoding, UpstreamSection, UpstreamUrl,
-};
+pub use upstream::{AuthMethod, DialectKind, SearchEncoding, UpstreamSection, UpstreamUrl};
 
 /// A configuration mistake, with the key it concerns when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +98,7 @@ impl Config {
 fn describe(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
     let path = e.path().to_string();
     let inner = e.into_inner();
-    let msg = inner.message().trim_end();
+    let msg = inner.message().trim_end().replace('\n', "; ");
     let at = inner
         .span()
         .map(|span| {

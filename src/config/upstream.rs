@@ -9,7 +9,7 @@ use super::units::{de_duration, de_size};
 use super::{err, ConfigError};
 
 /// The internal system's dialect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DialectKind {
     /// The internal system speaks the Auth and Search APIs itself.
@@ -21,12 +21,6 @@ pub enum DialectKind {
 }
 
 impl DialectKind {
-    pub const ALL: [DialectKind; 3] = [DialectKind::Iq, DialectKind::Gigma, DialectKind::Bearer];
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|d| d.name() == name)
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             DialectKind::Iq => "iq",

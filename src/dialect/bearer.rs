@@ -46,14 +46,8 @@ impl Bearer {
     pub fn card(&self, a: UpstreamAnswer) -> Result<Card, GatewayError> {
         match a.status {
             200 => {
-                let v: Value = serde_json::from_slice(&a.body)
-                    .map_err(|_| GatewayError::CrmInvalidResponse("token check answer is not JSON"))?;
-                let data =
-                    v.get("data")
-                        .filter(|d| d.is_object())
-                        .ok_or(GatewayError::CrmInvalidResponse(
-                            "token check answer without data",
-                        ))?;
+                let v = normalise::json_body(&a.body, "token check answer is not JSON")?;
+                let data = normalise::object_member(&v, "data", "token check answer without data")?;
                 let id = match data.get("userId") {
                     Some(Value::String(s)) if !s.is_empty() => s.clone(),
                     Some(Value::Number(n)) => n.to_string(),

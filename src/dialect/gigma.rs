@@ -2,7 +2,7 @@
 //!
 //! Every call carries the application token (from the environment variable named by
 //! `upstream.gigma.app_token_env`) in header `Token`. The Search client API maps to the
-//! login flow: a first step normalises `client` to a phone, calls
+//! login flow: a first step reads `client` as a phone, calls
 //! `POST /counterparty/send_password` and answers `answerType` 1 with a new random `stepId`
 //! bound to that phone for `step_ttl`; the next step calls `POST /counterparty/login` with
 //! the code and answers `answerType` 2 with the counterparty's access token, handing the
@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use super::{bearer_header, Dialect};
 use crate::config::UpstreamSection;
 use crate::error::GatewayError;
-use crate::normalise::{Card, SearchAnswer};
+use crate::normalise::{self, Card, SearchAnswer};
 use crate::parse::{phone_digits, SearchRequest, Token};
 use crate::upstream::{CallRecord, Upstream, UpstreamAnswer, UpstreamRequest};
 
@@ -41,7 +41,7 @@ pub struct Gigma {
     answer_text: String,
     client_type: String,
     session_ttl: Duration,
-    /// Open first steps: stepId → normalised phone.
+    /// Open first steps: stepId → the phone as digits.
     steps: Cache<String, Arc<str>>,
 }
 
@@ -155,14 +155,8 @@ impl Gigma {
         if answer.status != 200 {
             return Err(error(Call::Login, &answer));
         }
-        let v: Value = serde_json::from_slice(&answer.body)
-            .map_err(|_| GatewayError::CrmInvalidResponse("login answer is not JSON"))?;
-        let counterparty =
-            v.get("counterparty")
-                .filter(|c| c.is_object())
-                .ok_or(GatewayError::CrmInvalidResponse(
-                    "login answer without counterparty",
-                ))?;
+        let v = normalise::json_body(&answer.body, "login answer is not JSON")?;
+        let counterparty = normalise::object_member(&v, "counterparty", "login answer without counterparty")?;
         let token = counterparty["access_token"]["value"]
             .as_str()
             .filter(|t| !t.is_empty())
@@ -275,11 +269,7 @@ pub fn mask(phone: &str) -> String {
 }
 
 fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => String::new(),
-    }
+    normalise::scalar_text(v).unwrap_or_default()
 }
 
 fn plus(phone: &Value) -> String {

@@ -27,7 +27,6 @@ pub struct AnswerHead {
     pub interim: bool,
     pub framing: BodyFraming,
     pub keep_alive: bool,
-    pub content_type: Option<String>,
     pub cache_control: Option<String>,
 }
 
@@ -85,7 +84,6 @@ pub fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, FramingError>
         interim: (100..200).contains(&status),
         framing: BodyFraming::UntilClose,
         keep_alive: false,
-        content_type: None,
         cache_control: None,
     };
     let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_string);
@@ -95,9 +93,7 @@ pub fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, FramingError>
         if fields.add(name, f.value) {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"content-type") {
-            head.content_type = text(f.value);
-        } else if name.eq_ignore_ascii_case(b"cache-control") {
+        if name.eq_ignore_ascii_case(b"cache-control") {
             head.cache_control = text(f.value);
         }
     }
@@ -235,7 +231,6 @@ mod tests {
             (h.status, h.framing, h.keep_alive),
             (200, BodyFraming::Length(12), true)
         );
-        assert_eq!(h.content_type.as_deref(), Some("application/json"));
         assert_eq!(h.cache_control.as_deref(), Some("max-age=5"));
         let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (BodyFraming::Chunked, true));

@@ -29,7 +29,6 @@ use crate::h1::client::{read_answer, ReadError};
 use crate::h1::FramingError;
 use crate::metrics::Metrics;
 
-pub use pool::POOL_IDLE;
 pub use resolve::resolve;
 
 /// One request to the internal system; `path` is relative to the base URL's path.
@@ -60,7 +59,6 @@ impl std::fmt::Debug for UpstreamRequest {
 #[derive(Debug, Clone)]
 pub struct UpstreamAnswer {
     pub status: u16,
-    pub content_type: Option<String>,
     pub cache_control: Option<String>,
     pub body: Bytes,
 }
@@ -71,7 +69,6 @@ impl UpstreamAnswer {
     pub fn json(status: u16, body: &str) -> Self {
         UpstreamAnswer {
             status,
-            content_type: Some("application/json".into()),
             cache_control: None,
             body: Bytes::copy_from_slice(body.as_bytes()),
         }
@@ -254,7 +251,6 @@ impl Upstream {
         let (head, body, reusable) = read_answer(io, self.max_body).await?;
         let answer = UpstreamAnswer {
             status: head.status,
-            content_type: head.content_type,
             cache_control: head.cache_control,
             body,
         };

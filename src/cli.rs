@@ -1,0 +1,165 @@
+//! The `cardgate` command line: run the gateway, check a config, and (with the default
+//! `mock` feature) run the built-in mock CRM or a demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+#[cfg(feature = "mock")]
+use crate::config::DialectKind;
+use crate::server;
+
+#[derive(Parser)]
+#[command(
+    name = "cardgate",
+    version,
+    about = "Gateway between a chat server and a CRM: Auth API and Search client API"
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "conf/cardgate.toml")]
+    config: PathBuf,
+    /// Take over the listening sockets of a running instance (zero-downtime upgrade:
+    /// start the new process with this flag, then send SIGQUIT to the old one).
+    #[arg(long)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and exit.
+    Check,
+    /// Run the built-in mock of the internal system.
+    #[cfg(feature = "mock")]
+    MockCrm {
+        #[arg(long, default_value = "127.0.0.1:18181")]
+        listen: String,
+        #[arg(long, value_enum, default_value = "iq")]
+        dialect: DialectKind,
+    },
+    /// Run the mock CRM and the gateway on loopback, and print requests to try.
+    #[cfg(feature = "mock")]
+    Demo {
+        #[arg(long, value_enum, default_value = "iq")]
+        dialect: DialectKind,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+        #[arg(long, default_value = "127.0.0.1:18181")]
+        crm: String,
+    },
+}
+
+/// Run the command the process was started with.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => match Config::load(&cli.config) {
+            Ok(cfg) => finish(server::run(cfg, cli.upgrade, Vec::new())),
+            Err(e) => fail(&e),
+        },
+        Some(Command::Check) => match Config::load(&cli.config) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        #[cfg(feature = "mock")]
+        Some(Command::MockCrm { listen, dialect }) => {
+            server::run_mock(&listen, dialect);
+            ExitCode::SUCCESS
+        }
+        #[cfg(feature = "mock")]
+        Some(Command::Demo {
+            dialect,
+            listen,
+            admin,
+            crm,
+        }) => demo(dialect, &listen, &admin, &crm),
+    }
+}
+
+#[cfg(feature = "mock")]
+fn demo(kind: DialectKind, listen: &str, admin: &str, crm: &str) -> ExitCode {
+    let dialect = kind.name();
+    if kind == DialectKind::Gigma && std::env::var_os("GIGMA_APP_TOKEN").is_none() {
+        // The demo's mock and gateway share one process: give both the mock's app token.
+        std::env::set_var("GIGMA_APP_TOKEN", crate::mock::gigma::app_token());
+    }
+    let text = format!(
+        "[server]\nlisten = \"{listen}\"\nthreads = 2\ngrace_period = \"1s\"\n\
+         [admin]\nlisten = \"{admin}\"\n\
+         [upstream]\ndialect = \"{dialect}\"\nurl = \"http://{crm}\"\ntimeout = \"1s\"\n"
+    );
+    let cfg = match Config::from_toml(&text) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let id = format!("http://{listen}/rest/chat/client/id");
+    let search = format!("http://{listen}/rest/chat/client/search/");
+    println!("cardgate demo: mock CRM ({dialect}) on http://{crm}, gateway on http://{listen}, admin on http://{admin}");
+    println!("Try (tokens here are demo values; the gateway never logs a token):");
+    match kind {
+        DialectKind::Iq => {
+            println!("  curl -i {id}/demo-token-1            # card: X-Cache MISS, then HIT");
+            println!("  curl -i -X POST -H 'token: demo-token-1' {id}/");
+            println!("  curl -i {id}/missing-1               # the CRM's 404, JSON");
+            println!("  curl -i {id}/slow-1                  # CRM_TIMEOUT after 1 s");
+            println!("  curl -i {id}/html-1                  # CRM_ERROR (the CRM sent a 500 page)");
+            println!(
+                "  curl -i --data-urlencode 'client=+7 999 999 99 90' {search}     # answerType 1 + stepId"
+            );
+            println!(
+                "  curl -i --data-urlencode 'client=+7 999 999 99 90' -d stepId=STEP -d secretWord={} {search}  # answerType 2 + token",
+                crate::mock::SEARCH_CODE
+            );
+        }
+        DialectKind::Gigma => {
+            println!("  curl -i --data-urlencode 'client=+7 999 999 99 90' {search}     # a call is placed: stepId");
+            println!(
+                "  curl -i --data-urlencode 'client=+7 999 999 99 90' -d stepId=STEP -d secretWord={} {search}  # token",
+                crate::mock::gigma::PASSWORD
+            );
+            println!(
+                "  curl -i -X POST -H 'token: TOKEN' {id}/                       # the counterparty's card"
+            );
+            println!(
+                "  curl -i -X POST -H 'token: TOKEN' http://{admin}/cache/purge  # logs the session out"
+            );
+            println!("  curl -i {id}/unknown-1               # SESSION_UNKNOWN");
+        }
+        DialectKind::Bearer => {
+            println!("  curl -i {id}/demo-user-1             # card with id = userId");
+            println!("  curl -i {id}/profile-1               # card with names from the profile");
+            println!("  curl -i {id}/anon-1                  # CLIENT_NOT_FOUND (anonymous)");
+            println!("  curl -i {id}/bad-1                   # 401 unauthorized, the system's own code");
+            println!("  curl -i -d client=x {search}         # SEARCH_NOT_SUPPORTED");
+        }
+    }
+    println!("  curl -i http://{listen}/no/such/route                               # NOT_FOUND, JSON");
+    println!("  curl -s http://{admin}/metrics | grep ^cardgate_");
+    if kind != DialectKind::Gigma {
+        println!("  curl -i -X POST -H 'token: demo-token-1' http://{admin}/cache/purge");
+    }
+    println!("Stop with Ctrl-C.");
+    let mock: server::Extra = Box::new(crate::mock::service(crm, kind));
+    finish(server::run(cfg, false, vec![mock]))
+}
+
+fn finish(r: Result<(), ConfigError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("cardgate: {e}");
+    ExitCode::from(2)
+}

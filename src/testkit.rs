@@ -1,0 +1,22 @@
+//! What the integration tests and benchmarks reach inside the gateway, and nothing else.
+//!
+//! The integration tests run the real executable and talk HTTP to it; from the library
+//! they need only the mock's fixtures (to know what a card must look like). The
+//! benchmarks time the hot path's parts one by one: request framing, routing, the token
+//! hash, the card cache and the answer writer.
+
+pub use crate::cache::{CardCache, ENTRY_OVERHEAD};
+pub use crate::config::CacheSection;
+pub use crate::h1::server::{parse_head, Request};
+pub use crate::keys::TokenHasher;
+pub use crate::normalise::Card;
+pub use crate::parse::{route, Route};
+pub use crate::respond::{write as write_answer, Answer, Body, Delivery};
+
+/// The built-in mock CRM's fixtures.
+#[cfg(feature = "mock")]
+pub mod mock {
+    pub use crate::mock::bearer::user_id as bearer_user_id;
+    pub use crate::mock::gigma::PASSWORD as GIGMA_PASSWORD;
+    pub use crate::mock::{card, SEARCH_CODE};
+}
