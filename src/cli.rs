@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError};
 #[cfg(feature = "mock")]
 use crate::config::DialectKind;
+use crate::config::{Config, ConfigError};
 use crate::server;
 
 #[derive(Parser)]

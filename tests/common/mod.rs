@@ -382,10 +382,24 @@ impl Gateway {
 
     /// Assert that none of `secrets` appears in anything the gateway printed or exports.
     pub fn assert_never_shown(&self, secrets: &[&str]) {
-        // Let the last log lines through the pipe.
-        std::thread::sleep(Duration::from_millis(100));
-        let out = self.proc.output();
+        // Once nothing is in flight, every answered request's log line has been written;
+        // wait until this side of the pipe has read them all.
         let metrics = self.metrics();
+        let answered: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("cardgate_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        let access_lines = |out: &str| {
+            out.lines()
+                .filter(|l| l.starts_with('{') && !l.contains(r#""api":"prewarm""#))
+                .count() as f64
+        };
+        let arrived = eventually(Duration::from_secs(5), || {
+            access_lines(&self.proc.output()) >= answered
+        });
+        assert!(arrived, "{answered} requests answered, fewer log lines arrived");
+        let out = self.proc.output();
         for s in secrets {
             assert!(!out.contains(s), "secret {s:?} in gateway output:\n{out}");
             assert!(!metrics.contains(s), "secret {s:?} in metrics");

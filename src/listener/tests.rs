@@ -1,0 +1,184 @@
+//! The connection state machine against scripted I/O, on a paused clock: reads arrive
+//! as the script says (in pieces, after waits), answers go into a pipe the test reads
+//! afterwards (or never, to play a client that stops reading), and every timeout is
+//! exact because tokio's clock only moves when every task waits.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_test::io::{Builder, Mock};
+
+use super::*;
+use crate::config::Config;
+
+const KEEPALIVE: Duration = Duration::from_secs(5);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn listener() -> Listener {
+    let cfg = Config::from_toml(
+        "[server]\nkeepalive_timeout = \"5s\"\nclient_timeout = \"2s\"\n\
+         [log]\naccess = false\n[upstream]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    Listener::new(Gateway::new(cfg).unwrap())
+}
+
+/// Serve one scripted connection whose answers go into a pipe of `capacity` bytes that
+/// is read only once the connection is over. What was written, and how long it took.
+async fn serve(reads: Mock, capacity: usize, shutdown: ShutdownWatch) -> (String, Duration) {
+    let (ours, mut theirs) = tokio::io::duplex(capacity);
+    let start = Instant::now();
+    listener()
+        .serve(tokio::io::join(reads, ours), None, shutdown)
+        .await;
+    let took = start.elapsed();
+    let mut out = Vec::new();
+    theirs.read_to_end(&mut out).await.unwrap();
+    (String::from_utf8(out).unwrap(), took)
+}
+
+fn running() -> ShutdownWatch {
+    let (tx, rx) = watch::channel(false);
+    // Keep the sender alive for the whole test: a dropped sender is not a shutdown.
+    std::mem::forget(tx);
+    rx
+}
+
+/// The status lines of the answers in `out`, in order.
+fn statuses(out: &str) -> Vec<&str> {
+    out.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| out[at..].split("\r\n").next())
+        .collect()
+}
+
+const GET: &[u8] = b"GET /no/such/route HTTP/1.1\r\nHost: gw\r\n\r\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_arrives_byte_by_byte() {
+    let mut script = Builder::new();
+    for b in GET {
+        script.read(std::slice::from_ref(b));
+    }
+    let (out, _) = serve(script.build(), 64 * 1024, running()).await;
+    assert_eq!(statuses(&out), ["HTTP/1.1 404 Not Found"], "{out}");
+    assert!(!out.contains("Connection: close"), "{out}");
+    assert!(out.ends_with(r#""errorText":"no such route"}"#), "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pipelined_requests_are_answered_in_order() {
+    let two = [
+        GET,
+        b"POST /rest/chat/client/id/ HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    ]
+    .concat();
+    let (out, _) = serve(Builder::new().read(&two).build(), 64 * 1024, running()).await;
+    assert_eq!(
+        statuses(&out),
+        ["HTTP/1.1 404 Not Found", "HTTP/1.1 400 Bad Request"],
+        "{out}"
+    );
+    let second = out.rfind("HTTP/1.1 ").unwrap();
+    assert!(out[second..].contains("Connection: close"), "{out}");
+    assert!(!out[..second].contains("Connection: close"), "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_closes_after_the_keepalive_timeout() {
+    let script = Builder::new().read(GET).wait(Duration::from_secs(3600)).build();
+    let (out, took) = serve(script, 64 * 1024, running()).await;
+    assert_eq!(statuses(&out).len(), 1, "{out}");
+    assert!(
+        took >= KEEPALIVE && took < KEEPALIVE + Duration::from_millis(100),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_stalls_gets_408_after_the_client_timeout() {
+    let script = Builder::new()
+        .read(b"GET /no/such/route HTTP/1.1\r\nHo")
+        .wait(Duration::from_secs(3600))
+        .build();
+    let (out, took) = serve(script, 64 * 1024, running()).await;
+    assert_eq!(statuses(&out), ["HTTP/1.1 408 Request Timeout"], "{out}");
+    assert!(out.contains("Connection: close"), "{out}");
+    // The timeout, then the brief linger for input the client may still send.
+    assert!(took >= CLIENT_TIMEOUT + LINGER, "{took:?}");
+    assert!(
+        took < CLIENT_TIMEOUT + LINGER + Duration::from_millis(100),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_in_pieces_after_100_continue() {
+    let script = Builder::new()
+        .read(b"POST /no/such/route HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .wait(Duration::from_millis(300))
+        .read(b"5\r\nhel")
+        .wait(Duration::from_millis(300))
+        .read(b"lo\r\n0\r\n\r\n")
+        .build();
+    let (out, took) = serve(script, 64 * 1024, running()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\n"),
+        "{out}"
+    );
+    assert_eq!(took, Duration::from_millis(600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_after_the_client_timeout() {
+    // 80 pipelined requests (one read); their answers fill the 256-byte pipe nobody reads.
+    let script = Builder::new()
+        .read(&GET.repeat(80))
+        .wait(Duration::from_secs(3600))
+        .build();
+    let (out, took) = serve(script, 256, running()).await;
+    assert!(
+        took >= CLIENT_TIMEOUT && took < CLIENT_TIMEOUT + Duration::from_millis(100),
+        "{took:?}"
+    );
+    assert!(statuses(&out).len() < 3, "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_closes_idle_connections_and_busy_ones_after_their_answer() {
+    let (tx, rx) = watch::channel(false);
+    let script = Builder::new().wait(Duration::from_secs(3600)).build();
+    let stop = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send(true).unwrap();
+        tx
+    });
+    let (out, took) = serve(script, 64 * 1024, rx).await;
+    assert_eq!((out.as_str(), took), ("", Duration::from_secs(1)));
+    drop(stop.await);
+
+    let (tx, rx) = watch::channel(false);
+    let script = Builder::new()
+        .read(b"POST /no/such/route HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+        .wait(Duration::from_secs(1))
+        .read(b"cde")
+        .build();
+    let stop = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tx.send(true).unwrap();
+        tx
+    });
+    let (out, _) = serve(script, 64 * 1024, rx).await;
+    assert_eq!(statuses(&out), ["HTTP/1.1 404 Not Found"], "{out}");
+    assert!(out.contains("Connection: close"), "{out}");
+    drop(stop.await);
+}
+
+#[test]
+fn method_labels_are_a_fixed_set() {
+    assert_eq!(method_label(b"GET"), "GET");
+    assert_eq!(method_label(b"POST"), "POST");
+    assert_eq!(method_label(b"BREW"), "OTHER");
+    assert_eq!(method_label(b"get"), "OTHER");
+}
