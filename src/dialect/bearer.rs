@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::{bearer_header, Dialect};
+use super::{bearer_header, Dialect, Person};
 use crate::config::UpstreamSection;
 use crate::error::GatewayError;
 use crate::normalise::{self, Card};
@@ -92,27 +92,14 @@ impl Bearer {
                 .unwrap_or("")
                 .to_string()
         };
-        let surname = field(&["lastName", "last_name", "surname"]);
-        let firstname = field(&["firstName", "first_name", "firstname"]);
-        let patronymic = field(&["middleName", "middle_name", "patronymic"]);
-        let mut name = field(&["name", "fullName", "full_name"]);
-        if name.is_empty() {
-            name = [surname.as_str(), firstname.as_str(), patronymic.as_str()]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" ");
-        }
-        let mut client = json!({
-            "id": id,
-            "name": name,
-            "surname": surname,
-            "firstname": firstname,
-            "patronymic": patronymic,
-            "type": self.client_type,
-            "enabled": true,
-        });
+        let person = Person {
+            id: id.to_string(),
+            surname: field(&["lastName", "last_name", "surname"]),
+            firstname: field(&["firstName", "first_name", "firstname"]),
+            patronymic: field(&["middleName", "middle_name", "patronymic"]),
+            name: Some(field(&["name", "fullName", "full_name"])),
+        };
+        let mut client = person.client(&self.client_type);
         let email = field(&["email"]);
         let phone = field(&["phone"]);
         if !email.is_empty() || !phone.is_empty() {

@@ -24,7 +24,7 @@ use http::HeaderValue;
 use moka::future::Cache;
 use serde_json::{json, Value};
 
-use super::{bearer_header, Dialect};
+use super::{bearer_header, Dialect, Person};
 use crate::config::UpstreamSection;
 use crate::error::GatewayError;
 use crate::normalise::{self, Card, SearchAnswer};
@@ -287,17 +287,13 @@ pub fn card(c: &Value, client_type: &str) -> Result<Bytes, GatewayError> {
     if id.is_empty() {
         return Err(GatewayError::CrmInvalidResponse("counterparty without id"));
     }
-    let (surname, firstname, patronymic) = (
-        text(&c["last_name"]),
-        text(&c["first_name"]),
-        text(&c["middle_name"]),
-    );
-    let name = [&surname, &firstname, &patronymic]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let person = Person {
+        id,
+        surname: text(&c["last_name"]),
+        firstname: text(&c["first_name"]),
+        patronymic: text(&c["middle_name"]),
+        name: None,
+    };
     let manager = match text(&c["manager"]["name"]) {
         n if !n.is_empty() => n,
         _ => [&c["manager"]["last_name"], &c["manager"]["first_name"]]
@@ -318,17 +314,9 @@ pub fn card(c: &Value, client_type: &str) -> Result<Bytes, GatewayError> {
         .filter(|(_, v)| !v.is_empty())
         .map(|(name, value)| json!({ "name": name, "value": value }))
         .collect();
-    let mut client = json!({
-        "id": id,
-        "name": name,
-        "surname": surname,
-        "firstname": firstname,
-        "patronymic": patronymic,
-        "type": client_type,
-        "enabled": true,
-        "contacts": { "phone": plus(&c["phone_1"]), "email": text(&c["email"]) },
-        "fieldList": field_list,
-    });
+    let mut client = person.client(client_type);
+    client["contacts"] = json!({ "phone": plus(&c["phone_1"]), "email": text(&c["email"]) });
+    client["fieldList"] = Value::from(field_list);
     if let Some(b) = c["birthday"].as_str().filter(|b| !b.is_empty()) {
         client["birthDate"] = Value::from(b);
     }

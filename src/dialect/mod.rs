@@ -60,6 +60,39 @@ pub fn bearer_header(token: &Token) -> Result<http::HeaderValue, GatewayError> {
     Ok(value)
 }
 
+/// A person as the internal system names them, for dialects that build cards themselves.
+pub struct Person {
+    pub id: String,
+    pub surname: String,
+    pub firstname: String,
+    pub patronymic: String,
+    /// The full name when the system gives one; else the three parts, joined.
+    pub name: Option<String>,
+}
+
+impl Person {
+    /// The card's `client` object up to `enabled`, in the Auth API's member order.
+    pub fn client(self, client_type: &str) -> serde_json::Value {
+        let name = self.name.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+            [&self.surname, &self.firstname, &self.patronymic]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        serde_json::json!({
+            "id": self.id,
+            "name": name,
+            "surname": self.surname,
+            "firstname": self.firstname,
+            "patronymic": self.patronymic,
+            "type": client_type,
+            "enabled": true,
+        })
+    }
+}
+
 /// The dialect configured in `upstream.dialect`.
 pub fn from_config(cfg: &Config) -> Box<dyn Dialect> {
     match cfg.upstream.dialect {

@@ -11,8 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,7 +19,10 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
 use tokio::sync::OnceCell;
-use triomphe::ThinArc;
+
+mod stored;
+
+pub use stored::Stored;
 
 use crate::config::CacheSection;
 use crate::error::GatewayError;
@@ -68,132 +70,6 @@ impl CacheResult {
     }
 }
 
-/// A stored answer: its status, freshness and body bytes ready to write, in one
-/// allocation (a thin, reference-counted header-plus-slice), cheap to clone into an answer.
-#[derive(Clone)]
-pub struct Stored(ThinArc<Meta, u8>);
-
-/// What an entry knows besides its body; 24 bytes.
-struct Meta {
-    /// End of freshness, in [`clock_ms`] milliseconds.
-    fresh_until: u64,
-    /// Length of the stale window after `fresh_until`, in milliseconds.
-    stale_for: u32,
-    /// When the last refresh failed, in milliseconds after `fresh_until` ([`NEVER`]: no
-    /// failure yet). Refreshes are only tried once the entry is no longer fresh.
-    last_failed_refresh: AtomicU32,
-    status: u16,
-    negative: bool,
-}
-
-const NEVER: u32 = u32::MAX;
-
-/// The process clock's origin: entries keep times as milliseconds after it.
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-/// Milliseconds from [`EPOCH`] to `t` (0 before it).
-fn clock_ms(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(*EPOCH).as_millis()).unwrap_or(u64::MAX)
-}
-
-fn millis_u32(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX - 1)
-}
-
-impl Stored {
-    fn new(status: u16, body: &[u8], negative: bool, now: Instant, fresh: Duration, stale: Duration) -> Self {
-        let meta = Meta {
-            fresh_until: clock_ms(now).saturating_add(u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX)),
-            stale_for: millis_u32(stale),
-            last_failed_refresh: AtomicU32::new(NEVER),
-            status,
-            negative,
-        };
-        Stored(ThinArc::from_header_and_slice(meta, body))
-    }
-
-    fn meta(&self) -> &Meta {
-        &self.0.header.header
-    }
-
-    pub fn status(&self) -> u16 {
-        self.meta().status
-    }
-
-    /// The answer body.
-    pub fn body(&self) -> &[u8] {
-        &self.0.slice
-    }
-
-    /// A "not found" answer of the CRM.
-    pub fn is_negative(&self) -> bool {
-        self.meta().negative
-    }
-
-    /// The errorCode of a negative answer (read back from its body), for the log line.
-    pub fn error_code(&self) -> Option<String> {
-        if !self.is_negative() {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(self.body()).ok()?;
-        v.get("errorCode")?.as_str().map(str::to_string)
-    }
-
-    fn same_entry(&self, other: &Stored) -> bool {
-        std::ptr::eq(self.0.slice.as_ptr(), other.0.slice.as_ptr())
-    }
-
-    pub fn is_fresh(&self, now: Instant) -> bool {
-        clock_ms(now) < self.meta().fresh_until
-    }
-
-    fn stale_until(&self) -> u64 {
-        self.meta()
-            .fresh_until
-            .saturating_add(u64::from(self.meta().stale_for))
-    }
-
-    /// May this entry stand in for a failed refresh at `now`?
-    pub fn may_serve_stale(&self, now: Instant) -> bool {
-        !self.meta().negative && clock_ms(now) < self.stale_until()
-    }
-
-    /// Milliseconds after `fresh_until` (0 before it).
-    fn past_fresh(&self, now: Instant) -> u32 {
-        let past = clock_ms(now).saturating_sub(self.meta().fresh_until);
-        u32::try_from(past).unwrap_or(NEVER - 1)
-    }
-
-    /// Did a refresh fail less than [`STALE_RETRY_INTERVAL`] ago?
-    fn refresh_failed_recently(&self, now: Instant) -> bool {
-        match self.meta().last_failed_refresh.load(Ordering::Relaxed) {
-            NEVER => false,
-            at => self.past_fresh(now).saturating_sub(at) < millis_u32(STALE_RETRY_INTERVAL),
-        }
-    }
-
-    fn note_failed_refresh(&self, now: Instant) {
-        self.meta()
-            .last_failed_refresh
-            .store(self.past_fresh(now), Ordering::Relaxed);
-    }
-
-    /// Time left until the end of the stale window.
-    fn left(&self, now: Instant) -> Duration {
-        Duration::from_millis(self.stale_until().saturating_sub(clock_ms(now)))
-    }
-}
-
-impl std::fmt::Debug for Stored {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stored")
-            .field("status", &self.status())
-            .field("bytes", &self.body().len())
-            .field("negative", &self.is_negative())
-            .finish()
-    }
-}
-
 /// What a lookup gives: the answer (or the error all waiters share) and how it was found.
 pub type Lookup = (Result<Stored, GatewayError>, CacheResult);
 
@@ -228,7 +104,7 @@ pub struct CardCache {
 impl CardCache {
     /// `on_evict` is called once per entry dropped to keep within `max_size`.
     pub fn new(cfg: &CacheSection, on_evict: impl Fn() + Send + Sync + 'static) -> Self {
-        LazyLock::force(&EPOCH);
+        stored::start_clock();
         let cards = Cache::builder()
             .max_capacity(cfg.max_size)
             .weigher(|_k: &CacheKey, v: &Stored| {
