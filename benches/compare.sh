@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side throughput and latency of cardgate and the nginx anchor, in one run.
+# Side-by-side throughput, latency and CPU per request of cardgate and the nginx anchor,
+# in one run.
 #
 #   benches/compare.sh [seconds-per-run]      (default 10; every run is bounded by it)
 #
@@ -13,8 +14,10 @@
 #         miss    = a new token on every request (nginx: /nocache/, cardgate: ttl 0)
 #         ceiling = the CRM's own `return 200` (the fastest one HTTP/1.1 worker gets here)
 # In the anchor, proxy and CRM share one nginx worker, so nginx's miss path never wakes
-# another process; cardgate's always does. `nginx_miss_xproc` is the same nginx proxy
-# (benches/nginx-proxy.conf) in a process of its own on :18082, against the same CRM.
+# another process (and its CPU column includes the CRM's work); cardgate's always does.
+# `nginx_miss_xproc` is the same nginx proxy (benches/nginx-proxy.conf) in a process of
+# its own on :18082, against the same CRM. cpu_us: user+system CPU of the serving
+# process(es) per request, from /proc/PID/stat around the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -27,91 +30,48 @@ done
 
 cargo build --release --quiet
 bin=target/release/cardgate
-work=$(mktemp -d /tmp/cardgate-compare.XXXXXX)
-chmod 755 "$work"   # nginx workers (another user when run as root) write the cache here
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  ANCHOR_DIR=$work/anchor "$anchor" stop >/dev/null 2>&1 || true
-  [ -f "$work/proxy/nginx.pid" ] && kill "$(cat "$work/proxy/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. benches/common.sh
 
 ANCHOR_DIR=$work/anchor "$anchor" start
+cleanup_hooks+=("ANCHOR_DIR=$work/anchor $anchor stop")
 mkdir -p "$work/proxy"
 sed -e "s/CRM_PORT/18081/" -e "s/PROXY_PORT/18082/" benches/nginx-proxy.conf >"$work/proxy/nginx.conf"
 nginx -p "$work/proxy" -c "$work/proxy/nginx.conf"
+cleanup_hooks+=("kill \$(cat $work/proxy/nginx.pid)")
 
-gateway() { # name listen admin ttl
-  cat >"$work/$1.toml" <<TOML
-[server]
-listen = "$2"
-threads = 1
-grace_period = "1s"
-upgrade_sock = "$work/$1.sock"
-[admin]
-listen = "$3"
-[upstream]
-url = "http://127.0.0.1:18081"
-[cache]
-ttl = "$4"
-[log]
-access = false
-TOML
-  "$bin" --config "$work/$1.toml" >"$work/$1.log" 2>&1 &
-  pids+=($!)
-}
-gateway cached 127.0.0.1:18090 127.0.0.1:18091 60s
-gateway nocache 127.0.0.1:18092 127.0.0.1:18093 0s
-for port in 18080 18081 18082 18090 18092; do
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
-    sleep 0.1
-  done
-done
-
-# run NAME URL [wrk args...] -> "NAME req/s p50 p99"
-run() {
-  local name=$1 url=$2; shift 2
-  local out
-  out=$(wrk -t1 -c64 -d"${secs}s" --latency "$@" "$url")
-  local rps p50 p99
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  local non2xx
-  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  [ -z "$non2xx" ] || echo "warning: $name had $non2xx non-2xx answers" >&2
-  echo "$name $rps $p50 $p99"
-}
+gateway cached 127.0.0.1:18090 127.0.0.1:18091 http://127.0.0.1:18081 60s
+gateway nocache 127.0.0.1:18092 127.0.0.1:18093 http://127.0.0.1:18081 0s
+wait_ports 127.0.0.1:18080 127.0.0.1:18081 127.0.0.1:18082 127.0.0.1:18090 127.0.0.1:18092
+# The nginx worker processes (not the cache manager and loader, which come and go).
+workers() { pgrep -P "$(cat "$1")" -f 'worker process' | tr '\n' ' '; }
+anchor_workers=$(workers "$work/anchor/nginx.pid")
+proxy_workers=$(workers "$work/proxy/nginx.pid")
 
 tok=bench-token-1
 curl -s -o /dev/null "http://127.0.0.1:18080/rest/chat/client/id/$tok"
 curl -s -o /dev/null "http://127.0.0.1:18090/rest/chat/client/id/$tok"
 results=()
-results+=("$(run nginx_hit "http://127.0.0.1:18080/rest/chat/client/id/$tok")")
-results+=("$(run cardgate_hit "http://127.0.0.1:18090/rest/chat/client/id/$tok")")
-results+=("$(PREFIX=/nocache/ run nginx_miss http://127.0.0.1:18080 -s benches/unique.lua)")
-results+=("$(PREFIX=/nocache/ run nginx_miss_xproc http://127.0.0.1:18082 -s benches/unique.lua)")
-results+=("$(run cardgate_miss http://127.0.0.1:18092 -s benches/unique.lua)")
-results+=("$(run ceiling "http://127.0.0.1:18081/rest/chat/client/id/" -H "token: $tok")")
+results+=("$(run nginx_hit "$anchor_workers" "http://127.0.0.1:18080/rest/chat/client/id/$tok")")
+results+=("$(run cardgate_hit "$pid_cached" "http://127.0.0.1:18090/rest/chat/client/id/$tok")")
+results+=("$(PREFIX=/nocache/ run nginx_miss "$anchor_workers" http://127.0.0.1:18080 -s benches/unique.lua)")
+results+=("$(PREFIX=/nocache/ run nginx_miss_xproc "$proxy_workers" http://127.0.0.1:18082 -s benches/unique.lua)")
+results+=("$(run cardgate_miss "$pid_nocache" http://127.0.0.1:18092 -s benches/unique.lua)")
+results+=("$(run ceiling "$anchor_workers" "http://127.0.0.1:18081/rest/chat/client/id/" -H "token: $tok")")
 
-# Latency to microseconds, for the ratios.
-us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }
-declare -A RPS P50 P99
-printf '%-14s %12s %10s %10s\n' path req/s p50 p99
+declare -A RPS P99 CPU
+printf '%-17s %12s %10s %10s %8s\n' path req/s p50 p99 cpu_us
 for line in "${results[@]}"; do
-  read -r name rps p50 p99 <<<"$line"
-  RPS[$name]=$rps; P50[$name]=$(us "$p50"); P99[$name]=$(us "$p99")
-  printf '%-14s %12s %10s %10s\n' "$name" "$rps" "$p50" "$p99"
+  read -r name rps p50 p99 cpu <<<"$line"
+  RPS[$name]=$rps; P99[$name]=$(us "$p99"); CPU[$name]=$cpu
+  printf '%-17s %12s %10s %10s %8s\n' "$name" "$rps" "$(us "$p50")" "${P99[$name]}" "$cpu"
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 echo "cache hit : cardgate/nginx req/s $(ratio "${RPS[cardgate_hit]}" "${RPS[nginx_hit]}")," \
   "cardgate/ceiling $(ratio "${RPS[cardgate_hit]}" "${RPS[ceiling]}")," \
-  "p99 cardgate/nginx $(ratio "${P99[cardgate_hit]}" "${P99[nginx_hit]}")"
+  "p99 cardgate/nginx $(ratio "${P99[cardgate_hit]}" "${P99[nginx_hit]}")," \
+  "cpu cardgate/nginx $(ratio "${CPU[cardgate_hit]}" "${CPU[nginx_hit]}")"
 echo "miss path : cardgate/nginx req/s $(ratio "${RPS[cardgate_miss]}" "${RPS[nginx_miss]}")," \
   "p99 cardgate/nginx $(ratio "${P99[cardgate_miss]}" "${P99[nginx_miss]}")"
 echo "miss path, nginx proxy in its own process: cardgate/nginx req/s" \
-  "$(ratio "${RPS[cardgate_miss]}" "${RPS[nginx_miss_xproc]}"), p99 $(ratio "${P99[cardgate_miss]}" "${P99[nginx_miss_xproc]}")"
+  "$(ratio "${RPS[cardgate_miss]}" "${RPS[nginx_miss_xproc]}"), p99 $(ratio "${P99[cardgate_miss]}" "${P99[nginx_miss_xproc]}")," \
+  "cpu $(ratio "${CPU[cardgate_miss]}" "${CPU[nginx_miss_xproc]}")"

@@ -12,39 +12,16 @@ n=${1:-1000}
 command -v nginx >/dev/null || { echo "needs nginx (apt-get install -y nginx-light)" >&2; exit 2; }
 cargo build --release --quiet
 bin=target/release/cardgate
-work=$(mktemp -d /tmp/cardgate-sf.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
+. benches/common.sh
 crm=127.0.0.1:18281 gw=127.0.0.1:18290 ngx=127.0.0.1:18280
 "$bin" mock-crm --listen $crm >"$work/mock.log" 2>&1 &
 pids+=($!)
-cat >"$work/gw.toml" <<TOML
-[server]
-listen = "$gw"
-threads = 1
-upgrade_sock = "$work/gw.sock"
-[admin]
-listen = "127.0.0.1:18291"
-[upstream]
-url = "http://$crm"
-[log]
-access = false
-TOML
-"$bin" --config "$work/gw.toml" >"$work/gw.log" 2>&1 &
-pids+=($!)
+gateway gw $gw 127.0.0.1:18291 "http://$crm" 60s
 mkdir -p "$work/nginx"
 sed -e "s/CRM_PORT/${crm##*:}/" -e "s/PROXY_PORT/${ngx##*:}/" benches/nginx-proxy.conf >"$work/nginx/nginx.conf"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
-for hp in $crm $gw $ngx; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null && break; sleep 0.1; done
-done
+cleanup_hooks+=("kill \$(cat $work/nginx/nginx.pid)")
+wait_ports $crm $gw $ngx
 
 calls() { # token -> number of CRM calls that carried it
   curl -s "http://$crm/__mock/journal" | python3 -c \

@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigError};
 use crate::dialect::{self, Dialect};
 use crate::error::GatewayError;
 use crate::guard::SearchGuard;
-use crate::h1::server::Request;
+use crate::h1::server::RequestView;
 use crate::keys::TokenHasher;
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
@@ -152,7 +152,7 @@ impl Gateway {
     }
 
     /// Answer one complete request.
-    pub async fn answer(self: &Arc<Self>, req: &Request<'_>, ctx: &mut Ctx) -> Answer {
+    pub async fn answer<R: RequestView + Sync>(self: &Arc<Self>, req: &R, ctx: &mut Ctx) -> Answer {
         let (api, route) = parse::route(req, self.cfg.limits.max_token_bytes);
         ctx.api = api;
         let answer = match route {
@@ -167,7 +167,7 @@ impl Gateway {
 
     /// The answer to a request the listener refused (framing, limits, timeouts), in the
     /// error shape of its route when its head was read.
-    pub fn refuse(&self, head: Option<&Request<'_>>, e: &GatewayError, ctx: &mut Ctx) -> Answer {
+    pub fn refuse<R: RequestView>(&self, head: Option<&R>, e: &GatewayError, ctx: &mut Ctx) -> Answer {
         if let Some(req) = head {
             ctx.api = parse::route(req, self.cfg.limits.max_token_bytes).0;
         }
@@ -215,7 +215,7 @@ impl Gateway {
     }
 
     /// One step of the Search client API; errors carry `errorMessage` and `stepId` too.
-    async fn search(self: &Arc<Self>, req: &Request<'_>, ctx: &mut Ctx) -> Answer {
+    async fn search<R: RequestView + Sync>(self: &Arc<Self>, req: &R, ctx: &mut Ctx) -> Answer {
         let mut step_id = None;
         match self.search_step(req, ctx, &mut step_id).await {
             Ok(body) => Answer {
@@ -231,14 +231,14 @@ impl Gateway {
         }
     }
 
-    async fn search_step(
+    async fn search_step<R: RequestView + Sync>(
         self: &Arc<Self>,
-        http: &Request<'_>,
+        http: &R,
         ctx: &mut Ctx,
         step_id: &mut Option<String>,
     ) -> Result<Bytes, GatewayError> {
         let content_type = http.header_str("content-type");
-        let req = parse::search_params(content_type, http.body, self.cfg.limits.max_token_bytes)?;
+        let req = parse::search_params(content_type, http.body(), self.cfg.limits.max_token_bytes)?;
         step_id.clone_from(&req.step_id);
         let step = if req.step_id.is_some() { "next" } else { "first" };
         if let Err(refusal) = self.guard.admit(&self.hasher, &req).await {

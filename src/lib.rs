@@ -13,6 +13,8 @@
 
 pub(crate) mod accesslog;
 pub(crate) mod admin;
+#[cfg(feature = "alt-http")]
+pub(crate) mod alt;
 pub(crate) mod cache;
 pub mod cli;
 pub(crate) mod config;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use percent_encoding::percent_decode;
 
 use crate::error::GatewayError;
-use crate::h1::server::Request;
+use crate::h1::server::RequestView;
 
 const AUTH_PREFIX: &str = "/rest/chat/client/id";
 const SEARCH_PREFIX: &str = "/rest/chat/client/search";
@@ -59,7 +59,7 @@ pub enum Route {
 }
 
 /// Identify the route, the API and, for the Auth API, the token.
-pub fn route(req: &Request<'_>, max_token_bytes: usize) -> (Api, Result<Route, GatewayError>) {
+pub fn route<R: RequestView>(req: &R, max_token_bytes: usize) -> (Api, Result<Route, GatewayError>) {
     let path = req.path();
     let method = req.method();
     if let Some(rest) = path.strip_prefix(AUTH_PREFIX) {
@@ -79,7 +79,7 @@ pub fn route(req: &Request<'_>, max_token_bytes: usize) -> (Api, Result<Route, G
     (Api::Other, Err(GatewayError::NotFound))
 }
 
-fn auth_route(method: &str, rest: &str, req: &Request<'_>, max: usize) -> Result<Route, GatewayError> {
+fn auth_route<R: RequestView>(method: &str, rest: &str, req: &R, max: usize) -> Result<Route, GatewayError> {
     match rest {
         // `/rest/chat/client/id` and `/rest/chat/client/id/`: the POST form.
         "" | "/" => match method {
@@ -114,8 +114,8 @@ fn path_token(raw: &str, max: usize) -> Result<Token, GatewayError> {
     check_token(&decoded, max, false)
 }
 
-fn header_token(req: &Request<'_>, max: usize) -> Result<Token, GatewayError> {
-    let mut values = req.headers("token");
+fn header_token<R: RequestView>(req: &R, max: usize) -> Result<Token, GatewayError> {
+    let mut values = req.header_values("token");
     let Some(value) = values.next() else {
         return Err(GatewayError::BadRequest("token header is missing"));
     };
@@ -307,6 +307,7 @@ fn json_pairs(body: &[u8]) -> Result<Vec<(String, String)>, GatewayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::server::Request;
 
     fn raw(method: &str, path: &str, token: Option<&str>) -> Vec<u8> {
         let token = token.map(|t| format!("token: {t}\r\n")).unwrap_or_default();

@@ -139,6 +139,13 @@ impl Stored {
     }
 }
 
+/// The body, so that an answer can share it without a copy.
+impl AsRef<[u8]> for Stored {
+    fn as_ref(&self) -> &[u8] {
+        self.body()
+    }
+}
+
 impl std::fmt::Debug for Stored {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stored")

@@ -116,12 +116,34 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     Ok(true)
 }
 
-/// One complete request as the gateway sees it.
+/// What the gateway reads of a complete request, whoever framed it. [`Request`] is the
+/// one the listener hands over; the trait keeps the gateway free of the framing.
+pub trait RequestView {
+    fn method(&self) -> &str;
+    /// The path of the request target, without the query.
+    fn path(&self) -> &str;
+    /// Every value of the header `name` (case-insensitive), in order.
+    fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's;
+    fn body(&self) -> &[u8];
+    fn peer(&self) -> Option<IpAddr>;
+
+    /// The first value of the header `name`.
+    fn header<'s>(&'s self, name: &'s str) -> Option<&'s [u8]> {
+        self.header_values(name).next()
+    }
+
+    /// The first value of the header `name`, if it is text.
+    fn header_str<'s>(&'s self, name: &'s str) -> Option<&'s str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// One complete request in the connection's read buffer.
 pub struct Request<'a> {
     buf: &'a [u8],
     head: &'a Head,
-    pub body: &'a [u8],
-    pub peer: Option<IpAddr>,
+    body: &'a [u8],
+    peer: Option<IpAddr>,
 }
 
 impl<'a> Request<'a> {
@@ -139,14 +161,15 @@ impl<'a> Request<'a> {
         // The method is an ASCII token (httparse) and the target ASCII ([`parse_head`]).
         std::str::from_utf8(&self.buf[r.clone()]).unwrap_or("")
     }
+}
 
-    pub fn method(&self) -> &'a str {
+impl RequestView for Request<'_> {
+    fn method(&self) -> &str {
         self.text(&self.head.method)
     }
 
-    /// The path of the request target, without the query; an absolute-form target
-    /// (`http://host/path`) is reduced to its path.
-    pub fn path(&self) -> &'a str {
+    /// An absolute-form target (`http://host/path`) is reduced to its path.
+    fn path(&self) -> &str {
         let mut t = self.text(&self.head.target);
         for scheme in ["http://", "https://"] {
             if t.len() > scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme) {
@@ -159,8 +182,7 @@ impl<'a> Request<'a> {
         t.split(['?', '#']).next().unwrap_or("")
     }
 
-    /// Every value of the header `name` (case-insensitive), in order.
-    pub fn headers(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
         let buf = self.buf;
         self.head
             .headers
@@ -169,14 +191,12 @@ impl<'a> Request<'a> {
             .map(move |(_, v)| &buf[v.clone()])
     }
 
-    /// The first value of the header `name`.
-    pub fn header(&self, name: &'a str) -> Option<&'a [u8]> {
-        self.headers(name).next()
+    fn body(&self) -> &[u8] {
+        self.body
     }
 
-    /// The first value of the header `name`, if it is text.
-    pub fn header_str(&self, name: &'a str) -> Option<&'a str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    fn peer(&self) -> Option<IpAddr> {
+        self.peer
     }
 }
 

@@ -69,6 +69,17 @@ impl ServerApp for Listener {
         } else {
             None
         };
+        #[cfg(feature = "alt-http")]
+        if crate::alt::hyper_server() {
+            let settings = crate::alt::hyper_server::Settings {
+                keepalive: self.keepalive,
+                client_timeout: self.client_timeout,
+                max_head: self.max_head,
+                max_body: self.max_body,
+            };
+            crate::alt::hyper_server::serve(self.gateway.clone(), settings, io, peer, shutdown).await;
+            return None;
+        }
         self.serve(io, peer, shutdown.clone()).await;
         None
     }
@@ -352,7 +363,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
 }
 
 /// The request method as a log label (a fixed set: never arbitrary client text).
-fn method_label(method: &[u8]) -> &'static str {
+pub(crate) fn method_label(method: &[u8]) -> &'static str {
     const KNOWN: [&str; 8] = [
         "GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
     ];

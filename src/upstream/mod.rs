@@ -110,6 +110,9 @@ pub struct Upstream {
     /// `Host`, `User-Agent` and `Accept` lines, the same on every request.
     fixed_headers: Vec<u8>,
     base_path: String,
+    /// The `Host` value (also in `fixed_headers`).
+    #[cfg(feature = "alt-http")]
+    authority: String,
     timeout: Duration,
     max_body: usize,
     metrics: Arc<Metrics>,
@@ -144,6 +147,8 @@ impl Upstream {
             pool: pool::Pool::new(cfg.upstream.pool_size),
             fixed_headers,
             base_path: url.base_path,
+            #[cfg(feature = "alt-http")]
+            authority,
             timeout: cfg.upstream.timeout,
             max_body: usize::try_from(cfg.upstream.max_response_bytes).unwrap_or(usize::MAX),
             metrics,
@@ -175,6 +180,10 @@ impl Upstream {
     }
 
     async fn exchange(&self, req: &UpstreamRequest) -> Result<UpstreamAnswer, GatewayError> {
+        #[cfg(feature = "alt-http")]
+        if crate::alt::pingora_client() {
+            return self.exchange_with_pingora(req).await;
+        }
         let wire = self.wire(req);
         let mut retried = false;
         loop {
@@ -195,6 +204,39 @@ impl Upstream {
                     }
                     return Err(answer_error(&e));
                 }
+            }
+        }
+    }
+
+    /// [`Upstream::exchange`] through Pingora's client session (see [`crate::alt`]).
+    #[cfg(feature = "alt-http")]
+    async fn exchange_with_pingora(&self, req: &UpstreamRequest) -> Result<UpstreamAnswer, GatewayError> {
+        let mut retried = false;
+        loop {
+            let (io, reused) = self.checkout(retried).await?;
+            let sent = crate::alt::pingora_client::exchange(
+                io,
+                req,
+                &self.authority,
+                &self.base_path,
+                self.max_body,
+            );
+            match sent.await {
+                Ok((answer, back)) => {
+                    if let Some(io) = back {
+                        self.pool.put(io);
+                    }
+                    return Ok(answer);
+                }
+                Err(e)
+                    if reused
+                        && req.idempotent
+                        && !retried
+                        && matches!(e, ReadError::Io { answered: false, .. }) =>
+                {
+                    retried = true;
+                }
+                Err(e) => return Err(answer_error(&e)),
             }
         }
     }

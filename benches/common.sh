@@ -1,0 +1,84 @@
+# Shared by the benchmark scripts (sourced, not run): a work folder cleaned up on exit,
+# cardgate instances with one worker, waiting for ports, and wrk runs that also report
+# the CPU the serving process spent per request. Loopback only; every run is bounded.
+
+work=$(mktemp -d /tmp/cardgate-bench.XXXXXX)
+chmod 755 "$work"   # nginx workers (another user when run as root) write here
+pids=()
+cleanup_hooks=()
+cleanup() {
+  for hook in "${cleanup_hooks[@]}"; do eval "$hook" >/dev/null 2>&1 || true; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# gateway NAME LISTEN ADMIN CRM_URL TTL [ENV=VALUE...]: start cardgate ($bin), access log off.
+gateway() {
+  local name=$1 listen=$2 admin=$3 url=$4 ttl=$5
+  shift 5
+  cat >"$work/$name.toml" <<TOML
+[server]
+listen = "$listen"
+threads = 1
+grace_period = "1s"
+upgrade_sock = "$work/$name.sock"
+[admin]
+listen = "$admin"
+[upstream]
+url = "$url"
+[cache]
+ttl = "$ttl"
+[log]
+access = false
+TOML
+  env "$@" "$bin" --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  eval "pid_$name=$!"
+}
+
+# wait_ports HOST:PORT...: until each accepts a connection (10 s at most each).
+wait_ports() {
+  local hp
+  for hp in "$@"; do
+    for _ in $(seq 100); do
+      (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null && break
+      sleep 0.1
+    done
+  done
+}
+
+# cpu_ticks PID...: user+system clock ticks used so far by these processes.
+cpu_ticks() {
+  local total=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+# run NAME "PIDS" URL [wrk args...] -> "NAME req/s p50 p99 cpu-us-per-request"
+# PIDS: the serving process(es), whose CPU is charged to the run ("-": none).
+run() {
+  local name=$1 serving=$2 url=$3
+  shift 3
+  local before=0 after=0 out
+  [ "$serving" = - ] || before=$(cpu_ticks $serving)
+  out=$(wrk -t1 -c64 -d"${secs}s" --latency "$@" "$url")
+  [ "$serving" = - ] || after=$(cpu_ticks $serving)
+  local rps p50 p99 reqs non2xx
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  [ -z "$non2xx" ] || echo "warning: $name had $non2xx non-2xx answers" >&2
+  local cpu=n/a
+  [ "$serving" = - ] || cpu=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$reqs" \
+    'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')
+  echo "$name $rps $p50 $p99 $cpu"
+}
+
+# Latency to microseconds; a ratio of two numbers.
+us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
