@@ -107,7 +107,7 @@ pub fn search_answer(a: UpstreamAnswer) -> Result<SearchAnswer, GatewayError> {
         200 => {
             let probe: SearchProbe = serde_json::from_slice(&a.body)
                 .map_err(|_| GatewayError::CrmInvalidResponse("search answer is not a JSON object"))?;
-            let answer_type = match value_text(probe.answer_type.as_ref()).as_deref() {
+            let answer_type = match probe.answer_type.as_ref().and_then(scalar_text).as_deref() {
                 Some("1") => 1,
                 Some("2") => 2,
                 None if probe.error_code.is_some() => {
@@ -116,15 +116,27 @@ pub fn search_answer(a: UpstreamAnswer) -> Result<SearchAnswer, GatewayError> {
                 }
                 _ => return Err(GatewayError::CrmInvalidResponse("answerType is not 1 or 2")),
             };
-            let token = value_text(probe.token.as_ref()).filter(|t| !t.is_empty());
+            let token = probe
+                .token
+                .as_ref()
+                .and_then(scalar_text)
+                .filter(|t| !t.is_empty());
             if answer_type == 2 && token.is_none() {
                 return Err(GatewayError::CrmInvalidResponse("answerType 2 without a token"));
             }
             Ok(SearchAnswer {
                 body: a.body,
                 answer_type,
-                step_id: value_text(probe.step_id.as_ref()).filter(|s| !s.is_empty()),
-                validator: value_text(probe.validator.as_ref()).filter(|s| !s.is_empty()),
+                step_id: probe
+                    .step_id
+                    .as_ref()
+                    .and_then(scalar_text)
+                    .filter(|s| !s.is_empty()),
+                validator: probe
+                    .validator
+                    .as_ref()
+                    .and_then(scalar_text)
+                    .filter(|s| !s.is_empty()),
                 token,
                 session: None,
             })
@@ -133,10 +145,6 @@ pub fn search_answer(a: UpstreamAnswer) -> Result<SearchAnswer, GatewayError> {
         400..=499 => Err(rejection(a.status, &a.body)),
         _ => Err(GatewayError::CrmInvalidResponse("unexpected status")),
     }
-}
-
-fn value_text(v: Option<&Value>) -> Option<String> {
-    scalar_text(v?)
 }
 
 /// A dialect's answer body as JSON; `why` names the answer when it is not.
@@ -200,10 +208,15 @@ pub fn auth_answer(a: UpstreamAnswer) -> Result<Card, GatewayError> {
 /// The CRM's own error: its status, errorCode and errorText pass through.
 pub fn rejection(status: u16, body: &[u8]) -> GatewayError {
     let probe: Option<ErrorProbe> = serde_json::from_slice(body).ok();
-    let code = probe.as_ref().and_then(|p| value_text(p.error_code.as_ref()));
-    let text = probe
+    let code = probe
         .as_ref()
-        .and_then(|p| value_text(p.error_text.as_ref()).or_else(|| value_text(p.error_message.as_ref())));
+        .and_then(|p| p.error_code.as_ref().and_then(scalar_text));
+    let text = probe.as_ref().and_then(|p| {
+        p.error_text
+            .as_ref()
+            .and_then(scalar_text)
+            .or_else(|| p.error_message.as_ref().and_then(scalar_text))
+    });
     GatewayError::CrmRejected {
         status,
         code: code.unwrap_or_else(|| format!("CRM_{status}")),
