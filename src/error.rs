@@ -231,6 +231,8 @@ impl From<FramingError> for GatewayError {
             FramingError::BodyTooLarge => GatewayError::PayloadTooLarge,
             FramingError::Malformed(_) => GatewayError::BadRequest("malformed HTTP request"),
             FramingError::NonAsciiTarget
+            | FramingError::BadTarget(_)
+            | FramingError::BadHost(_)
             | FramingError::Unframeable(_)
             | FramingError::BadChunk(_)
             | FramingError::UnexpectedSwitch => GatewayError::BadRequest(e.reason()),

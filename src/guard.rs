@@ -9,7 +9,7 @@
 //! or calls. State lives in bounded, expiring moka caches and holds no identifier in clear.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -50,14 +50,24 @@ impl Refusal {
     }
 }
 
+/// What the guard keeps per step: the validator (shared with every step that got the
+/// same pattern) and the attempts counted against it, in-flight ones included.
 struct Step {
-    validator: Option<Regex>,
-    failures: AtomicU32,
+    validator: Mutex<Option<Arc<Regex>>>,
+    attempts: AtomicU32,
 }
+
+/// Bytes one tracked step costs (moka's entry, the key, the step), measured by
+/// `cargo bench --bench memory -- guard` and rounded up; validators are shared.
+pub const STEP_BYTES: u64 = 512;
+
+/// Distinct validator patterns kept compiled (internal systems send a handful).
+const MAX_PATTERNS: u64 = 64;
 
 pub struct SearchGuard {
     steps: Cache<CacheKey, Arc<Step>>,
     starts: Cache<CacheKey, Arc<AtomicU32>>,
+    patterns: Cache<String, Option<Arc<Regex>>>,
     max_attempts: u32,
     max_starts: u32,
 }
@@ -65,8 +75,10 @@ pub struct SearchGuard {
 impl SearchGuard {
     pub fn new(cfg: &SearchSection) -> Self {
         SearchGuard {
+            // Bounded in bytes: every step weighs the same, its validator being shared.
             steps: Cache::builder()
-                .max_capacity(cfg.max_tracked)
+                .max_capacity(cfg.max_tracked.saturating_mul(STEP_BYTES).min(cfg.max_memory))
+                .weigher(|_, _| STEP_BYTES as u32)
                 .time_to_idle(cfg.step_ttl)
                 .build(),
             // Created at the first start, never updated: a fixed one-hour window.
@@ -74,36 +86,39 @@ impl SearchGuard {
                 .max_capacity(cfg.max_tracked)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            patterns: Cache::builder().max_capacity(MAX_PATTERNS).build(),
             max_attempts: cfg.max_attempts,
             max_starts: cfg.max_starts_per_hour,
         }
     }
 
-    /// Decide before the internal system is asked. A refused step is counted as failed.
+    fn start_key(keys: &TokenHasher, req: &SearchRequest) -> CacheKey {
+        keys.id_key("search client", canonical_identifier(&req.client).as_bytes())
+    }
+
+    /// Decide before the internal system is asked. An admitted step holds one attempt
+    /// (or one start) from here on, so that concurrent guesses cannot all pass; only a
+    /// gateway-side failure gives it back ([`SearchGuard::record`]). A local refusal
+    /// counts as a failed attempt.
     pub async fn admit(&self, keys: &TokenHasher, req: &SearchRequest) -> Result<(), Refusal> {
         let Some(step_id) = &req.step_id else {
-            let key = keys.id_key("search client", canonical_identifier(&req.client).as_bytes());
             let count = self
                 .starts
-                .get_with(key, async { Arc::new(AtomicU32::new(0)) })
+                .get_with(Self::start_key(keys, req), async { Arc::new(AtomicU32::new(0)) })
                 .await;
-            let n = count.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-            return if n > self.max_starts {
-                Err(Refusal::Starts)
-            } else {
-                Ok(())
-            };
+            return reserve(&count, self.max_starts).ok_or(Refusal::Starts);
         };
         let key = keys.id_key("search step", step_id.as_bytes());
-        let Some(step) = self.steps.get(&key).await else {
-            return Ok(());
-        };
-        if step.failures.load(Ordering::Relaxed) >= self.max_attempts {
-            return Err(Refusal::Attempts);
-        }
-        if let (Some(v), Some(word)) = (&step.validator, &req.secret_word) {
+        // An unknown step is tracked from its first attempt on, so its guesses are counted
+        // before the internal system answers any of them.
+        let step = self
+            .steps
+            .get_with(key, async { Arc::new(Step::new(None)) })
+            .await;
+        reserve(&step.attempts, self.max_attempts).ok_or(Refusal::Attempts)?;
+        let validator = step.validator.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let (Some(v), Some(word)) = (validator, &req.secret_word) {
             if !v.is_match(word.expose()) {
-                step.failures.fetch_add(1, Ordering::Relaxed);
                 return Err(Refusal::SecretWord);
             }
         }
@@ -121,6 +136,7 @@ impl SearchGuard {
             .step_id
             .as_ref()
             .map(|id| keys.id_key("search step", id.as_bytes()));
+        let gateway_side = matches!(answer, Err(e) if !matches!(e, GatewayError::CrmRejected { .. }));
         let failed = match answer {
             // The system's own verdict on this step: a wrong code, an unknown step...
             Err(GatewayError::CrmRejected { .. }) => true,
@@ -129,16 +145,23 @@ impl SearchGuard {
             // Gateway-side failures say nothing about the code.
             Err(_) => false,
         };
-        let mut failures = 0;
-        if let Some(key) = asked {
-            if failed {
-                let step = self
-                    .steps
-                    .get_with(key, async { Arc::new(Step::new(None, 0)) })
-                    .await;
-                failures = step.failures.fetch_add(1, Ordering::Relaxed) + 1;
-            } else if matches!(answer, Ok(a) if a.answer_type == 2) {
-                self.steps.invalidate(&key).await;
+        match &asked {
+            None if gateway_side => {
+                // The start never reached the client: give it back.
+                if let Some(count) = self.starts.get(&Self::start_key(keys, req)).await {
+                    release(&count);
+                }
+            }
+            None => {}
+            Some(key) => {
+                if let Some(step) = self.steps.get(key).await {
+                    if !failed {
+                        release(&step.attempts);
+                    }
+                }
+                if matches!(answer, Ok(a) if a.answer_type == 2) {
+                    self.steps.invalidate(key).await;
+                }
             }
         }
         if let Ok(SearchAnswer {
@@ -149,21 +172,51 @@ impl SearchGuard {
         }) = answer
         {
             let key = keys.id_key("search step", next.as_bytes());
-            // The same step again keeps its failures; a new step starts from none.
-            let carried = if Some(key) == asked { failures } else { 0 };
-            let validator = validator.as_deref().and_then(compile);
-            self.steps
-                .insert(key, Arc::new(Step::new(validator, carried)))
+            let validator = match validator {
+                Some(pattern) => self.compiled(pattern).await,
+                None => None,
+            };
+            // The same step again keeps its attempts; a new step starts from none.
+            let step = self
+                .steps
+                .get_with(key, async { Arc::new(Step::new(None)) })
                 .await;
+            *step.validator.lock().unwrap_or_else(|e| e.into_inner()) = validator;
         }
+    }
+
+    /// The compiled form of a validator, shared by every step that carries the pattern.
+    async fn compiled(&self, pattern: &str) -> Option<Arc<Regex>> {
+        if pattern.len() > MAX_PATTERN_BYTES {
+            return None;
+        }
+        self.patterns
+            .get_with_by_ref(pattern, async { compile(pattern).map(Arc::new) })
+            .await
     }
 }
 
+/// Longest validator pattern considered (longer ones are not enforced).
+const MAX_PATTERN_BYTES: usize = 1024;
+
+/// Take one unit of `counter` if fewer than `max` are taken.
+fn reserve(counter: &AtomicU32, max: u32) -> Option<()> {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then(|| n + 1))
+        .ok()
+        .map(|_| ())
+}
+
+/// Give one unit of `counter` back.
+fn release(counter: &AtomicU32) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+}
+
 impl Step {
-    fn new(validator: Option<Regex>, failures: u32) -> Self {
+    fn new(validator: Option<Arc<Regex>>) -> Self {
         Step {
-            validator,
-            failures: AtomicU32::new(failures),
+            validator: Mutex::new(validator),
+            attempts: AtomicU32::new(0),
         }
     }
 }
@@ -228,8 +281,30 @@ mod tests {
         ] {
             assert_eq!(canonical_identifier(p), "79999999990", "{p}");
         }
+        assert_eq!(canonical_identifier("tel:+7 999 999 99 90"), "79999999990");
+        assert_eq!(canonical_identifier("007 999 999-99-90"), "79999999990");
         assert_eq!(canonical_identifier(" A@B.c "), "a@b.c");
         assert_eq!(canonical_identifier("12345"), "12345");
+    }
+
+    #[test]
+    fn look_alike_spellings_are_refused() {
+        let params = |client: &str| {
+            let body = format!(
+                "client={}",
+                form_urlencoded::byte_serialize(client.as_bytes()).collect::<String>()
+            );
+            search_params(Some("application/x-www-form-urlencoded"), body.as_bytes(), 256)
+        };
+        for spelling in [
+            "+7\u{a0}999 999 99 90",
+            "+7\u{2007}999 999 99 90",
+            "+7 \u{ff19}99 999 99 90",
+            "+7\u{200b}9999999990",
+        ] {
+            assert_eq!(params(spelling).unwrap_err().status(), 400, "{spelling:?}");
+        }
+        assert!(params("+7 999 999-99-90").is_ok());
     }
 
     #[tokio::test]
@@ -270,6 +345,74 @@ mod tests {
             g.record(&k, &unknown, &wrong()).await;
         }
         assert_eq!(g.admit(&k, &unknown).await, Err(Refusal::Attempts));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_guesses_get_exactly_the_allowed_attempts() {
+        let (g, k) = (
+            Arc::new(SearchGuard::new(&cfg())),
+            Arc::new(TokenHasher::random()),
+        );
+        g.record(&k, &req("client=x"), &step1("s1")).await;
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let (g, k) = (g.clone(), k.clone());
+                tokio::spawn(async move {
+                    let guess = req(&format!("client=x&stepId=s1&secretWord={:04}", i));
+                    g.admit(&k, &guess).await.is_ok()
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for t in tasks {
+            admitted += usize::from(t.await.unwrap());
+        }
+        assert_eq!(admitted, 3);
+        // Starts too: 50 concurrent first steps for one phone, 2 allowed.
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (g, k) = (g.clone(), k.clone());
+                tokio::spawn(async move { g.admit(&k, &req("client=89999999990")).await.is_ok() })
+            })
+            .collect();
+        let mut started = 0;
+        for t in tasks {
+            started += usize::from(t.await.unwrap());
+        }
+        assert_eq!(started, 2);
+    }
+
+    #[tokio::test]
+    async fn gateway_side_failures_give_the_attempt_back() {
+        let (g, k) = (SearchGuard::new(&cfg()), TokenHasher::random());
+        g.record(&k, &req("client=x"), &step1("s1")).await;
+        let guess = req("client=x&stepId=s1&secretWord=1234");
+        for _ in 0..10 {
+            assert_eq!(g.admit(&k, &guess).await, Ok(()));
+            g.record(&k, &guess, &Err(GatewayError::CrmTimeout)).await;
+        }
+        let first = req("client=89999999990");
+        for _ in 0..10 {
+            assert_eq!(g.admit(&k, &first).await, Ok(()));
+            g.record(&k, &first, &Err(GatewayError::CrmTimeout)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn steps_share_one_compiled_validator() {
+        let (g, k) = (SearchGuard::new(&cfg()), TokenHasher::random());
+        for i in 0..10 {
+            g.record(&k, &req("client=x"), &step1(&format!("s{i}"))).await;
+        }
+        g.patterns.run_pending_tasks().await;
+        assert_eq!(g.patterns.entry_count(), 1);
+        let a = g.steps.get(&k.id_key("search step", b"s1")).await.unwrap();
+        let b = g.steps.get(&k.id_key("search step", b"s2")).await.unwrap();
+        let (a, b) = (
+            a.validator.lock().unwrap().clone(),
+            b.validator.lock().unwrap().clone(),
+        );
+        assert!(Arc::ptr_eq(&a.unwrap(), &b.unwrap()));
     }
 
     #[tokio::test]

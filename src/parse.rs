@@ -7,7 +7,6 @@
 //! lookup, so that nothing downstream ever sees an oversized or malformed token.
 
 use bytes::Bytes;
-use percent_encoding::percent_decode;
 
 use crate::error::GatewayError;
 use crate::h1::server::RequestView;
@@ -110,8 +109,26 @@ fn path_token(raw: &str, max: usize) -> Result<Token, GatewayError> {
     if !raw.contains('%') {
         return check_token(raw.as_bytes(), max, false);
     }
-    let decoded: Vec<u8> = percent_decode(raw.as_bytes()).collect();
-    check_token(&decoded, max, false)
+    check_token(&percent_decode_strict(raw.as_bytes())?, max, false)
+}
+
+/// Decode `%XX` escapes; a `%` not followed by two hex digits is refused, never kept.
+fn percent_decode_strict(raw: &[u8]) -> Result<Vec<u8>, GatewayError> {
+    let malformed = GatewayError::BadRequest("malformed percent-encoding in token");
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'%' {
+            out.push(b);
+            continue;
+        }
+        let hex = |d: Option<&u8>| d.and_then(|d| char::from(*d).to_digit(16));
+        match (hex(bytes.next()), hex(bytes.next())) {
+            (Some(hi), Some(lo)) => out.push(u8::try_from(hi * 16 + lo).map_err(|_| malformed.clone())?),
+            _ => return Err(malformed),
+        }
+    }
+    Ok(out)
 }
 
 fn header_token<R: RequestView>(req: &R, max: usize) -> Result<Token, GatewayError> {
@@ -132,8 +149,12 @@ fn check_token(bytes: &[u8], max: usize, in_header: bool) -> Result<Token, Gatew
     if bytes.len() > max {
         return Err(GatewayError::TokenTooLong { in_header });
     }
-    if bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
-        return Err(GatewayError::BadRequest("token contains control characters"));
+    // Visible ASCII only, trimmed of nothing: one token has one spelling, in the cache
+    // key and at the CRM alike.
+    if !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(GatewayError::BadRequest(
+            "token must be visible ASCII (no spaces, control characters or other bytes)",
+        ));
     }
     // One exact-size allocation.
     Ok(Token(Bytes::copy_from_slice(bytes)))
@@ -237,6 +258,14 @@ pub fn search_params(
         }
         let slot = match k.as_str() {
             "client" => {
+                // One client, one spelling: printable ASCII only, so that no invisible
+                // space, look-alike digit or zero-width character makes a new identifier
+                // with a fresh budget of first steps.
+                if !v.chars().all(|c| (' '..='~').contains(&c)) {
+                    return Err(GatewayError::BadRequest(
+                        "client must be printable ASCII (write phones with ASCII digits)",
+                    ));
+                }
                 req.client = v;
                 continue;
             }
@@ -269,11 +298,18 @@ pub fn search_params(
 /// `79999999990`, `9999999990`) as 11 digits starting with the country code 7; None when
 /// the text is not such a phone.
 pub fn phone_digits(text: &str) -> Option<String> {
-    let t = text.trim();
+    let mut t = text.trim();
+    if t.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("tel:")) {
+        t = &t[4..];
+    }
     if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)) {
         return None;
     }
     let mut digits: String = t.chars().filter(char::is_ascii_digit).collect();
+    // `00` is the international prefix, as `+` is.
+    if digits.starts_with("00") {
+        digits.replace_range(..2, "");
+    }
     match digits.len() {
         10 => digits.insert(0, '7'),
         11 if digits.starts_with('8') => digits.replace_range(..1, "7"),
@@ -293,11 +329,8 @@ fn json_pairs(body: &[u8]) -> Result<Vec<(String, String)>, GatewayError> {
     let mut pairs = Vec::with_capacity(map.len());
     for (k, v) in map {
         let v = match v {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Bool(b) => b.to_string(),
             serde_json::Value::Null => continue,
-            _ => return Err(bad),
+            v => crate::normalise::scalar_text(&v).ok_or_else(|| bad.clone())?,
         };
         pairs.push((k, v));
     }
@@ -331,8 +364,8 @@ mod tests {
     fn both_auth_forms_give_the_token() {
         assert_eq!(card("GET", "/rest/chat/client/id/abc", None).unwrap(), b"abc");
         assert_eq!(
-            card("GET", "/rest/chat/client/id/a%20b%2Fc?x=1", None).unwrap(),
-            b"a b/c"
+            card("GET", "/rest/chat/client/id/a%2Bb%2Fc?x=1", None).unwrap(),
+            b"a+b/c"
         );
         assert_eq!(
             card("POST", "/rest/chat/client/id/", Some("xyz")).unwrap(),
@@ -359,6 +392,30 @@ mod tests {
             431
         );
         assert_eq!(status("POST", "/rest/chat/client/id/", Some("a\tb")), 400);
+    }
+
+    #[test]
+    fn tokens_have_one_spelling() {
+        let refused = |m: &str, p: &str, t: Option<&str>| card(m, p, t).unwrap_err().code().to_string();
+        for path in [
+            "/rest/chat/client/id/%FF%FE",
+            "/rest/chat/client/id/T%zz",
+            "/rest/chat/client/id/T%",
+            "/rest/chat/client/id/T%2",
+            "/rest/chat/client/id/%20T%20",
+            "/rest/chat/client/id/a%20b",
+            "/rest/chat/client/id/%C3%BC",
+        ] {
+            assert_eq!(refused("GET", path, None), "BAD_REQUEST", "{path}");
+        }
+        for value in ["a b", "\u{fc}"] {
+            assert_eq!(
+                refused("POST", "/rest/chat/client/id/", Some(value)),
+                "BAD_REQUEST",
+                "{value:?}"
+            );
+        }
+        assert_eq!(card("GET", "/rest/chat/client/id/%41%7e", None).unwrap(), b"A~");
     }
 
     #[test]

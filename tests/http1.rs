@@ -94,7 +94,7 @@ fn connection_header_version_and_head_are_honoured() {
 
     let mut c = Raw::connect(&gw.addr);
     let r = c
-        .roundtrip(format!("GET {card} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())
+        .roundtrip(format!("GET {card} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").as_bytes())
         .unwrap();
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
     assert!(c.is_closed());
@@ -124,7 +124,7 @@ fn connection_header_version_and_head_are_honoured() {
 
     // A refused HEAD: headers only too, then the connection closes.
     let mut h = Raw::connect(&gw.addr);
-    h.send(format!("HEAD {card} HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n").as_bytes());
+    h.send(format!("HEAD {card} HTTP/1.1\r\nHost: gw\r\nContent-Length: 1e3\r\n\r\n").as_bytes());
     let r = h.read_head().unwrap();
     assert_eq!((r.status, r.header("connection")), (400, Some("close")));
     assert!(h.is_closed(), "no body follows the refusal of a HEAD");
@@ -252,7 +252,7 @@ fn slow_requests_get_408_and_idle_connections_are_closed() {
 
     // A body that never completes.
     let mut c = Raw::connect(&gw.addr);
-    c.send(b"POST /rest/chat/client/search/ HTTP/1.1\r\nContent-Length: 10\r\n\r\nclient");
+    c.send(b"POST /rest/chat/client/search/ HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\nclient");
     let r = c.read().expect("an answer before the connection closes");
     assert_eq!((r.status, r.error_code().as_str()), (408, "REQUEST_TIMEOUT"));
 

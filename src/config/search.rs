@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::de_duration;
+use super::units::{de_duration, de_size};
 use super::{err, ConfigError};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -17,8 +17,11 @@ pub struct SearchSection {
     /// How long the guard remembers a step (its validator and failed attempts).
     #[serde(deserialize_with = "de_duration")]
     pub step_ttl: Duration,
-    /// Steps and identifiers tracked at most (each a few hundred bytes).
+    /// Steps and identifiers tracked at most.
     pub max_tracked: u64,
+    /// Memory the tracked steps may take at most (each weighs `guard::STEP_BYTES`).
+    #[serde(deserialize_with = "de_size")]
+    pub max_memory: u64,
     /// Fetch the card of a token a search ends with, so the next Auth API call is a hit.
     pub prewarm: bool,
 }
@@ -30,6 +33,7 @@ impl Default for SearchSection {
             max_starts_per_hour: 10,
             step_ttl: Duration::from_secs(600),
             max_tracked: 100_000,
+            max_memory: 64 * 1024 * 1024,
             prewarm: true,
         }
     }
@@ -45,6 +49,9 @@ impl SearchSection {
         }
         if self.step_ttl.is_zero() {
             return Err(err("search.step_ttl", "must be greater than 0"));
+        }
+        if self.max_memory < 64 * 1024 {
+            return Err(err("search.max_memory", "must be at least 64KiB"));
         }
         if self.max_tracked == 0 {
             return Err(err("search.max_tracked", "must be at least 1"));

@@ -21,11 +21,10 @@ use crate::parse::{Encoding, SearchRequest, Token};
 use crate::upstream::{CallRecord, Upstream, UpstreamRequest};
 
 /// Characters left as they are in a path segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+/// What a token may keep unescaped in a URL segment. `.` is escaped too, so that the
+/// tokens `.` and `..` never become dot-segments that a normaliser in front of the CRM
+/// would resolve to another path.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
 pub struct Iq {
     token_header: HeaderName,
@@ -123,5 +122,26 @@ impl Dialect for Iq {
         let req = self.card_request(token)?;
         let answer = up.send(&req, record).await?;
         normalise::auth_answer(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn legacy_get_never_sends_dot_segments() {
+        let cfg =
+            Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:1\"\nauth_method = \"get\"\n").unwrap();
+        let iq = Iq::new(&cfg.upstream);
+        let path = |t: &str| {
+            let token = crate::parse::token(t.as_bytes(), 64).unwrap();
+            iq.card_request(&token).unwrap().path
+        };
+        assert_eq!(path("."), "/rest/chat/client/id/%2E");
+        assert_eq!(path(".."), "/rest/chat/client/id/%2E%2E");
+        assert_eq!(path("a/b?c"), "/rest/chat/client/id/a%2Fb%3Fc");
+        assert_eq!(path("A-z_9~"), "/rest/chat/client/id/A-z_9~");
     }
 }

@@ -169,9 +169,6 @@ async fn read_body<S: AsyncRead + Unpin>(
             loop {
                 match chunked.decode(buf, max_body).map_err(ReadError::Framing)? {
                     Some(used) => return Ok((Bytes::from(chunked.body), used == buf.len())),
-                    None if buf.len() > max_body.saturating_mul(2).saturating_add(4096) => {
-                        return Err(too_large())
-                    }
                     None => read_more(io, buf, true).await?,
                 }
             }

@@ -31,6 +31,11 @@ pub enum FramingError {
     HeadTooLarge,
     /// A request target with bytes outside ASCII.
     NonAsciiTarget,
+    /// A request target this server does not take (why): CONNECT, authority-form.
+    BadTarget(&'static str),
+    /// No `Host` field in an HTTP/1.1 request, several, or one that the target's
+    /// authority contradicts (RFC 9112 §3.2).
+    BadHost(&'static str),
     /// The body's length cannot be trusted (why): conflicting or invalid `Content-Length`,
     /// both `Transfer-Encoding` and `Content-Length`, an unsupported transfer coding.
     Unframeable(&'static str),
@@ -51,7 +56,10 @@ impl FramingError {
             FramingError::LineTooLong => "first line longer than the head limit",
             FramingError::HeadTooLarge => "head larger than the limit",
             FramingError::NonAsciiTarget => "request target is not ASCII",
-            FramingError::Unframeable(why) | FramingError::BadChunk(why) => why,
+            FramingError::Unframeable(why)
+            | FramingError::BadChunk(why)
+            | FramingError::BadTarget(why)
+            | FramingError::BadHost(why) => why,
             FramingError::BodyTooLarge => "body larger than the limit",
             FramingError::UnexpectedSwitch => "unexpected protocol switch",
         }
@@ -152,10 +160,14 @@ pub fn trim(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
-/// Longest chunk-size line (size and extensions) accepted.
+/// Longest chunk-size line (size and extensions, without its CRLF) accepted.
 pub const MAX_CHUNK_LINE: usize = 1024;
 /// Longest trailer section accepted.
 const MAX_TRAILERS: usize = 8 * 1024;
+/// Framing bytes (size lines, extensions, CRLFs, trailers) a chunked body may carry
+/// beyond this share of its data limit, plus [`OVERHEAD_SLACK`]: a body of many tiny
+/// chunks is refused by what it is, whatever the packets it arrived in.
+const OVERHEAD_SLACK: usize = 4 * 1024;
 
 /// A chunked body decoder that resumes where it stopped: feed it the bytes after the head
 /// (a buffer that only grows between calls) until it reports the body complete, so a body
@@ -163,11 +175,15 @@ const MAX_TRAILERS: usize = 8 * 1024;
 ///
 /// Strict on purpose: a size line is hex digits, optionally followed by `;` extensions of
 /// visible characters, then CRLF; chunk data is followed by CRLF; trailer fields must be
-/// well-formed header fields (they are read and ignored).
+/// well-formed header fields (they are read and ignored). Every decision depends on the
+/// bytes alone, never on how they were split into reads: data beyond `max` and framing
+/// bytes beyond `max + 4 KiB` are [`FramingError::BodyTooLarge`] at the same byte.
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {
     /// Bytes of the input consumed so far.
     pos: usize,
+    /// Of those, bytes that were framing rather than data.
+    overhead: usize,
     state: ChunkState,
     /// The decoded body.
     pub body: Vec<u8>,
@@ -187,6 +203,7 @@ impl ChunkedDecoder {
     /// Start over for a new body (keeps the buffer's allocation).
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.overhead = 0;
         self.state = ChunkState::Size;
         self.body.clear();
     }
@@ -195,17 +212,21 @@ impl ChunkedDecoder {
     /// body took `n` bytes of `input`; `Ok(None)`: incomplete, call again with more.
     pub fn decode(&mut self, input: &[u8], max: usize) -> Result<Option<usize>, FramingError> {
         let bad = |why| Err(FramingError::BadChunk(why));
+        let max_overhead = max.saturating_add(OVERHEAD_SLACK);
         loop {
             let rest = &input[self.pos..];
             match self.state {
                 ChunkState::Size => {
                     let Some(eol) = find_crlf(rest, MAX_CHUNK_LINE) else {
-                        return if rest.len() > MAX_CHUNK_LINE {
+                        // Decided on the line's length alone: a line of MAX_CHUNK_LINE
+                        // bytes whose CR has come but not its LF is still incomplete.
+                        return if rest.len() >= MAX_CHUNK_LINE + 2 {
                             bad("malformed chunked body: chunk line too long")
                         } else {
                             Ok(None)
                         };
                     };
+                    self.framing(eol + 2, max_overhead)?;
                     let size = chunk_size(&rest[..eol])
                         .ok_or(FramingError::BadChunk("malformed chunked body: bad chunk size"))?;
                     if size > max.saturating_sub(self.body.len()) as u64 {
@@ -236,6 +257,7 @@ impl ChunkedDecoder {
                     if &rest[..2] != b"\r\n" {
                         return bad("malformed chunked body: no CRLF after chunk data");
                     }
+                    self.framing(2, max_overhead)?;
                     self.pos += 2;
                     self.state = ChunkState::Size;
                 }
@@ -244,6 +266,7 @@ impl ChunkedDecoder {
                     match httparse::parse_headers(rest, &mut fields) {
                         // httparse takes a bare LF as a line end; here only CRLF is.
                         Ok(httparse::Status::Complete((n, _))) if crlf_only(&rest[..n]) => {
+                            self.framing(n, max_overhead)?;
                             self.pos += n;
                             self.state = ChunkState::Done;
                         }
@@ -254,6 +277,15 @@ impl ChunkedDecoder {
                 ChunkState::Done => return Ok(Some(self.pos)),
             }
         }
+    }
+
+    /// Count `n` framing bytes against `max`.
+    fn framing(&mut self, n: usize, max: usize) -> Result<(), FramingError> {
+        self.overhead = self.overhead.saturating_add(n);
+        if self.overhead > max {
+            return Err(FramingError::BodyTooLarge);
+        }
+        Ok(())
     }
 }
 
@@ -359,6 +391,50 @@ mod tests {
         }
         let long_line = [b"3;".as_slice(), &[b'x'; MAX_CHUNK_LINE + 8]].concat();
         assert!(matches!(chunked(&long_line, 100), Err(FramingError::BadChunk(_))));
+    }
+
+    /// Feed `raw` to a fresh decoder in pieces of `piece` bytes, as reads would bring it.
+    fn in_pieces(raw: &[u8], piece: usize, max: usize) -> Result<Option<usize>, FramingError> {
+        let mut d = ChunkedDecoder::default();
+        let mut end = 0;
+        loop {
+            end = (end + piece).min(raw.len());
+            match d.decode(&raw[..end], max)? {
+                Some(n) => return Ok(Some(n)),
+                None if end == raw.len() => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    #[test]
+    fn verdicts_do_not_depend_on_read_boundaries() {
+        // 8014 bytes of data in one-byte chunks: 40 KB of framing for a 16 KiB limit.
+        let tiny: Vec<u8> = [b"1\r\nx\r\n".repeat(8014), b"0\r\n\r\n".to_vec()].concat();
+        // The largest chunk line accepted, then one byte too long.
+        let line = |len: usize| [b"3;".as_slice(), &vec![b'x'; len - 2], b"\r\nabc\r\n0\r\n\r\n"].concat();
+        let cases = [
+            (tiny, 16 * 1024),
+            (line(MAX_CHUNK_LINE), 100),
+            (line(MAX_CHUNK_LINE + 1), 100),
+            (b"5\r\nhello\r\n0\r\n\r\n".to_vec(), 100),
+        ];
+        for (raw, max) in cases {
+            let whole = in_pieces(&raw, raw.len(), max);
+            for piece in [1, 2, 3, 7, 1024, 2048] {
+                assert_eq!(in_pieces(&raw, piece, max), whole, "piece {piece}");
+            }
+        }
+        assert_eq!(
+            in_pieces(&line(MAX_CHUNK_LINE), 1, 100).map(|r| r.is_some()),
+            Ok(true)
+        );
+        assert!(matches!(
+            in_pieces(&line(MAX_CHUNK_LINE + 1), 1, 100),
+            Err(FramingError::BadChunk(_))
+        ));
+        let tiny: Vec<u8> = [b"1\r\nx\r\n".repeat(8014), b"0\r\n\r\n".to_vec()].concat();
+        assert_eq!(in_pieces(&tiny, 1, 16 * 1024), Err(FramingError::BodyTooLarge));
     }
 
     #[test]

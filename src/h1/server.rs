@@ -86,9 +86,26 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     };
     // Tokens and routes are ASCII (anything else is percent-encoded): refuse the rest here,
     // so that nothing downstream meets a multi-byte character where it slices.
-    if !req.path.unwrap_or_default().is_ascii() {
+    let target = req.path.unwrap_or_default();
+    if !target.is_ascii() {
         return Err(FramingError::NonAsciiTarget);
     }
+    let method = req.method.unwrap_or_default();
+    // A tunnel's bytes must never be read as requests: refuse CONNECT and its target form.
+    if method == "CONNECT" {
+        return Err(FramingError::BadTarget("CONNECT is not served"));
+    }
+    let origin_form = target.starts_with('/') || target == "*";
+    let authority = match absolute_authority(target) {
+        Some(a) => Some(a),
+        None if origin_form => None,
+        None => {
+            return Err(FramingError::BadTarget(
+                "request target is not in origin or absolute form",
+            ))
+        }
+    };
+    check_host(req.headers, req.version.unwrap_or(1), authority)?;
     let h = head.get_or_insert_with(Head::empty);
     h.len = len;
     h.method = span(req.method.unwrap_or_default().as_bytes());
@@ -114,6 +131,37 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     };
     h.keep_alive = fields.persistent(h.minor);
     Ok(true)
+}
+
+/// The authority of an absolute-form target (`http://host:port/path`), lowercased.
+fn absolute_authority(target: &str) -> Option<&str> {
+    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme).then(|| &target[scheme.len()..])
+    })?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// RFC 9112 §3.2: one `Host` field in HTTP/1.1 (at most one in 1.0), and an absolute-form
+/// target's authority must be the same host.
+fn check_host(
+    fields: &[httparse::Header<'_>],
+    minor: u8,
+    authority: Option<&str>,
+) -> Result<(), FramingError> {
+    let mut hosts = fields.iter().filter(|f| f.name.eq_ignore_ascii_case("host"));
+    let host = hosts.next().map(|f| trim(f.value));
+    if hosts.next().is_some() {
+        return Err(FramingError::BadHost("more than one Host header"));
+    }
+    match (host, authority) {
+        (None, _) if minor >= 1 => Err(FramingError::BadHost("Host header is missing")),
+        (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a.as_bytes()) => Err(FramingError::BadHost(
+            "Host header differs from the request target's authority",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// What the gateway reads of a complete request, whoever framed it. [`Request`] is the
@@ -233,13 +281,13 @@ pub(crate) mod tests {
         assert_eq!(parse_head(b"", 64, &mut h), Ok(false));
         let long_line = [b"GET /".as_slice(), &[b'a'; 100]].concat();
         assert_eq!(parse_head(&long_line, 64, &mut h), Err(FramingError::LineTooLong));
-        let long_headers = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 100]].concat();
+        let long_headers = [b"GET / HTTP/1.1\r\nHost: a\r\nX: ".as_slice(), &[b'a'; 100]].concat();
         assert_eq!(
             parse_head(&long_headers, 64, &mut h),
             Err(FramingError::HeadTooLarge)
         );
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X{i}: v\r\n")).collect();
-        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
         assert_eq!(
             parse_head(raw.as_bytes(), 16 * 1024, &mut h),
             Err(FramingError::TooManyFields)
@@ -250,38 +298,38 @@ pub(crate) mod tests {
     fn body_framing() {
         let f = |raw: &str| head(raw.as_bytes()).map(|h| h.framing);
         assert_eq!(
-            f("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+            f("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n"),
             Ok(Ok(BodyFraming::Length(12)))
         );
         assert_eq!(
-            f("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"),
+            f("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n"),
             Ok(Ok(BodyFraming::Length(5)))
         );
         assert_eq!(
-            f("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            f("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
             Ok(Ok(BodyFraming::Length(0)))
         );
         assert_eq!(
-            f("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            f("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n"),
             Ok(Ok(BodyFraming::Chunked))
         );
         for bad in [
-            "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
-            "GET /\x01 HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert!(matches!(f(bad), Err(FramingError::Malformed(_))), "{bad:?}");
         }
         for bad in [
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1e3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(matches!(f(bad), Ok(Err(FramingError::Unframeable(_)))), "{bad:?}");
         }
@@ -290,12 +338,12 @@ pub(crate) mod tests {
     #[test]
     fn keep_alive_by_version_and_connection_header() {
         let k = |raw: &str| head(raw.as_bytes()).unwrap().keep_alive;
-        assert!(k("GET / HTTP/1.1\r\n\r\n"));
-        assert!(!k("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(k("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!k("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
         assert!(!k("GET / HTTP/1.0\r\n\r\n"));
         assert!(k("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
         assert!(
-            head(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+            head(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n")
                 .unwrap()
                 .expect_continue
         );
@@ -304,7 +352,8 @@ pub(crate) mod tests {
     #[test]
     fn targets() {
         let p = |t: &str| {
-            let raw = format!("GET {t} HTTP/1.1\r\n\r\n");
+            let host = absolute_authority(t).unwrap_or("a");
+            let raw = format!("GET {t} HTTP/1.1\r\nHost: {host}\r\n\r\n");
             let h = head(raw.as_bytes()).unwrap();
             Request::new(raw.as_bytes(), &h, b"", None).path().to_string()
         };
@@ -315,11 +364,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn host_is_required_once_and_must_match_the_target() {
+        let f = |raw: &str| head(raw.as_bytes()).map(|_| ());
+        assert_eq!(f("GET / HTTP/1.0\r\n\r\n"), Ok(()));
+        assert_eq!(f("GET http://gw:80/x HTTP/1.1\r\nHost: GW:80\r\n\r\n"), Ok(()));
+        for bad in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n",
+            "GET http://evil/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+            "GET http://evil/x HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(f(bad), Err(FramingError::BadHost(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tunnels_and_authority_form_are_refused() {
+        for bad in [
+            "CONNECT gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\n",
+            "CONNECT /x HTTP/1.1\r\nHost: gw\r\n\r\n",
+            "GET gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\n",
+            "GET ftp://gw/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(bad.as_bytes()), Err(FramingError::BadTarget(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn non_ascii_targets_are_refused() {
         let mut h = None;
         for raw in [
-            "GET /abcde\u{e9} HTTP/1.1\r\n\r\n",
-            "GET /rest/chat/client/search\u{e9} HTTP/1.1\r\n\r\n",
+            "GET /abcde\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /rest/chat/client/search\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert_eq!(
                 parse_head(raw.as_bytes(), 1024, &mut h),

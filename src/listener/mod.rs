@@ -244,13 +244,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 loop {
                     match self.chunked.decode(&self.buf[start..], self.app.max_body) {
                         Ok(Some(n)) => return Ok((BodyPlace::Chunked, start + n)),
-                        // Chunk framing may double a tiny-chunked body, not more.
-                        Ok(None)
-                            if self.buf.len() - start
-                                > self.app.max_body.saturating_mul(2).saturating_add(READ_CHUNK) =>
-                        {
-                            return Err(Some(GatewayError::PayloadTooLarge))
-                        }
                         Ok(None) => self.wait_for_body(head, &mut continued, deadline).await?,
                         Err(e) => return Err(Some(e.into())),
                     }

@@ -71,7 +71,7 @@ async fn a_head_that_arrives_byte_by_byte() {
 async fn pipelined_requests_are_answered_in_order() {
     let two = [
         GET,
-        b"POST /rest/chat/client/id/ HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        b"POST /rest/chat/client/id/ HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     ]
     .concat();
     let (out, _) = serve(Builder::new().read(&two).build(), 64 * 1024, running()).await;
@@ -116,7 +116,7 @@ async fn a_request_that_stalls_gets_408_after_the_client_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_body_in_pieces_after_100_continue() {
     let script = Builder::new()
-        .read(b"POST /no/such/route HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .read(b"POST /no/such/route HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
         .wait(Duration::from_millis(300))
         .read(b"5\r\nhel")
         .wait(Duration::from_millis(300))
@@ -160,7 +160,7 @@ async fn shutdown_closes_idle_connections_and_busy_ones_after_their_answer() {
 
     let (tx, rx) = watch::channel(false);
     let script = Builder::new()
-        .read(b"POST /no/such/route HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+        .read(b"POST /no/such/route HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nab")
         .wait(Duration::from_secs(1))
         .read(b"cde")
         .build();
