@@ -80,7 +80,7 @@ fn hit_path(c: &mut Criterion) {
                 status: 200,
                 body: Body::Stored(stored.clone()),
                 x_cache: Some("HIT"),
-                allow: None,
+                header: None,
             };
             out.clear();
             write(&mut out, black_box(&answer), Delivery::default());
@@ -100,7 +100,7 @@ fn hit_path(c: &mut Criterion) {
                 status: stored.status(),
                 body: Body::Stored(stored.clone()),
                 x_cache: Some("HIT"),
-                allow: None,
+                header: None,
             };
             out.clear();
             write(&mut out, &answer, Delivery::default());

@@ -1,13 +1,22 @@
-//! One structured JSON line per request on stdout.
+//! Structured JSON lines on stdout: one per request, and warnings with their cause.
 //!
-//! A line names the API, method, status, errorCode, cache result, upstream status and time,
-//! and an 8-hex keyed fingerprint of the token. It never carries a token, a secretWord, a
-//! path or a body.
+//! A request line names the API, method, status, errorCode, cache result, upstream status
+//! and time, and an 8-hex keyed fingerprint of the token. It never carries a token, a
+//! secretWord, a path or a body. Lines never block a worker: they go through a bounded
+//! queue to a writer thread, which flushes whenever the queue runs empty and at least
+//! once a second; when the queue is full a line is dropped and counted
+//! (`cardgate_log_lines_dropped_total`), never waited for.
 
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
+use prometheus::IntCounter;
 use serde::Serialize;
+
+/// Lines waiting for the writer at most.
+const QUEUE: usize = 16 * 1024;
 
 #[derive(Serialize)]
 pub struct Line<'a> {
@@ -42,11 +51,120 @@ pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+enum Msg {
+    Line(Vec<u8>),
+    /// Write out everything queued before this, then answer.
+    Flush(SyncSender<()>),
+}
+
+struct Sink {
+    tx: SyncSender<Msg>,
+    dropped: IntCounter,
+}
+
+fn sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        // The writer runs for the life of the process; if it cannot start, lines are
+        // dropped and counted like any line that finds the queue full.
+        let _ = std::thread::Builder::new()
+            .name("cardgate-log".into())
+            .spawn(move || write_lines(&rx));
+        Sink {
+            tx,
+            dropped: IntCounter::new(
+                "cardgate_log_lines_dropped_total",
+                "Log lines dropped because the writer fell behind",
+            )
+            .expect("a constant, valid metric name"),
+        }
+    })
+}
+
+/// The counter of dropped lines, for the metrics registry.
+pub fn dropped_counter() -> IntCounter {
+    sink().dropped.clone()
+}
+
+/// Write lines as they come, in batches: flush when the queue runs empty, and once a
+/// second while it does not.
+fn write_lines(rx: &Receiver<Msg>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+    let mut last_flush = Instant::now();
+    // A closed stdout must not take the gateway down: write errors are ignored.
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Line(line) => {
+                    let _ = out.write_all(&line);
+                }
+                Msg::Flush(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                }
+            }
+            if last_flush.elapsed() >= Duration::from_secs(1) {
+                let _ = out.flush();
+                last_flush = Instant::now();
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+        last_flush = Instant::now();
+    }
+}
+
+fn send(line: Vec<u8>) {
+    let s = sink();
+    match s.tx.try_send(Msg::Line(line)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => s.dropped.inc(),
+    }
+}
+
 pub fn emit(line: &Line<'_>) {
     let Ok(mut buf) = serde_json::to_vec(line) else {
         return;
     };
     buf.push(b'\n');
-    // A closed stdout must not take the gateway down.
-    let _ = std::io::stdout().lock().write_all(&buf);
+    send(buf);
+}
+
+/// A warning line with its cause, at most one per `every` for each `what`
+/// (`limiter` keeps the last time).
+pub fn warn(what: &str, cause: &dyn std::fmt::Display, limiter: &Mutex<Option<Instant>>, every: Duration) {
+    {
+        let mut last = limiter.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    #[derive(Serialize)]
+    struct Warn<'a> {
+        ts: String,
+        level: &'static str,
+        msg: &'a str,
+        cause: String,
+    }
+    let line = Warn {
+        ts: now(),
+        level: "warn",
+        msg: what,
+        cause: cause.to_string(),
+    };
+    if let Ok(mut buf) = serde_json::to_vec(&line) {
+        buf.push(b'\n');
+        send(buf);
+    }
+}
+
+/// Write out every line queued so far (at exit), waiting at most `limit`.
+pub fn flush(limit: Duration) {
+    let (done, wait) = mpsc::sync_channel(1);
+    if sink().tx.send(Msg::Flush(done)).is_ok() {
+        let _ = wait.recv_timeout(limit);
+    }
 }

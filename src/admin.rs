@@ -79,8 +79,15 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        // Admin requests carry no body; drain what a client may have sent.
-        let _ = session.drain_request_body().await;
+        // Admin requests carry no body; drain what a client may have sent. A request whose
+        // body never arrives whole does nothing.
+        if session.drain_request_body().await.is_err() {
+            return error(
+                400,
+                "BAD_REQUEST",
+                "the request body could not be read; nothing was done",
+            );
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => self.metrics().await,
             ("GET", "/healthz") => json_response(200, json!({ "status": "ok" })),

@@ -40,6 +40,9 @@ pub enum GatewayError {
     CrmUnavailable(&'static str),
     /// The internal system did not answer within `upstream.timeout`.
     CrmTimeout,
+    /// `upstream.max_inflight` calls were under way and none ended within
+    /// `upstream.queue_timeout`: the request is shed to protect the CRM.
+    CrmOverloaded,
     /// The internal system answered with a 5xx status.
     CrmError { status: u16 },
     /// The internal system answered something that is not a valid answer.
@@ -75,6 +78,7 @@ impl GatewayError {
             GatewayError::TooManyAttempts | GatewayError::TooManySearches => 429,
             GatewayError::CrmUnavailable(_) => 502,
             GatewayError::CrmTimeout => 504,
+            GatewayError::CrmOverloaded => 503,
             GatewayError::CrmError { .. } => 502,
             GatewayError::CrmInvalidResponse(_) => 502,
             GatewayError::CrmRejected { status, .. } => *status,
@@ -102,6 +106,7 @@ impl GatewayError {
             GatewayError::TooManySearches => "TOO_MANY_SEARCHES",
             GatewayError::CrmUnavailable(_) => "CRM_UNAVAILABLE",
             GatewayError::CrmTimeout => "CRM_TIMEOUT",
+            GatewayError::CrmOverloaded => "CRM_OVERLOADED",
             GatewayError::CrmError { .. } => "CRM_ERROR",
             GatewayError::CrmInvalidResponse(_) => "CRM_INVALID_RESPONSE",
             GatewayError::CrmRejected { code, .. } => code,
@@ -137,6 +142,9 @@ impl GatewayError {
             GatewayError::TooManySearches => "too many searches for this client; try again later".into(),
             GatewayError::CrmUnavailable(why) => format!("CRM unavailable: {why}"),
             GatewayError::CrmTimeout => "CRM did not answer in time".into(),
+            GatewayError::CrmOverloaded => {
+                "too many calls to the CRM are under way; try again shortly".into()
+            }
             GatewayError::CrmError { status } => format!("CRM failed with status {status}"),
             GatewayError::CrmInvalidResponse(why) => format!("CRM sent an invalid answer: {why}"),
             GatewayError::CrmRejected { text, .. } => text.clone(),
@@ -150,6 +158,12 @@ impl GatewayError {
             }
             GatewayError::Internal(why) => format!("internal error: {why}"),
         }
+    }
+
+    /// The code as the access log may show it: the CRM's own code only when it is short
+    /// and plain (a CRM may echo a token in it, or send half a megabyte), else `CRM_<status>`.
+    pub fn log_code(&self) -> String {
+        loggable_code(self.code(), self.status())
     }
 
     /// A "this client does not exist / this token is not valid" answer: it is the CRM's
@@ -171,6 +185,7 @@ impl GatewayError {
             self,
             GatewayError::CrmUnavailable(_)
                 | GatewayError::CrmTimeout
+                | GatewayError::CrmOverloaded
                 | GatewayError::CrmError { .. }
                 | GatewayError::CrmInvalidResponse(_)
                 | GatewayError::CrmMisconfigured
@@ -212,12 +227,23 @@ impl GatewayError {
         Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    /// Extra response header this error needs (`Allow` for 405).
-    pub fn allow(&self) -> Option<&'static str> {
+    /// Extra response header this error needs (`Allow` for 405, `Retry-After` for 503).
+    pub fn header(&self) -> Option<(&'static str, &'static str)> {
         match self {
-            GatewayError::MethodNotAllowed { allow } => Some(allow),
+            GatewayError::MethodNotAllowed { allow } => Some(("Allow", allow)),
+            GatewayError::CrmOverloaded => Some(("Retry-After", "1")),
             _ => None,
         }
+    }
+}
+
+/// `code` if it is 1 to 64 characters of `A-Z a-z 0-9 _ . -`, else `CRM_<status>`.
+pub fn loggable_code(code: &str, status: u16) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+    if !code.is_empty() && code.len() <= 64 && code.chars().all(plain) {
+        code.to_string()
+    } else {
+        format!("CRM_{status}")
     }
 }
 
@@ -306,6 +332,11 @@ const CODES: &[(&str, u16, &str)] = &[
         504,
         "the CRM did not answer within upstream.timeout",
     ),
+    (
+        "CRM_OVERLOADED",
+        503,
+        "upstream.max_inflight CRM calls under way, none ended within upstream.queue_timeout (`Retry-After: 1`)",
+    ),
     ("CRM_ERROR", 502, "the CRM answered with a 5xx status"),
     (
         "CRM_INVALID_RESPONSE",
@@ -356,6 +387,7 @@ mod tests {
             GatewayError::TooManySearches,
             GatewayError::CrmUnavailable("connection refused"),
             GatewayError::CrmTimeout,
+            GatewayError::CrmOverloaded,
             GatewayError::CrmError { status: 500 },
             GatewayError::CrmInvalidResponse("not JSON"),
             GatewayError::CrmRejected {
@@ -402,5 +434,20 @@ mod tests {
         for (wire, status) in cases {
             assert_eq!(GatewayError::from(wire).status(), status, "{wire:?}");
         }
+    }
+
+    #[test]
+    fn only_plain_crm_codes_reach_the_log() {
+        let rejected = |code: &str| GatewayError::CrmRejected {
+            status: 404,
+            code: code.into(),
+            text: String::new(),
+        };
+        assert_eq!(rejected("1001").log_code(), "1001");
+        assert_eq!(rejected("CLIENT_NOT_FOUND").log_code(), "CLIENT_NOT_FOUND");
+        assert_eq!(rejected("token abc-secret").log_code(), "CRM_404");
+        assert_eq!(rejected(&"x".repeat(500_000)).log_code(), "CRM_404");
+        assert_eq!(rejected("").log_code(), "CRM_404");
+        assert_eq!(GatewayError::CrmTimeout.log_code(), "CRM_TIMEOUT");
     }
 }

@@ -20,7 +20,7 @@ use crate::accesslog;
 use crate::cache::{CacheResult, CardCache, Lookup};
 use crate::config::{Config, ConfigError};
 use crate::dialect::{self, Dialect};
-use crate::error::GatewayError;
+use crate::error::{loggable_code, GatewayError};
 use crate::guard::SearchGuard;
 use crate::h1::server::RequestView;
 use crate::keys::TokenHasher;
@@ -178,7 +178,7 @@ impl Gateway {
     /// The error answer, in the shape of the request's API (the Search client API's
     /// errors carry `errorMessage` too).
     fn reject(&self, e: &GatewayError, ctx: &mut Ctx) -> Answer {
-        ctx.error_code = Some(e.code().to_string());
+        ctx.error_code = Some(e.log_code());
         let body = match ctx.api {
             Api::Search => e.search_body(None),
             _ => e.body(),
@@ -196,13 +196,13 @@ impl Gateway {
         ctx.upstream = record.get();
         let stored = result?;
         if self.cfg.log.access {
-            ctx.error_code = stored.error_code();
+            ctx.error_code = stored.error_code().map(|c| loggable_code(&c, stored.status()));
         }
         Ok(Answer {
             status: stored.status(),
             body: Body::Stored(stored),
             x_cache: Some(how.header()),
-            allow: None,
+            header: None,
         })
     }
 
@@ -222,10 +222,10 @@ impl Gateway {
                 status: 200,
                 body: body.into(),
                 x_cache: None,
-                allow: None,
+                header: None,
             },
             Err(e) => {
-                ctx.error_code = Some(e.code().to_string());
+                ctx.error_code = Some(e.log_code());
                 error_answer(&e, e.search_body(step_id.as_deref()), None)
             }
         }
@@ -285,8 +285,11 @@ impl Gateway {
             let record = CallRecord::default();
             let (result, how) = gw.lookup(&token, &record).await;
             let (status, code) = match &result {
-                Ok(stored) => (stored.status(), stored.error_code()),
-                Err(e) => (e.status(), Some(e.code().to_string())),
+                Ok(stored) => (
+                    stored.status(),
+                    stored.error_code().map(|c| loggable_code(&c, stored.status())),
+                ),
+                Err(e) => (e.status(), Some(e.log_code())),
             };
             let outcome = if status == 200 { "ok" } else { "error" };
             gw.metrics.prewarms.with_label_values(&[outcome]).inc();
@@ -317,7 +320,7 @@ fn error_answer(e: &GatewayError, body: Bytes, x_cache: Option<&'static str>) ->
         status: e.status(),
         body: body.into(),
         x_cache,
-        allow: e.allow(),
+        header: e.header(),
     }
 }
 

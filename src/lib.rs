@@ -33,4 +33,5 @@ pub(crate) mod parse;
 pub(crate) mod respond;
 pub(crate) mod server;
 pub mod testkit;
+pub(crate) mod trim;
 pub(crate) mod upstream;

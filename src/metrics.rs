@@ -26,7 +26,15 @@ const OTHER_5XX: &str = "5xx";
 pub const CACHE_RESULTS: [&str; 5] = ["hit", "negative_hit", "miss", "stale", "coalesced"];
 
 /// The `outcome` label values of upstream calls.
-pub const UPSTREAM_OUTCOMES: [&str; 6] = ["ok", "rejected", "error_5xx", "timeout", "invalid", "unavailable"];
+pub const UPSTREAM_OUTCOMES: [&str; 7] = [
+    "ok",
+    "rejected",
+    "error_5xx",
+    "timeout",
+    "invalid",
+    "unavailable",
+    "overloaded",
+];
 
 /// Children of labelled metrics resolved once, on first use, so the hot path does not
 /// hash label values on every request (and no series appears before it is used).
@@ -158,6 +166,7 @@ impl Metrics {
             Box::new(search_refusals.clone()),
             Box::new(prewarms.clone()),
             Box::new(build),
+            Box::new(crate::accesslog::dropped_counter()),
         ] {
             registry.register(c).expect("unique metric names");
         }

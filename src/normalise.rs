@@ -101,10 +101,52 @@ struct SearchProbe {
     error_code: Option<Value>,
 }
 
+/// Deepest nesting of objects and arrays passed on to the chat server: an answer is
+/// passed on as it came, so it must not be able to crash the chat server's parser.
+pub const MAX_DEPTH: usize = 64;
+
+/// Does `json` nest objects and arrays at most `max` deep? (A linear scan; strings and
+/// their escapes are skipped. Whether it is valid JSON is serde's to say.)
+pub fn nesting_within(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+fn shallow(body: &[u8]) -> Result<(), GatewayError> {
+    if nesting_within(body, MAX_DEPTH) {
+        Ok(())
+    } else {
+        Err(GatewayError::CrmInvalidResponse("answer nested too deeply"))
+    }
+}
+
 /// Map a Search client API answer of an internal system that speaks it (`iq`).
 pub fn search_answer(a: UpstreamAnswer) -> Result<SearchAnswer, GatewayError> {
     match a.status {
         200 => {
+            shallow(&a.body)?;
             let probe: SearchProbe = serde_json::from_slice(&a.body)
                 .map_err(|_| GatewayError::CrmInvalidResponse("search answer is not a JSON object"))?;
             let answer_type = match probe.answer_type.as_ref().and_then(scalar_text).as_deref() {
@@ -174,6 +216,7 @@ pub fn scalar_text(v: &Value) -> Option<String> {
 pub fn auth_answer(a: UpstreamAnswer) -> Result<Card, GatewayError> {
     match a.status {
         200 => {
+            shallow(&a.body)?;
             let probe: Probe = serde_json::from_slice(&a.body)
                 .map_err(|_| GatewayError::CrmInvalidResponse("body is not a JSON object"))?;
             match probe.client {
@@ -299,6 +342,28 @@ mod tests {
         let e = auth_answer(answer(403, "nope")).unwrap_err();
         assert_eq!((e.status(), e.code()), (403, "CRM_403"));
         assert!(!e.is_negative());
+    }
+
+    #[test]
+    fn deeply_nested_answers_are_invalid() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"client":{{"id":"1","x":{}1{}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(auth_answer(answer(200, &deep(MAX_DEPTH - 2))).is_ok());
+        let e = auth_answer(answer(200, &deep(100_000))).unwrap_err();
+        assert_eq!(e.code(), "CRM_INVALID_RESPONSE");
+        assert!(nesting_within(br#"{"a":"[[[[[[\"[[["}"#, 1));
+        assert!(!nesting_within(b"[[", 1));
+        let e = search_answer(answer(
+            200,
+            &format!(r#"{{"answerType":1,"x":{}}}"#, "{\"a\":".repeat(100)),
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), "CRM_INVALID_RESPONSE");
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub struct Answer {
     pub status: u16,
     pub body: Body,
     pub x_cache: Option<&'static str>,
-    pub allow: Option<&'static str>,
+    /// One more header the answer needs (`Allow` on a 405, `Retry-After` on a 503).
+    pub header: Option<(&'static str, &'static str)>,
 }
 
 /// What the connection adds to an answer.
@@ -72,9 +73,10 @@ pub fn write(out: &mut Vec<u8>, answer: &Answer, delivery: Delivery) {
         out.extend_from_slice(x.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(allow) = answer.allow {
-        out.extend_from_slice(b"Allow: ");
-        out.extend_from_slice(allow.as_bytes());
+    if let Some((name, value)) = answer.header {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if delivery.close {
@@ -153,7 +155,7 @@ mod tests {
             status: 200,
             body: Bytes::from_static(b"{\"client\":{}}").into(),
             x_cache: Some("HIT"),
-            allow: None,
+            header: None,
         };
         let t = text(&a, Delivery::default());
         assert!(t.starts_with("HTTP/1.1 200 OK\r\nDate: "), "{t}");
@@ -179,7 +181,7 @@ mod tests {
             status: 405,
             body: Bytes::from_static(b"{}").into(),
             x_cache: None,
-            allow: Some("GET, POST"),
+            header: Some(("Allow", "GET, POST")),
         };
         let t = text(
             &a,

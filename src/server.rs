@@ -7,13 +7,14 @@
 //! `server.grace_period`. SIGQUIT hands the listening sockets to a new process started with
 //! `--upgrade` (Pingora's zero-downtime upgrade). SIGINT exits at once.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
@@ -50,11 +51,15 @@ pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), ConfigEr
     let listen = cfg.server.listen.clone();
     let admin_listen = cfg.admin.listen.clone();
     let gw = Gateway::new(cfg)?;
+    crate::trim::start();
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let mut listener = Service::new("cardgate listener".to_string(), Listener::new(gw.clone()));
-    listener.add_tcp(&listen);
+    // Unbuffered: the connection state machine keeps its own (small, lazily grown) read
+    // buffer and writes each answer whole, so Pingora's 64 KiB read and 1.4 KiB write
+    // buffers per connection would only cost memory and a copy.
+    listener.add_listener(ListenerConfig::tcp(&listen).l4_buffer(L4BufferSettings::unbuffered()));
 
     let draining = Arc::new(AtomicBool::new(false));
     let mut admin = Service::new(
@@ -122,7 +127,7 @@ fn exit_when_drained(inflight: &IntGauge, grace: Duration) {
     while inflight.get() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let _ = std::io::stdout().flush();
+    crate::accesslog::flush(Duration::from_secs(1));
     std::process::exit(0);
 }
 

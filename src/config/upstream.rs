@@ -59,6 +59,15 @@ pub struct UpstreamSection {
     /// Idle keepalive connections kept to the internal system.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// An idle pooled connection is closed after this.
+    #[serde(default = "default_pool_idle_timeout", deserialize_with = "de_duration")]
+    pub pool_idle_timeout: Duration,
+    /// Calls to the internal system under way at once (and so its connections, at most).
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// How long a call waits for one of the `max_inflight` slots before it is shed.
+    #[serde(default = "default_queue_timeout", deserialize_with = "de_duration")]
+    pub queue_timeout: Duration,
     /// Largest answer body accepted from the internal system.
     #[serde(default = "default_max_response", deserialize_with = "de_size")]
     pub max_response_bytes: u64,
@@ -157,6 +166,15 @@ fn default_token_header() -> String {
 fn default_auth_method() -> AuthMethod {
     AuthMethod::Post
 }
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_inflight() -> usize {
+    256
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_millis(100)
+}
 fn default_pool_size() -> usize {
     128
 }
@@ -185,6 +203,12 @@ impl UpstreamSection {
                 "upstream.token_header",
                 format!("{:?} is not a valid header name", self.token_header),
             ));
+        }
+        if self.max_inflight == 0 || self.max_inflight > 65536 {
+            return Err(err("upstream.max_inflight", "must be between 1 and 65536"));
+        }
+        if self.pool_idle_timeout.is_zero() {
+            return Err(err("upstream.pool_idle_timeout", "must be greater than 0"));
         }
         if self.max_response_bytes == 0 {
             return Err(err("upstream.max_response_bytes", "must be greater than 0"));

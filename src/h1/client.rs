@@ -64,7 +64,16 @@ impl std::error::Error for ReadError {
 pub fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, FramingError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
     let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
+    // As a recipient we take what RFC 9112 §5.1-5.2 lets us: whitespace before a field's
+    // colon, and obs-fold continuation lines (read as one space).
+    let parsed = httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .parse_response(&mut resp, buf);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len > MAX_ANSWER_HEAD => {
+            return Err(FramingError::HeadTooLarge)
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_ANSWER_HEAD => {
             return Err(FramingError::HeadTooLarge)
@@ -86,7 +95,6 @@ pub fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, FramingError>
         keep_alive: false,
         cache_control: None,
     };
-    let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_string);
     let mut fields = FramingFields::default();
     for f in resp.headers.iter() {
         let name = f.name.as_bytes();
@@ -94,7 +102,14 @@ pub fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, FramingError>
             continue;
         }
         if name.eq_ignore_ascii_case(b"cache-control") {
-            head.cache_control = text(f.value);
+            // Every line counts: `no-store` on one and `max-age` on another is both.
+            if let Ok(value) = std::str::from_utf8(f.value) {
+                let value = value.replace(['\r', '\n'], " ");
+                head.cache_control = Some(match head.cache_control.take() {
+                    Some(before) => format!("{before}, {value}"),
+                    None => value,
+                });
+            }
         }
     }
     if let Some(why) = fields.length_error {
@@ -269,6 +284,28 @@ mod tests {
             parse_answer_head(huge.as_bytes()).unwrap_err(),
             FramingError::HeadTooLarge
         );
+        // A complete head over the limit is refused just the same.
+        let whole = format!("{huge}\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            parse_answer_head(whole.as_bytes()).unwrap_err(),
+            FramingError::HeadTooLarge
+        );
+    }
+
+    #[test]
+    fn lenient_where_a_recipient_may_be() {
+        let h =
+            head("HTTP/1.1 200 OK\r\nContent-Length : 2\r\nCache-Control: max-age=5,\r\n private\r\n\r\n");
+        assert_eq!(h.framing, BodyFraming::Length(2));
+        assert_eq!(
+            h.cache_control
+                .as_deref()
+                .map(str::split_whitespace)
+                .map(|w| w.collect::<Vec<_>>()),
+            Some(vec!["max-age=5,", "private"])
+        );
+        let h = head("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nCache-Control: max-age=60\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.cache_control.as_deref(), Some("no-store, max-age=60"));
     }
 
     /// An answer in pieces, as a scripted connection delivers it.

@@ -35,6 +35,14 @@ const READ_CHUNK: usize = 4096;
 /// Buffers larger than this are given back after the request that grew them.
 const SHRINK_ABOVE: usize = 64 * 1024;
 
+/// A connection idle this long gives its buffers back until its next request, so that
+/// thousands of idle keep-alive connections hold little memory, while a busy one keeps
+/// reusing them.
+const IDLE_SHRINK: Duration = Duration::from_secs(1);
+
+/// What an idle connection keeps to read its next request into.
+const IDLE_BUF: usize = 256;
+
 /// How long, and for how many bytes at most, a refused client's input is drained.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
@@ -80,7 +88,11 @@ impl ServerApp for Listener {
             crate::alt::hyper_server::serve(self.gateway.clone(), settings, io, peer, shutdown).await;
             return None;
         }
-        self.serve(io, peer, shutdown.clone()).await;
+        // The connection lives in a task of its own: the task Pingora spawned to accept it
+        // carries its handshake machinery (some 10 KiB) and ends here, instead of staying
+        // with every idle keep-alive connection.
+        let (app, shutdown) = (self.clone(), shutdown.clone());
+        tokio::spawn(async move { app.serve(io, peer, shutdown).await });
         None
     }
 }
@@ -104,7 +116,9 @@ impl Listener {
             shutdown,
         };
         conn.run().await;
-        let _ = conn.io.shutdown().await;
+        // Closing flushes what is still buffered: a client that stops reading must not
+        // hold the connection open through it.
+        let _ = tokio::time::timeout(self.client_timeout, conn.io.shutdown()).await;
     }
 }
 
@@ -143,7 +157,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         loop {
             if self.buf.is_empty() {
                 let idle_until = Instant::now() + self.app.keepalive;
-                if !matches!(self.read(idle_until, true).await, Arrival::Data) {
+                let shrink_at = Instant::now() + IDLE_SHRINK;
+                let mut arrival = self.read(shrink_at.min(idle_until), true).await;
+                if matches!(arrival, Arrival::TimedOut) && shrink_at < idle_until {
+                    self.give_back();
+                    arrival = self.read(idle_until, true).await;
+                }
+                if !matches!(arrival, Arrival::Data) {
                     return;
                 }
             }
@@ -188,7 +208,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             BodyPlace::Chunked => &self.chunked.body[..],
         };
         let req = Request::new(&self.buf, &head, body, self.peer);
-        let answer = gw.answer(&req, &mut ctx).await;
+        // Boxed: kept inline, the answer future (2 KiB) would sit in every connection's
+        // state, idle ones included.
+        let answer = Box::pin(gw.answer(&req, &mut ctx)).await;
         let close = !head.keep_alive || *self.shutdown.borrow();
         let delivery = respond::Delivery {
             close,
@@ -202,6 +224,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         self.buf.advance(consumed);
         self.shrink();
         written && !close
+    }
+
+    /// Give back the buffers of a connection gone idle (the read buffer keeps a little
+    /// room for the next request; it grows again as that arrives).
+    fn give_back(&mut self) {
+        self.buf = BytesMut::with_capacity(IDLE_BUF);
+        self.out = Vec::new();
+        self.head = None;
+        self.chunked = ChunkedDecoder::default();
     }
 
     /// Give back what one large request made the buffers grow to, so an idle keep-alive
@@ -297,7 +328,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// client is still sending, briefly: closing with unread input makes the kernel reset
     /// the connection, and the reset can destroy the error answer before the client reads it.
     async fn linger(&mut self) {
-        if self.io.shutdown().await.is_err() {
+        let closed = tokio::time::timeout(self.app.client_timeout, self.io.shutdown()).await;
+        if !matches!(closed, Ok(Ok(()))) {
             return;
         }
         let until = Instant::now() + LINGER;
@@ -314,7 +346,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Read what the client sent into the buffer, until `deadline`. While `idle` (between
     /// requests) a shutdown ends the wait.
     async fn read(&mut self, deadline: Instant, idle: bool) -> Arrival {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+        // Between requests any room will do (an idle connection keeps little); within one,
+        // grow by whole chunks.
+        let want = if idle { 1 } else { READ_CHUNK / 4 };
+        if self.buf.capacity() - self.buf.len() < want {
             self.buf.reserve(READ_CHUNK);
         }
         let Connection {

@@ -145,6 +145,56 @@ async fn a_client_that_stops_reading_is_dropped_after_the_client_timeout() {
     assert!(statuses(&out).len() < 3, "{out}");
 }
 
+/// A stream whose close never completes (its peer stopped reading what is buffered).
+struct StuckClose<S>(S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for StuckClose<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StuckClose<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_a_connection_has_a_deadline_too() {
+    // A refused request (linger, then close) and a plain end of input, on a stream whose
+    // close would wait forever.
+    for input in [&b"GARBAGE\r\n\r\n"[..], GET] {
+        let (ours, _theirs) = tokio::io::duplex(64 * 1024);
+        let io = StuckClose(tokio::io::join(Builder::new().read(input).build(), ours));
+        let start = Instant::now();
+        listener().serve(io, None, running()).await;
+        assert!(start.elapsed() <= 2 * CLIENT_TIMEOUT, "{:?}", start.elapsed());
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_closes_idle_connections_and_busy_ones_after_their_answer() {
     let (tx, rx) = watch::channel(false);

@@ -12,7 +12,7 @@ mod pool;
 mod resolve;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error as PError, ErrorType};
 use tokio::io::AsyncWriteExt;
 
+use crate::accesslog;
 use crate::config::{Config, ConfigError};
 use crate::error::GatewayError;
 use crate::h1::client::{read_answer, ReadError};
@@ -106,7 +107,12 @@ impl CallRecord {
 pub struct Upstream {
     connector: TransportConnector,
     peer: HttpPeer,
-    pool: pool::Pool,
+    pool: Arc<pool::Pool>,
+    /// One permit per call under way (`upstream.max_inflight`).
+    slots: tokio::sync::Semaphore,
+    queue_timeout: Duration,
+    /// When a failure's cause was last logged (at most one line a second).
+    last_warning: Mutex<Option<Instant>>,
     /// `Host`, `User-Agent` and `Accept` lines, the same on every request.
     fixed_headers: Vec<u8>,
     base_path: String,
@@ -144,7 +150,10 @@ impl Upstream {
         Ok(Upstream {
             connector: TransportConnector::new(Some(options)),
             peer,
-            pool: pool::Pool::new(cfg.upstream.pool_size),
+            pool: pool::Pool::new(cfg.upstream.pool_size, cfg.upstream.pool_idle_timeout),
+            slots: tokio::sync::Semaphore::new(cfg.upstream.max_inflight),
+            queue_timeout: cfg.upstream.queue_timeout,
+            last_warning: Mutex::new(None),
             fixed_headers,
             base_path: url.base_path,
             #[cfg(feature = "alt-http")]
@@ -155,12 +164,18 @@ impl Upstream {
         })
     }
 
-    /// Send one request and read the whole answer, within `upstream.timeout`.
+    /// Send one request and read the whole answer, within `upstream.timeout`. At most
+    /// `upstream.max_inflight` calls (and so connections) are under way at once; a call
+    /// that finds no slot within `upstream.queue_timeout` is shed as `CRM_OVERLOADED`.
     pub async fn send(
         &self,
         req: &UpstreamRequest,
         record: &CallRecord,
     ) -> Result<UpstreamAnswer, GatewayError> {
+        let Ok(Ok(_slot)) = tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await else {
+            self.metrics.observe_upstream("overloaded", 0.0);
+            return Err(GatewayError::CrmOverloaded);
+        };
         let start = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.exchange(req))
             .await
@@ -202,10 +217,16 @@ impl Upstream {
                         retried = true;
                         continue;
                     }
+                    self.warn("CRM exchange failed", &e);
                     return Err(answer_error(&e));
                 }
             }
         }
+    }
+
+    /// Log why a call failed (the cause the chat server's error leaves out), rate-limited.
+    fn warn(&self, what: &str, cause: &dyn std::fmt::Display) {
+        accesslog::warn(what, cause, &self.last_warning, Duration::from_secs(1));
     }
 
     /// [`Upstream::exchange`] through Pingora's client session (see [`crate::alt`]).
@@ -278,7 +299,10 @@ impl Upstream {
         // inline it would make every exchange future as large, and costly to move.
         let io = Box::pin(self.connector.new_stream(&self.peer))
             .await
-            .map_err(|e| connect_error(&e))?;
+            .map_err(|e| {
+                self.warn("cannot connect to the CRM", &e);
+                connect_error(&e)
+            })?;
         Ok((io, false))
     }
 

@@ -3,24 +3,27 @@
 //! A connection goes back into the pool after a clean exchange and comes out for the
 //! next one if it is still open: one the internal system closed meanwhile reads as its
 //! end, one that has bytes nobody asked for is out of step; both are dropped. The pool
-//! keeps at most `upstream.pool_size` idle connections, none older than [`POOL_IDLE`].
+//! keeps at most `upstream.pool_size` idle connections, none idle longer than
+//! `upstream.pool_idle_timeout`; a reaper task closes the expired and the closed ones
+//! even when no request comes, so none lingers half-closed.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
-
-/// How long an idle pooled connection is kept.
-pub const POOL_IDLE: Duration = Duration::from_secs(60);
+use tokio::time::Instant;
 
 pub struct Pool {
     idle: Mutex<VecDeque<Idle>>,
     size: usize,
+    max_idle: Duration,
+    reaper: AtomicBool,
 }
 
 /// A pooled connection and when it was put back.
@@ -30,11 +33,13 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(size: usize) -> Self {
-        Pool {
+    pub fn new(size: usize, max_idle: Duration) -> Arc<Self> {
+        Arc::new(Pool {
             idle: Mutex::new(VecDeque::new()),
             size,
-        }
+            max_idle,
+            reaper: AtomicBool::new(false),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
@@ -45,7 +50,7 @@ impl Pool {
     pub async fn take(&self) -> Option<Stream> {
         loop {
             let mut idle = self.lock().pop_back()?;
-            if idle.since.elapsed() >= POOL_IDLE {
+            if idle.since.elapsed() >= self.max_idle {
                 // The newest is too old: so are all the others.
                 let old = std::mem::take(&mut *self.lock());
                 drop(old);
@@ -58,7 +63,7 @@ impl Pool {
     }
 
     /// Keep a connection for the next exchange (the oldest goes when the pool is full).
-    pub fn put(&self, io: Stream) {
+    pub fn put(self: &Arc<Self>, io: Stream) {
         let evicted = {
             let mut pool = self.lock();
             pool.push_back(Idle {
@@ -68,6 +73,43 @@ impl Pool {
             (pool.len() > self.size).then(|| pool.pop_front())
         };
         drop(evicted);
+        if !self.reaper.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+
+    /// Close the connections idle too long or closed by the other side; how many are left.
+    async fn sweep(&self) -> usize {
+        let idle = std::mem::take(&mut *self.lock());
+        let mut kept = VecDeque::with_capacity(idle.len());
+        for mut conn in idle {
+            if conn.since.elapsed() < self.max_idle && still_open(&mut conn.io).await {
+                kept.push_back(conn);
+            }
+        }
+        let mut pool = self.lock();
+        // Connections put back meanwhile are newer: they go after the kept ones.
+        kept.append(&mut pool);
+        *pool = kept;
+        pool.len()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Sweep the pool a few times per idle period, for as long as it exists.
+async fn reap(pool: Weak<Pool>) {
+    let every = match pool.upgrade() {
+        Some(p) => (p.max_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.sweep().await;
     }
 }
 
@@ -99,5 +141,21 @@ mod tests {
             .await
             .unwrap();
         assert!(!still_open(&mut chatty).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reaper_closes_expired_and_closed_connections_without_traffic() {
+        let pool = Pool::new(8, Duration::from_secs(4));
+        let (quiet, _quiet_peer) = tokio::io::duplex(64);
+        let (closing, closing_peer) = tokio::io::duplex(64);
+        pool.put(Box::new(quiet));
+        pool.put(Box::new(closing));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(pool.len(), 2);
+        drop(closing_peer);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(pool.len(), 1, "the closed one is gone at the next sweep");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(pool.len(), 0, "the idle one expired");
     }
 }
