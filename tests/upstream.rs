@@ -95,6 +95,18 @@ fn script(token: &str) -> (Vec<u8>, bool) {
             CARD.len()
         ),
         "short" => format!("HTTP/1.1 200 OK\r\n{json}Content-Length: 500\r\n\r\n{CARD}"),
+        "echo" => {
+            let body = format!(r#"{{"errorCode":"no client for {token}","errorText":"unknown"}}"#);
+            format!("HTTP/1.1 404 Not Found\r\n{json}Content-Length: {}\r\n\r\n{body}", body.len())
+        }
+        "twocc" => format!(
+            "HTTP/1.1 200 OK\r\n{json}Cache-Control: no-store\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\r\n{CARD}",
+            CARD.len()
+        ),
+        "folded" => format!(
+            "HTTP/1.1 200 OK\r\n{json}X-Long: first\r\n  continued\r\nContent-Length : {}\r\n\r\n{CARD}",
+            CARD.len()
+        ),
         "closing" => format!(
             "HTTP/1.1 200 OK\r\n{json}Content-Length: {}\r\nConnection: close\r\n\r\n{CARD}",
             CARD.len()
@@ -169,4 +181,35 @@ fn keepalive_connections_are_reused_and_closed_ones_are_not() {
     assert_eq!(crm.connections.load(Ordering::SeqCst), 3);
     assert_eq!(gw.post_card(&token("plain")).status, 200);
     assert_eq!(crm.connections.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_crm_code_that_echoes_the_token_never_reaches_the_log() {
+    let crm = Scripted::start();
+    let gw = gateway(&crm);
+    let t = token("echo");
+    let r = gw.post_card(&t);
+    assert_eq!(r.status, 404, "{}", r.body);
+    // The chat server gets the CRM's own answer; the log gets `CRM_404`.
+    gw.assert_never_shown(&[&t]);
+    assert!(
+        gw.proc.output().contains(r#""errorCode":"CRM_404""#),
+        "{}",
+        gw.proc.output()
+    );
+}
+
+#[test]
+fn every_cache_control_line_counts_and_lenient_heads_are_read() {
+    let crm = Scripted::start();
+    let gw = Gateway::start(&crm.url, &[]);
+    let t = token("twocc");
+    assert_eq!(gw.post_card(&t).header("x-cache"), Some("MISS"));
+    assert_eq!(
+        gw.post_card(&t).header("x-cache"),
+        Some("MISS"),
+        "no-store on one line, max-age on another: not stored"
+    );
+    let r = gw.post_card(&token("folded"));
+    assert_eq!((r.status, r.body.as_str()), (200, CARD));
 }

@@ -145,6 +145,28 @@ async fn a_client_that_stops_reading_is_dropped_after_the_client_timeout() {
     assert!(statuses(&out).len() < 3, "{out}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_tiny_chunked_body_gets_the_same_verdict_in_any_pieces() {
+    // 8014 bytes of data in one-byte chunks: within the 16 KiB body limit, but 40 KB of
+    // framing. Sent in one burst or in 2 KB pieces, the answer is the same 413.
+    let body = [b"1\r\nx\r\n".repeat(8014), b"0\r\n\r\n".to_vec()].concat();
+    let head = b"POST /no/such/route HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut verdicts = Vec::new();
+    for piece in [body.len(), 2048, 1] {
+        let mut script = Builder::new();
+        script.read(head);
+        for part in body.chunks(piece) {
+            script.read(part);
+        }
+        let (out, _) = serve(script.build(), 64 * 1024, running()).await;
+        verdicts.push(statuses(&out).first().map(|s| s.to_string()));
+    }
+    assert_eq!(
+        verdicts,
+        vec![Some("HTTP/1.1 413 Content Too Large".to_string()); 3]
+    );
+}
+
 /// A stream whose close never completes (its peer stopped reading what is buffered).
 struct StuckClose<S>(S);
 

@@ -172,7 +172,15 @@ impl Upstream {
         req: &UpstreamRequest,
         record: &CallRecord,
     ) -> Result<UpstreamAnswer, GatewayError> {
-        let Ok(Ok(_slot)) = tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await else {
+        // A free slot is taken at once; only a full house arms the queue timer.
+        let slot = match self.slots.try_acquire() {
+            Ok(slot) => Some(slot),
+            Err(_) => tokio::time::timeout(self.queue_timeout, self.slots.acquire())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        let Some(_slot) = slot else {
             self.metrics.observe_upstream("overloaded", 0.0);
             return Err(GatewayError::CrmOverloaded);
         };
