@@ -4,13 +4,20 @@
 //!
 //! `cargo bench --bench memory` (entries: `CARDGATE_MEM_ENTRIES`, default 1 000 000;
 //! card size: `CARDGATE_MEM_CARD_BYTES`, default 1024).
+//!
+//! `cargo bench --bench memory -- guard`: bytes per search step the brute-force guard
+//! tracks (`CARDGATE_MEM_STEPS`, default 100 000 first steps, each with the same
+//! `secretWordValidator`, as a CRM sends them), next to `guard::STEP_BYTES`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cardgate::testkit::{CacheSection, Card, CardCache, TokenHasher, ENTRY_OVERHEAD};
+use cardgate::testkit::{
+    search_params, CacheSection, Card, CardCache, SearchAnswer, SearchGuard, SearchSection, TokenHasher,
+    ENTRY_OVERHEAD, STEP_BYTES,
+};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -53,6 +60,9 @@ fn env_or(name: &str, default: usize) -> usize {
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to list.
+    }
+    if std::env::args().any(|a| a == "guard") {
+        return guard();
     }
     let n = env_or("CARDGATE_MEM_ENTRIES", 1_000_000).min(5_000_000);
     let card_bytes = env_or("CARDGATE_MEM_CARD_BYTES", 1024).clamp(64, 64 * 1024);
@@ -119,4 +129,41 @@ fn main() {
         per(rss) - card_bytes as f64
     );
     println!("process RSS          {:.1} MiB", rss_bytes() as f64 / 1048576.0);
+}
+
+/// Bytes per tracked search step: record N first steps with distinct stepIds.
+fn guard() {
+    let n = env_or("CARDGATE_MEM_STEPS", 100_000).min(2_000_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = SearchSection {
+        max_tracked: u64::MAX / 1024,
+        max_memory: u64::MAX / 2,
+        ..SearchSection::default()
+    };
+    let guard = SearchGuard::new(&cfg);
+    let keys = TokenHasher::random();
+    let first = search_params(Some("application/x-www-form-urlencoded"), b"client=bench", 256).unwrap();
+    let (heap0, rss0) = (LIVE.load(Ordering::Relaxed), rss_bytes());
+    rt.block_on(async {
+        for i in 0..n {
+            let answer = Ok(SearchAnswer {
+                body: Bytes::new(),
+                answer_type: 1,
+                step_id: Some(format!("step-{i:016x}")),
+                validator: Some(r"^\d{4}$".into()),
+                token: None,
+                session: None,
+            });
+            guard.record(&keys, &first, &answer).await;
+        }
+    });
+    let heap = (LIVE.load(Ordering::Relaxed) - heap0) as f64;
+    let rss = rss_bytes().saturating_sub(rss0) as f64;
+    println!("search steps tracked {n}, one shared validator");
+    println!("heap growth          {:.0} bytes per step", heap / n as f64);
+    println!("RSS growth           {:.0} bytes per step", rss / n as f64);
+    println!("guard::STEP_BYTES    {STEP_BYTES} (what each step weighs against search.max_memory)");
 }

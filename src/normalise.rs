@@ -134,19 +134,24 @@ pub fn nesting_within(json: &[u8], max: usize) -> bool {
     true
 }
 
-fn shallow(body: &[u8]) -> Result<(), GatewayError> {
-    if nesting_within(body, MAX_DEPTH) {
-        Ok(())
-    } else {
-        Err(GatewayError::CrmInvalidResponse("answer nested too deeply"))
+/// What an answer passed on as it came must be, beyond what serde checks of the members
+/// it reads: UTF-8 throughout (serde does not look inside members it skips) and at most
+/// [`MAX_DEPTH`] deep.
+fn passable(body: &[u8]) -> Result<(), GatewayError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(GatewayError::CrmInvalidResponse("answer is not UTF-8"));
     }
+    if !nesting_within(body, MAX_DEPTH) {
+        return Err(GatewayError::CrmInvalidResponse("answer nested too deeply"));
+    }
+    Ok(())
 }
 
 /// Map a Search client API answer of an internal system that speaks it (`iq`).
 pub fn search_answer(a: UpstreamAnswer) -> Result<SearchAnswer, GatewayError> {
     match a.status {
         200 => {
-            shallow(&a.body)?;
+            passable(&a.body)?;
             let probe: SearchProbe = serde_json::from_slice(&a.body)
                 .map_err(|_| GatewayError::CrmInvalidResponse("search answer is not a JSON object"))?;
             let answer_type = match probe.answer_type.as_ref().and_then(scalar_text).as_deref() {
@@ -216,7 +221,7 @@ pub fn scalar_text(v: &Value) -> Option<String> {
 pub fn auth_answer(a: UpstreamAnswer) -> Result<Card, GatewayError> {
     match a.status {
         200 => {
-            shallow(&a.body)?;
+            passable(&a.body)?;
             let probe: Probe = serde_json::from_slice(&a.body)
                 .map_err(|_| GatewayError::CrmInvalidResponse("body is not a JSON object"))?;
             match probe.client {
@@ -342,6 +347,19 @@ mod tests {
         let e = auth_answer(answer(403, "nope")).unwrap_err();
         assert_eq!((e.status(), e.code()), (403, "CRM_403"));
         assert!(!e.is_negative());
+    }
+
+    #[test]
+    fn answers_with_invalid_utf8_are_invalid() {
+        // Found by the `normalise` fuzz target: serde skipped the member unchecked.
+        let body = b"{\"client\":{\"id\":\"7\",\"name\":\"las\xcd_\"}}";
+        let e = auth_answer(UpstreamAnswer {
+            status: 200,
+            cache_control: None,
+            body: Bytes::from_static(body),
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), "CRM_INVALID_RESPONSE");
     }
 
     #[test]

@@ -10,4 +10,4 @@ pub mod client;
 pub mod common;
 pub mod server;
 
-pub use common::{BodyFraming, ChunkedDecoder, FramingError};
+pub use common::{ChunkedDecoder, FramingError};

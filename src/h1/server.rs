@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 use std::ops::Range;
 
-use super::common::{trim, BodyFraming, FramingError, FramingFields};
+use super::common::{trim, BodyFraming, ChunkedDecoder, FramingError, FramingFields};
 
 /// Header fields a request may carry at most (more: refused).
 pub const MAX_HEADERS: usize = 64;
@@ -40,6 +40,11 @@ impl Head {
     /// The request method, as bytes of `buf` (the buffer the head was parsed from).
     pub fn method<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         &buf[self.method.clone()]
+    }
+
+    /// How many header fields the request has.
+    pub fn field_count(&self) -> usize {
+        self.headers.len()
     }
 
     fn empty() -> Self {
@@ -131,6 +136,45 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     };
     h.keep_alive = fields.persistent(h.minor);
     Ok(true)
+}
+
+/// Where the body of a complete request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyPlace {
+    /// `buf[start..end]`.
+    Inline(usize, usize),
+    /// Decoded from chunks into the decoder's `body`.
+    Chunked,
+}
+
+/// Has the whole body of `head` arrived in `buf` (which holds the head at its start)?
+/// `Ok(Some((place, n)))`: yes, and the request took `n` bytes of `buf`; `Ok(None)`: read
+/// more and ask again (`chunked` keeps its place between calls; reset it for each
+/// request). This is all the listener decides about a body, so what the fuzz targets
+/// check is what it does.
+pub fn body_complete(
+    head: &Head,
+    buf: &[u8],
+    chunked: &mut ChunkedDecoder,
+    max_body: usize,
+) -> Result<Option<(BodyPlace, usize)>, FramingError> {
+    let start = head.len;
+    match head.framing {
+        Err(refused) => Err(refused),
+        // A request has no close-delimited body: without a length it has none.
+        Ok(BodyFraming::UntilClose) => Ok(Some((BodyPlace::Inline(start, start), start))),
+        Ok(BodyFraming::Length(n)) if n > max_body => Err(FramingError::BodyTooLarge),
+        Ok(BodyFraming::Length(n)) => {
+            let end = start.saturating_add(n);
+            Ok((buf.len() >= end).then_some((BodyPlace::Inline(start, end), end)))
+        }
+        Ok(BodyFraming::Chunked) => {
+            let rest = buf.get(start..).unwrap_or_default();
+            Ok(chunked
+                .decode(rest, max_body)?
+                .map(|n| (BodyPlace::Chunked, start.saturating_add(n))))
+        }
+    }
 }
 
 /// The authority of an absolute-form target (`http://host:port/path`), lowercased.

@@ -25,8 +25,8 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::h1::server::{parse_head, Head, Request};
-use crate::h1::{BodyFraming, ChunkedDecoder};
+use crate::h1::server::{body_complete, parse_head, BodyPlace, Head, Request};
+use crate::h1::ChunkedDecoder;
 use crate::respond;
 
 /// Read buffer kept per connection; it grows up to the head and body limits.
@@ -128,14 +128,6 @@ enum Arrival {
     Closed,
     TimedOut,
     ShuttingDown,
-}
-
-/// Where the body of the current request is.
-enum BodyPlace {
-    /// In the read buffer.
-    Inline(usize, usize),
-    /// Decoded from chunks by `Connection::chunked`.
-    Chunked,
 }
 
 /// One chat-server connection: any byte stream (Pingora's, or a scripted one in tests).
@@ -256,29 +248,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         head: &Head,
         deadline: Instant,
     ) -> Result<(BodyPlace, usize), Option<GatewayError>> {
-        let start = head.len;
         let mut continued = false;
-        match head.framing {
-            Err(refused) => Err(Some(refused.into())),
-            // A request has no close-delimited body: without a length it has none.
-            Ok(BodyFraming::UntilClose) => Ok((BodyPlace::Inline(start, start), start)),
-            Ok(BodyFraming::Length(n)) if n > self.app.max_body => Err(Some(GatewayError::PayloadTooLarge)),
-            Ok(BodyFraming::Length(n)) => {
-                let end = start + n;
-                while self.buf.len() < end {
-                    self.wait_for_body(head, &mut continued, deadline).await?;
-                }
-                Ok((BodyPlace::Inline(start, end), end))
-            }
-            Ok(BodyFraming::Chunked) => {
-                self.chunked.reset();
-                loop {
-                    match self.chunked.decode(&self.buf[start..], self.app.max_body) {
-                        Ok(Some(n)) => return Ok((BodyPlace::Chunked, start + n)),
-                        Ok(None) => self.wait_for_body(head, &mut continued, deadline).await?,
-                        Err(e) => return Err(Some(e.into())),
-                    }
-                }
+        self.chunked.reset();
+        loop {
+            match body_complete(head, &self.buf, &mut self.chunked, self.app.max_body) {
+                Ok(Some(done)) => return Ok(done),
+                Ok(None) => self.wait_for_body(head, &mut continued, deadline).await?,
+                Err(e) => return Err(Some(e.into())),
             }
         }
     }

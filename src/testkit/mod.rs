@@ -6,11 +6,12 @@
 //! hash, the card cache and the answer writer.
 
 pub use crate::cache::{CardCache, ENTRY_OVERHEAD};
-pub use crate::config::CacheSection;
+pub use crate::config::{CacheSection, SearchSection};
+pub use crate::guard::{SearchGuard, STEP_BYTES};
 pub use crate::h1::server::{parse_head, Request};
 pub use crate::keys::TokenHasher;
-pub use crate::normalise::Card;
-pub use crate::parse::{route, Route};
+pub use crate::normalise::{Card, SearchAnswer};
+pub use crate::parse::{route, search_params, Route};
 pub use crate::respond::{write as write_answer, Answer, Body, Delivery};
 
 /// The built-in mock CRM's fixtures.
@@ -20,3 +21,5 @@ pub mod mock {
     pub use crate::mock::gigma::PASSWORD as GIGMA_PASSWORD;
     pub use crate::mock::{card, SEARCH_CODE};
 }
+
+pub mod fuzz;
