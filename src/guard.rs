@@ -8,6 +8,12 @@
 //! `search.max_starts_per_hour` first steps go through, so nobody floods a client with SMS
 //! or calls. State lives in bounded, expiring moka caches and holds no identifier in clear.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -202,7 +208,7 @@ const MAX_PATTERN_BYTES: usize = 1024;
 /// Take one unit of `counter` if fewer than `max` are taken.
 fn reserve(counter: &AtomicU32, max: u32) -> Option<()> {
     counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then(|| n + 1))
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then(|| n.saturating_add(1)))
         .ok()
         .map(|_| ())
 }

@@ -32,7 +32,9 @@ impl Hasher for KeyHash {
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
+            for (w, b) in word.iter_mut().zip(chunk) {
+                *w = *b;
+            }
             self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
         }
     }

@@ -9,6 +9,12 @@
 //! A search answer is a JSON object with `answerType` 1 or 2 (2 needs a non-empty
 //! `token`); it too is passed on as the CRM's own bytes.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -122,7 +128,7 @@ pub fn nesting_within(json: &[u8], max: usize) -> bool {
         match b {
             b'"' => in_string = true,
             b'{' | b'[' => {
-                depth += 1;
+                depth = depth.saturating_add(1);
                 if depth > max {
                     return false;
                 }

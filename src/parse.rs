@@ -6,6 +6,12 @@
 //! `POST /rest/chat/client/id/`. Size and character limits are enforced here, before any
 //! lookup, so that nothing downstream ever sees an oversized or malformed token.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 use bytes::Bytes;
 
 use crate::error::GatewayError;
@@ -124,7 +130,7 @@ fn percent_decode_strict(raw: &[u8]) -> Result<Vec<u8>, GatewayError> {
         }
         let hex = |d: Option<&u8>| d.and_then(|d| char::from(*d).to_digit(16));
         match (hex(bytes.next()), hex(bytes.next())) {
-            (Some(hi), Some(lo)) => out.push(u8::try_from(hi * 16 + lo).map_err(|_| malformed.clone())?),
+            (Some(hi), Some(lo)) => out.push(u8::try_from(hi.saturating_mul(16).saturating_add(lo)).map_err(|_| malformed.clone())?),
             _ => return Err(malformed),
         }
     }

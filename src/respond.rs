@@ -5,6 +5,12 @@
 //! are personal data) and, on the Auth API, `X-Cache: HIT|MISS|STALE`. Cards are stored
 //! as ready body bytes, so a cache hit is a header of a few lines and one copy of the body.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -58,7 +64,7 @@ pub struct Delivery {
 /// Append the whole answer to `out`.
 pub fn write(out: &mut Vec<u8>, answer: &Answer, delivery: Delivery) {
     let body = answer.body.as_slice();
-    out.reserve(256 + body.len());
+    out.reserve(body.len().saturating_add(256));
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(answer.status).as_bytes());
     out.push(b' ');

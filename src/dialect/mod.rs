@@ -5,6 +5,12 @@
 //! maps its answer to a [`Card`] or a [`GatewayError`]. Adding a dialect is a new module and
 //! a new `DialectKind` in the config.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 pub mod bearer;
 pub mod gigma;
 pub mod iq;
@@ -51,7 +57,7 @@ pub trait Dialect: Send + Sync {
 
 /// An `Authorization: Bearer <token>` value, marked sensitive.
 pub fn bearer_header(token: &Token) -> Result<http::HeaderValue, GatewayError> {
-    let mut value = Vec::with_capacity(7 + token.as_bytes().len());
+    let mut value = Vec::with_capacity(token.as_bytes().len().saturating_add(7));
     value.extend_from_slice(b"Bearer ");
     value.extend_from_slice(token.as_bytes());
     let mut value = http::HeaderValue::from_bytes(&value)

@@ -6,6 +6,12 @@
 //! take what RFC 9112 lets a recipient take (the last transfer coding decides; an answer
 //! without a length runs to the close), but never an ambiguous length.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -190,7 +196,7 @@ async fn read_body<S: AsyncRead + Unpin>(
         }
         BodyFraming::UntilClose => {
             loop {
-                if buf.capacity() - buf.len() < 1024 {
+                if buf.capacity().saturating_sub(buf.len()) < 1024 {
                     buf.reserve(4096);
                 }
                 let n = io.read_buf(buf).await.map_err(|cause| ReadError::Io {
@@ -215,7 +221,7 @@ async fn read_more<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     answered: bool,
 ) -> Result<(), ReadError> {
-    if buf.capacity() - buf.len() < 1024 {
+    if buf.capacity().saturating_sub(buf.len()) < 1024 {
         buf.reserve(4096);
     }
     match io.read_buf(buf).await {

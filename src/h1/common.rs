@@ -5,6 +5,12 @@
 //! says what was wrong on the wire (keeping httparse's verdict as its cause), and the
 //! layer above decides what status and `errorCode` it becomes.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 use std::fmt;
 
 /// How the body of a message is delimited.
@@ -112,7 +118,7 @@ impl FramingFields {
                 None => self.length_error = Some("invalid Content-Length"),
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.te_fields += 1;
+            self.te_fields = self.te_fields.saturating_add(1);
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.te_chunked = trim(last).eq_ignore_ascii_case(b"chunked");
             self.te_only_chunked = trim(value).eq_ignore_ascii_case(b"chunked");
@@ -140,7 +146,10 @@ fn content_length(value: &[u8]) -> Option<usize> {
         if part.is_empty() || part.len() > 15 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let v = part.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+        // At most 15 digits: no overflow, but checked all the same.
+        let v = part.iter().try_fold(0u64, |acc, d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d.saturating_sub(b'0')))
+        })?;
         let v = usize::try_from(v).ok()?;
         if n.is_some_and(|n| n != v) {
             return None;
@@ -156,8 +165,8 @@ pub fn trim(s: &[u8]) -> &[u8] {
     let end = s
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &s[start..end]
+        .map_or(start, |e| e.saturating_add(1));
+    s.get(start..end).unwrap_or_default()
 }
 
 /// Longest chunk-size line (size and extensions, without its CRLF) accepted.
@@ -214,7 +223,7 @@ impl ChunkedDecoder {
         let bad = |why| Err(FramingError::BadChunk(why));
         let max_overhead = max.saturating_add(OVERHEAD_SLACK);
         loop {
-            let rest = &input[self.pos..];
+            let rest = input.get(self.pos..).unwrap_or_default();
             match self.state {
                 ChunkState::Size => {
                     let Some(eol) = find_crlf(rest, MAX_CHUNK_LINE) else {
@@ -226,13 +235,14 @@ impl ChunkedDecoder {
                             Ok(None)
                         };
                     };
-                    self.framing(eol + 2, max_overhead)?;
-                    let size = chunk_size(&rest[..eol])
+                    let line_end = eol.saturating_add(2);
+                    self.framing(line_end, max_overhead)?;
+                    let size = chunk_size(rest.get(..eol).unwrap_or_default())
                         .ok_or(FramingError::BadChunk("malformed chunked body: bad chunk size"))?;
                     if size > max.saturating_sub(self.body.len()) as u64 {
                         return Err(FramingError::BodyTooLarge);
                     }
-                    self.pos += eol + 2;
+                    self.pos = self.pos.saturating_add(line_end);
                     self.state = match size {
                         0 => ChunkState::Trailers,
                         n => ChunkState::Data(n as usize),
@@ -243,9 +253,9 @@ impl ChunkedDecoder {
                     if take == 0 {
                         return Ok(None);
                     }
-                    self.body.extend_from_slice(&rest[..take]);
-                    self.pos += take;
-                    self.state = match left - take {
+                    self.body.extend_from_slice(rest.get(..take).unwrap_or_default());
+                    self.pos = self.pos.saturating_add(take);
+                    self.state = match left.saturating_sub(take) {
                         0 => ChunkState::DataEnd,
                         n => ChunkState::Data(n),
                     };
@@ -254,20 +264,20 @@ impl ChunkedDecoder {
                     if rest.len() < 2 {
                         return Ok(None);
                     }
-                    if &rest[..2] != b"\r\n" {
+                    if rest.get(..2) != Some(b"\r\n".as_slice()) {
                         return bad("malformed chunked body: no CRLF after chunk data");
                     }
                     self.framing(2, max_overhead)?;
-                    self.pos += 2;
+                    self.pos = self.pos.saturating_add(2);
                     self.state = ChunkState::Size;
                 }
                 ChunkState::Trailers => {
                     let mut fields = [httparse::EMPTY_HEADER; 16];
                     match httparse::parse_headers(rest, &mut fields) {
                         // httparse takes a bare LF as a line end; here only CRLF is.
-                        Ok(httparse::Status::Complete((n, _))) if crlf_only(&rest[..n]) => {
+                        Ok(httparse::Status::Complete((n, _))) if crlf_only(rest.get(..n).unwrap_or_default()) => {
                             self.framing(n, max_overhead)?;
-                            self.pos += n;
+                            self.pos = self.pos.saturating_add(n);
                             self.state = ChunkState::Done;
                         }
                         Ok(httparse::Status::Partial) if rest.len() <= MAX_TRAILERS => return Ok(None),
@@ -291,15 +301,13 @@ impl ChunkedDecoder {
 
 /// Every LF in `s` ends a CRLF.
 fn crlf_only(s: &[u8]) -> bool {
-    s.iter()
-        .enumerate()
-        .all(|(i, &b)| b != b'\n' || (i > 0 && s[i - 1] == b'\r'))
+    s.first() != Some(&b'\n') && s.windows(2).all(|w| matches!(w, [a, b] if *b != b'\n' || *a == b'\r'))
 }
 
 /// The position of the first CRLF within the first `limit + 2` bytes.
 fn find_crlf(s: &[u8], limit: usize) -> Option<usize> {
-    let end = s.len().min(limit + 2);
-    s[..end].windows(2).position(|w| w == b"\r\n")
+    let end = s.len().min(limit.saturating_add(2));
+    s.get(..end)?.windows(2).position(|w| w == b"\r\n")
 }
 
 /// The size on a chunk-size line: 1 to 15 hex digits, then nothing or `;` extensions
@@ -312,7 +320,10 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     let (hex, ext) = line.split_at(digits);
     let ext_ok = match ext.iter().position(|&b| b != b' ' && b != b'\t') {
         None => true,
-        Some(i) => ext[i] == b';' && ext[i..].iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)),
+        Some(i) => {
+            let ext = ext.get(i..).unwrap_or_default();
+            ext.first() == Some(&b';') && ext.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        }
     };
     if !ext_ok {
         return None;

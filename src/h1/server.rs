@@ -9,6 +9,12 @@
 //! but its body [`FramingError::Unframeable`]. [`Request`] is the view of one complete
 //! request that the gateway answers.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -39,7 +45,7 @@ pub struct Head {
 impl Head {
     /// The request method, as bytes of `buf` (the buffer the head was parsed from).
     pub fn method<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        &buf[self.method.clone()]
+        buf.get(self.method.clone()).unwrap_or_default()
     }
 
     /// How many header fields the request has.
@@ -74,7 +80,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(_) if buf.len() <= max_head => return Ok(false),
         Ok(_) => {
-            let line_done = buf[..max_head].windows(2).any(|w| w == b"\r\n");
+            let line_done = buf.get(..max_head).unwrap_or(buf).windows(2).any(|w| w == b"\r\n");
             return Err(if line_done {
                 FramingError::HeadTooLarge
             } else {
@@ -86,8 +92,9 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     };
     let base = buf.as_ptr() as usize;
     let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
+        // httparse's slices point into `buf`, so this is their offset in it.
+        let start = (s.as_ptr() as usize).saturating_sub(base);
+        start..start.saturating_add(s.len())
     };
     // Tokens and routes are ASCII (anything else is percent-encoded): refuse the rest here,
     // so that nothing downstream meets a multi-byte character where it slices.
@@ -251,7 +258,7 @@ impl<'a> Request<'a> {
 
     fn text(&self, r: &Range<usize>) -> &'a str {
         // The method is an ASCII token (httparse) and the target ASCII ([`parse_head`]).
-        std::str::from_utf8(&self.buf[r.clone()]).unwrap_or("")
+        std::str::from_utf8(self.buf.get(r.clone()).unwrap_or_default()).unwrap_or("")
     }
 }
 
@@ -265,9 +272,8 @@ impl RequestView for Request<'_> {
         let mut t = self.text(&self.head.target);
         for scheme in ["http://", "https://"] {
             if t.len() > scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme) {
-                t = t[scheme.len()..]
-                    .find('/')
-                    .map_or("/", |i| &t[scheme.len() + i..]);
+                let rest = t.get(scheme.len()..).unwrap_or_default();
+                t = rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/");
                 break;
             }
         }
@@ -279,8 +285,8 @@ impl RequestView for Request<'_> {
         self.head
             .headers
             .iter()
-            .filter(move |(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
-            .map(move |(_, v)| &buf[v.clone()])
+            .filter(move |(n, _)| buf.get(n.clone()).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+            .map(move |(_, v)| buf.get(v.clone()).unwrap_or_default())
     }
 
     fn body(&self) -> &[u8] {

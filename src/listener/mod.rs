@@ -11,6 +11,12 @@
 //! connection is closed, since what follows them on the wire cannot be trusted. On
 //! shutdown, idle connections close at once and busy ones after their answer.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,8 +154,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     async fn run(&mut self) {
         loop {
             if self.buf.is_empty() {
-                let idle_until = Instant::now() + self.app.keepalive;
-                let shrink_at = Instant::now() + IDLE_SHRINK;
+                let idle_until = after(self.app.keepalive);
+                let shrink_at = after(IDLE_SHRINK);
                 let mut arrival = self.read(shrink_at.min(idle_until), true).await;
                 if matches!(arrival, Arrival::TimedOut) && shrink_at < idle_until {
                     self.give_back();
@@ -159,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     return;
                 }
             }
-            let deadline = Instant::now() + self.app.client_timeout;
+            let deadline = after(self.app.client_timeout);
             if !self.serve_one(deadline).await {
                 return;
             }
@@ -196,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         let gw = &self.app.gateway;
         let mut ctx = gw.begin();
         let body = match body {
-            BodyPlace::Inline(start, end) => &self.buf[start..end],
+            BodyPlace::Inline(start, end) => self.buf.get(start..end).unwrap_or_default(),
             BodyPlace::Chunked => &self.chunked.body[..],
         };
         let req = Request::new(&self.buf, &head, body, self.peer);
@@ -308,12 +314,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         if !matches!(closed, Ok(Ok(()))) {
             return;
         }
-        let until = Instant::now() + LINGER;
+        let until = after(LINGER);
         let mut drained = 0;
         while drained < LINGER_BYTES {
             self.buf.clear();
             match self.read(until, false).await {
-                Arrival::Data => drained += self.buf.len(),
+                Arrival::Data => drained = drained.saturating_add(self.buf.len()),
                 Arrival::Closed | Arrival::TimedOut | Arrival::ShuttingDown => return,
             }
         }
@@ -325,7 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         // Between requests any room will do (an idle connection keeps little); within one,
         // grow by whole chunks.
         let want = if idle { 1 } else { READ_CHUNK / 4 };
-        if self.buf.capacity() - self.buf.len() < want {
+        if self.buf.capacity().saturating_sub(self.buf.len()) < want {
             self.buf.reserve(READ_CHUNK);
         }
         let Connection {
@@ -364,6 +370,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         self.out.clear();
         ok
     }
+}
+
+/// The instant `d` from now (far in the future rather than overflowing).
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or(now)
 }
 
 /// The request method as a log label (a fixed set: never arbitrary client text).

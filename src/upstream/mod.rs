@@ -8,6 +8,12 @@
 //! once on a fresh one when it is safe to repeat. This module turns transport failures
 //! into the `CRM_*` errors; [`crate::normalise`] judges the answers that did arrive.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 mod pool;
 mod resolve;
 
@@ -135,7 +141,7 @@ impl Upstream {
         }
         let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
         peer.options.connection_timeout = Some(cfg.upstream.connect_timeout);
-        peer.options.total_connection_timeout = Some(cfg.upstream.connect_timeout * 2);
+        peer.options.total_connection_timeout = Some(cfg.upstream.connect_timeout.saturating_mul(2));
         let authority = url.authority();
         if HeaderValue::from_str(&authority).is_err() {
             return Err(ConfigError(
@@ -272,7 +278,7 @@ impl Upstream {
 
     /// The request as bytes on the wire: request line, headers, body.
     fn wire(&self, req: &UpstreamRequest) -> Vec<u8> {
-        let mut w = Vec::with_capacity(256 + req.body.len());
+        let mut w = Vec::with_capacity(req.body.len().saturating_add(256));
         w.extend_from_slice(req.method.as_bytes());
         w.push(b' ');
         w.extend_from_slice(self.base_path.as_bytes());

@@ -7,6 +7,12 @@
 //! `upstream.pool_idle_timeout`; a reaper task closes the expired and the closed ones
 //! even when no request comes, so none lingers half-closed.
 
+// Input decides every length and offset here: no panicking index, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
+
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -103,7 +109,7 @@ impl Pool {
 /// Sweep the pool a few times per idle period, for as long as it exists.
 async fn reap(pool: Weak<Pool>) {
     let every = match pool.upgrade() {
-        Some(p) => (p.max_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        Some(p) => (p.max_idle.checked_div(4).unwrap_or_default()).clamp(Duration::from_millis(50), Duration::from_secs(5)),
         None => return,
     };
     loop {
