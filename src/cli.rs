@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::Config;
 #[cfg(feature = "mock")]
 use crate::config::DialectKind;
-use crate::config::{Config, ConfigError};
 use crate::server;
 
 #[derive(Parser)]
@@ -152,10 +152,14 @@ fn demo(kind: DialectKind, listen: &str, admin: &str, crm: &str) -> ExitCode {
     finish(server::run(cfg, false, vec![mock]))
 }
 
-fn finish(r: Result<(), ConfigError>) -> ExitCode {
+fn finish(r: Result<(), server::StartError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(server::StartError::Listen(why)) => {
+            eprintln!("cardgate: {why}");
+            ExitCode::from(1)
+        }
+        Err(server::StartError::Config(e)) => fail(&e),
     }
 }
 

@@ -11,7 +11,12 @@
 // Input decides every length and offset here: no panicking index, no unchecked arithmetic.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -208,7 +213,9 @@ const MAX_PATTERN_BYTES: usize = 1024;
 /// Take one unit of `counter` if fewer than `max` are taken.
 fn reserve(counter: &AtomicU32, max: u32) -> Option<()> {
     counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then(|| n.saturating_add(1)))
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then(|| n.saturating_add(1))
+        })
         .ok()
         .map(|_| ())
 }

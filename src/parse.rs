@@ -9,7 +9,12 @@
 // Input decides every length and offset here: no panicking index, no unchecked arithmetic.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 
 use bytes::Bytes;
@@ -130,7 +135,8 @@ fn percent_decode_strict(raw: &[u8]) -> Result<Vec<u8>, GatewayError> {
         }
         let hex = |d: Option<&u8>| d.and_then(|d| char::from(*d).to_digit(16));
         match (hex(bytes.next()), hex(bytes.next())) {
-            (Some(hi), Some(lo)) => out.push(u8::try_from(hi.saturating_mul(16).saturating_add(lo)).map_err(|_| malformed.clone())?),
+            (Some(hi), Some(lo)) => out
+                .push(u8::try_from(hi.saturating_mul(16).saturating_add(lo)).map_err(|_| malformed.clone())?),
             _ => return Err(malformed),
         }
     }

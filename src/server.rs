@@ -30,8 +30,43 @@ use crate::listener::Listener;
 /// Everything the process runs besides the gateway itself (the demo's mock CRM).
 pub type Extra = Box<dyn ServiceWithDependents>;
 
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid (exit code 2).
+    Config(ConfigError),
+    /// A listener cannot bind (exit code 1): which address, and the system's reason.
+    Listen(String),
+}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        StartError::Config(e)
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => e.fmt(f),
+            StartError::Listen(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Every listening address must be free before Pingora starts: its listener threads would
+/// otherwise retry a taken port for seconds and then panic while the rest runs on. An
+/// upgrade takes the sockets over from the old process instead, so it skips this.
+fn check_listeners(addrs: &[&str]) -> Result<(), StartError> {
+    for addr in addrs {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| StartError::Listen(format!("cannot listen on {addr}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Run the gateway (and any extra services) until a signal ends the process.
-pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), ConfigError> {
+pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), StartError> {
     let grace = cfg.server.grace_period;
     let conf = ServerConf {
         threads: cfg.server.threads,
@@ -50,6 +85,9 @@ pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), ConfigEr
     };
     let listen = cfg.server.listen.clone();
     let admin_listen = cfg.admin.listen.clone();
+    if !upgrade {
+        check_listeners(&[&listen, &admin_listen])?;
+    }
     let gw = Gateway::new(cfg)?;
     crate::trim::start();
     let mut server = Server::new_with_opt_and_conf(opt, conf);

@@ -193,3 +193,37 @@ fn demo_runs_a_working_pair_and_prints_curl_lines_for_each_dialect() {
         assert!(out.contains(&format!("http://{admin}/metrics")), "{out}");
     }
 }
+
+#[test]
+fn a_listen_address_that_is_taken_or_not_local_stops_the_start_with_its_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    // 192.0.2.1 (TEST-NET-1) is never an address of this machine: binding it fails at once.
+    for (listen, reason) in [
+        (taken.as_str(), "Address already in use"),
+        ("192.0.2.1:18999", "Cannot assign"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = \"{listen}\"\nupgrade_sock = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+                 [upstream]\nurl = \"http://127.0.0.1:1\"\n",
+                dir.path().join("u.sock").display(),
+                free_port()
+            ),
+        )
+        .unwrap();
+        let start = Instant::now();
+        let out = Command::new(BIN)
+            .args(["--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        assert!(stderr.contains(&format!("cannot listen on {listen}")), "{stderr}");
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+}

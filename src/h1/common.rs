@@ -8,7 +8,12 @@
 // Input decides every length and offset here: no panicking index, no unchecked arithmetic.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 
 use std::fmt;
@@ -148,7 +153,8 @@ fn content_length(value: &[u8]) -> Option<usize> {
         }
         // At most 15 digits: no overflow, but checked all the same.
         let v = part.iter().try_fold(0u64, |acc, d| {
-            acc.checked_mul(10)?.checked_add(u64::from(d.saturating_sub(b'0')))
+            acc.checked_mul(10)?
+                .checked_add(u64::from(d.saturating_sub(b'0')))
         })?;
         let v = usize::try_from(v).ok()?;
         if n.is_some_and(|n| n != v) {
@@ -275,7 +281,9 @@ impl ChunkedDecoder {
                     let mut fields = [httparse::EMPTY_HEADER; 16];
                     match httparse::parse_headers(rest, &mut fields) {
                         // httparse takes a bare LF as a line end; here only CRLF is.
-                        Ok(httparse::Status::Complete((n, _))) if crlf_only(rest.get(..n).unwrap_or_default()) => {
+                        Ok(httparse::Status::Complete((n, _)))
+                            if crlf_only(rest.get(..n).unwrap_or_default()) =>
+                        {
                             self.framing(n, max_overhead)?;
                             self.pos = self.pos.saturating_add(n);
                             self.state = ChunkState::Done;
@@ -301,7 +309,9 @@ impl ChunkedDecoder {
 
 /// Every LF in `s` ends a CRLF.
 fn crlf_only(s: &[u8]) -> bool {
-    s.first() != Some(&b'\n') && s.windows(2).all(|w| matches!(w, [a, b] if *b != b'\n' || *a == b'\r'))
+    s.first() != Some(&b'\n')
+        && s.windows(2)
+            .all(|w| matches!(w, [a, b] if *b != b'\n' || *a == b'\r'))
 }
 
 /// The position of the first CRLF within the first `limit + 2` bytes.

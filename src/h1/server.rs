@@ -12,7 +12,12 @@
 // Input decides every length and offset here: no panicking index, no unchecked arithmetic.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 
 use std::net::IpAddr;
@@ -80,7 +85,11 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(_) if buf.len() <= max_head => return Ok(false),
         Ok(_) => {
-            let line_done = buf.get(..max_head).unwrap_or(buf).windows(2).any(|w| w == b"\r\n");
+            let line_done = buf
+                .get(..max_head)
+                .unwrap_or(buf)
+                .windows(2)
+                .any(|w| w == b"\r\n");
             return Err(if line_done {
                 FramingError::HeadTooLarge
             } else {
@@ -285,7 +294,10 @@ impl RequestView for Request<'_> {
         self.head
             .headers
             .iter()
-            .filter(move |(n, _)| buf.get(n.clone()).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+            .filter(move |(n, _)| {
+                buf.get(n.clone())
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            })
             .map(move |(_, v)| buf.get(v.clone()).unwrap_or_default())
     }
 

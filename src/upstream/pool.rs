@@ -10,7 +10,12 @@
 // Input decides every length and offset here: no panicking index, no unchecked arithmetic.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 
 use std::collections::VecDeque;
@@ -109,7 +114,8 @@ impl Pool {
 /// Sweep the pool a few times per idle period, for as long as it exists.
 async fn reap(pool: Weak<Pool>) {
     let every = match pool.upgrade() {
-        Some(p) => (p.max_idle.checked_div(4).unwrap_or_default()).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        Some(p) => (p.max_idle.checked_div(4).unwrap_or_default())
+            .clamp(Duration::from_millis(50), Duration::from_secs(5)),
         None => return,
     };
     loop {
