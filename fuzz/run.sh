@@ -16,7 +16,7 @@ targets=("$@")
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
   log=$(mktemp)
-  if ! cargo fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+  if ! cargo fuzz run "$t" -- -max_total_time="$secs" -max_len=20000 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     tail -40 "$log" >&2
     echo "$t: FAILED (see fuzz/artifacts/$t/)" >&2
     rm -f "$log"

@@ -161,10 +161,21 @@ pub fn warn(what: &str, cause: &dyn std::fmt::Display, limiter: &Mutex<Option<In
     }
 }
 
-/// Write out every line queued so far (at exit), waiting at most `limit`.
+/// Write out every line queued so far (at exit), waiting at most `limit` in all: a
+/// writer stuck on a stalled stdout must not hold the exit.
 pub fn flush(limit: Duration) {
+    let deadline = Instant::now() + limit;
     let (done, wait) = mpsc::sync_channel(1);
-    if sink().tx.send(Msg::Flush(done)).is_ok() {
-        let _ = wait.recv_timeout(limit);
+    let mut msg = Msg::Flush(done);
+    loop {
+        match sink().tx.try_send(msg) {
+            Ok(()) => break,
+            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                msg = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
     }
+    let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }

@@ -241,17 +241,21 @@ impl Gateway {
         let req = parse::search_params(content_type, http.body(), self.cfg.limits.max_token_bytes)?;
         step_id.clone_from(&req.step_id);
         let step = if req.step_id.is_some() { "next" } else { "first" };
-        if let Err(refusal) = self.guard.admit(&self.hasher, &req).await {
-            self.metrics
-                .search_refusals
-                .with_label_values(&[refusal.label()])
-                .inc();
-            ctx.search = Some((step, "refused"));
-            return Err(refusal.error());
-        }
+        let admission = match self.guard.admit(&self.hasher, &req).await {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                self.metrics
+                    .search_refusals
+                    .with_label_values(&[refusal.label()])
+                    .inc();
+                ctx.search = Some((step, "refused"));
+                return Err(refusal.error());
+            }
+        };
         let record = CallRecord::default();
         let result = self.dialect.search(&self.upstream, &req, &record).await;
         ctx.upstream = record.get();
+        admission.settle(&req, &result);
         self.guard.record(&self.hasher, &req, &result).await;
         let outcome = match &result {
             Ok(a) if a.answer_type == 2 => "answer2",

@@ -68,6 +68,43 @@ struct Step {
     attempts: AtomicU32,
 }
 
+/// What an admitted step holds: the counter it took one unit of.
+enum Held {
+    Step(Arc<Step>),
+    Start(Arc<AtomicU32>),
+}
+
+/// One admitted attempt (or first step). [`Admission::settle`] gives it back when the
+/// outcome says nothing about the client; dropped unsettled, it stays counted.
+#[must_use = "settle the admission with the outcome"]
+pub struct Admission(Held);
+
+impl Admission {
+    /// Settle with the outcome, on the very counter the admission took from (even if the
+    /// step was evicted and tracked anew meanwhile).
+    pub fn settle(self, req: &SearchRequest, answer: &Result<SearchAnswer, GatewayError>) {
+        let gateway_side = matches!(answer, Err(e) if !matches!(e, GatewayError::CrmRejected { .. }));
+        match self.0 {
+            // A first step that never reached the client is given back.
+            Held::Start(count) if gateway_side => release(&count),
+            Held::Start(_) => {}
+            Held::Step(step) => {
+                let failed = match answer {
+                    // The system's own verdict on this step: a wrong code, an unknown step...
+                    Err(GatewayError::CrmRejected { .. }) => true,
+                    // "Try again" on the same step after a secret word is a failed attempt too.
+                    Ok(a) => a.answer_type == 1 && req.secret_word.is_some() && a.step_id == req.step_id,
+                    // Gateway-side failures say nothing about the code.
+                    Err(_) => false,
+                };
+                if !failed {
+                    release(&step.attempts);
+                }
+            }
+        }
+    }
+}
+
 /// Bytes one tracked step costs (moka's entry, the key, the step), measured by
 /// `cargo bench --bench memory -- guard` and rounded up; validators are shared.
 pub const STEP_BYTES: u64 = 512;
@@ -108,16 +145,17 @@ impl SearchGuard {
     }
 
     /// Decide before the internal system is asked. An admitted step holds one attempt
-    /// (or one start) from here on, so that concurrent guesses cannot all pass; only a
-    /// gateway-side failure gives it back ([`SearchGuard::record`]). A local refusal
-    /// counts as a failed attempt.
-    pub async fn admit(&self, keys: &TokenHasher, req: &SearchRequest) -> Result<(), Refusal> {
+    /// (or one start) from here on, so that concurrent guesses cannot all pass; the
+    /// [`Admission`] gives it back when the outcome says nothing about the client. A
+    /// local refusal counts as a failed attempt.
+    pub async fn admit(&self, keys: &TokenHasher, req: &SearchRequest) -> Result<Admission, Refusal> {
         let Some(step_id) = &req.step_id else {
             let count = self
                 .starts
                 .get_with(Self::start_key(keys, req), async { Arc::new(AtomicU32::new(0)) })
                 .await;
-            return reserve(&count, self.max_starts).ok_or(Refusal::Starts);
+            reserve(&count, self.max_starts).ok_or(Refusal::Starts)?;
+            return Ok(Admission(Held::Start(count)));
         };
         let key = keys.id_key("search step", step_id.as_bytes());
         // An unknown step is tracked from its first attempt on, so its guesses are counted
@@ -133,47 +171,21 @@ impl SearchGuard {
                 return Err(Refusal::SecretWord);
             }
         }
-        Ok(())
+        Ok(Admission(Held::Step(step)))
     }
 
-    /// Learn from the internal system's answer to an admitted step.
+    /// Learn from the internal system's answer: a finished step is forgotten, a next step
+    /// gets its validator.
     pub async fn record(
         &self,
         keys: &TokenHasher,
         req: &SearchRequest,
         answer: &Result<SearchAnswer, GatewayError>,
     ) {
-        let asked = req
-            .step_id
-            .as_ref()
-            .map(|id| keys.id_key("search step", id.as_bytes()));
-        let gateway_side = matches!(answer, Err(e) if !matches!(e, GatewayError::CrmRejected { .. }));
-        let failed = match answer {
-            // The system's own verdict on this step: a wrong code, an unknown step...
-            Err(GatewayError::CrmRejected { .. }) => true,
-            // "Try again" on the same step after a secret word is a failed attempt too.
-            Ok(a) => a.answer_type == 1 && req.secret_word.is_some() && a.step_id == req.step_id,
-            // Gateway-side failures say nothing about the code.
-            Err(_) => false,
-        };
-        match &asked {
-            None if gateway_side => {
-                // The start never reached the client: give it back.
-                if let Some(count) = self.starts.get(&Self::start_key(keys, req)).await {
-                    release(&count);
-                }
-            }
-            None => {}
-            Some(key) => {
-                if let Some(step) = self.steps.get(key).await {
-                    if !failed {
-                        release(&step.attempts);
-                    }
-                }
-                if matches!(answer, Ok(a) if a.answer_type == 2) {
-                    self.steps.invalidate(key).await;
-                }
-            }
+        if let (Some(id), Ok(SearchAnswer { answer_type: 2, .. })) = (&req.step_id, answer) {
+            self.steps
+                .invalidate(&keys.id_key("search step", id.as_bytes()))
+                .await;
         }
         if let Ok(SearchAnswer {
             answer_type: 1,
@@ -208,7 +220,7 @@ impl SearchGuard {
 }
 
 /// Longest validator pattern considered (longer ones are not enforced).
-const MAX_PATTERN_BYTES: usize = 1024;
+const MAX_PATTERN_BYTES: usize = 4096;
 
 /// Take one unit of `counter` if fewer than `max` are taken.
 fn reserve(counter: &AtomicU32, max: u32) -> Option<()> {
@@ -276,6 +288,26 @@ mod tests {
         })
     }
 
+    /// Admit, ask nobody, and settle and record with `answer`, as the gateway does.
+    async fn settle(
+        g: &SearchGuard,
+        k: &TokenHasher,
+        r: &SearchRequest,
+        answer: &Result<SearchAnswer, GatewayError>,
+    ) {
+        let admission = g
+            .admit(k, r)
+            .await
+            .map_err(|e| format!("refused: {e:?}"))
+            .unwrap();
+        admission.settle(r, answer);
+        g.record(k, r, answer).await;
+    }
+
+    async fn admit(g: &SearchGuard, k: &TokenHasher, r: &SearchRequest) -> Result<(), Refusal> {
+        g.admit(k, r).await.map(drop)
+    }
+
     fn wrong() -> Result<SearchAnswer, GatewayError> {
         Err(GatewayError::CrmRejected {
             status: 400,
@@ -323,13 +355,13 @@ mod tests {
     #[tokio::test]
     async fn starts_are_limited_per_identifier() {
         let (g, k) = (SearchGuard::new(&cfg()), TokenHasher::random());
-        assert_eq!(g.admit(&k, &req("client=%2B7+999+999+99+90")).await, Ok(()));
-        assert_eq!(g.admit(&k, &req("client=89999999990")).await, Ok(()));
+        assert_eq!(admit(&g, &k, &req("client=%2B7+999+999+99+90")).await, Ok(()));
+        assert_eq!(admit(&g, &k, &req("client=89999999990")).await, Ok(()));
         assert_eq!(
-            g.admit(&k, &req("client=79999999990")).await,
+            admit(&g, &k, &req("client=79999999990")).await,
             Err(Refusal::Starts)
         );
-        assert_eq!(g.admit(&k, &req("client=other")).await, Ok(()));
+        assert_eq!(admit(&g, &k, &req("client=other")).await, Ok(()));
     }
 
     #[tokio::test]
@@ -338,26 +370,24 @@ mod tests {
         let first = req("client=x");
         g.record(&k, &first, &step1("s1")).await;
         let bad_form = req("client=x&stepId=s1&secretWord=abc");
-        assert_eq!(g.admit(&k, &bad_form).await, Err(Refusal::SecretWord));
+        assert_eq!(admit(&g, &k, &bad_form).await, Err(Refusal::SecretWord));
         let guess = req("client=x&stepId=s1&secretWord=1234");
         for _ in 0..2 {
-            assert_eq!(g.admit(&k, &guess).await, Ok(()));
-            g.record(&k, &guess, &wrong()).await;
+            settle(&g, &k, &guess, &wrong()).await;
         }
         // 1 local + 2 upstream failures = max_attempts.
-        assert_eq!(g.admit(&k, &guess).await, Err(Refusal::Attempts));
+        assert_eq!(admit(&g, &k, &guess).await, Err(Refusal::Attempts));
         // Another step is untouched; an unknown step goes through and is then counted.
         g.record(&k, &first, &step1("s2")).await;
         assert_eq!(
-            g.admit(&k, &req("client=x&stepId=s2&secretWord=1234")).await,
+            admit(&g, &k, &req("client=x&stepId=s2&secretWord=1234")).await,
             Ok(())
         );
         let unknown = req("client=x&stepId=zz&secretWord=1");
         for _ in 0..3 {
-            assert_eq!(g.admit(&k, &unknown).await, Ok(()));
-            g.record(&k, &unknown, &wrong()).await;
+            settle(&g, &k, &unknown, &wrong()).await;
         }
-        assert_eq!(g.admit(&k, &unknown).await, Err(Refusal::Attempts));
+        assert_eq!(admit(&g, &k, &unknown).await, Err(Refusal::Attempts));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -372,7 +402,7 @@ mod tests {
                 let (g, k) = (g.clone(), k.clone());
                 tokio::spawn(async move {
                     let guess = req(&format!("client=x&stepId=s1&secretWord={:04}", i));
-                    g.admit(&k, &guess).await.is_ok()
+                    admit(&g, &k, &guess).await.is_ok()
                 })
             })
             .collect();
@@ -385,7 +415,7 @@ mod tests {
         let tasks: Vec<_> = (0..50)
             .map(|_| {
                 let (g, k) = (g.clone(), k.clone());
-                tokio::spawn(async move { g.admit(&k, &req("client=89999999990")).await.is_ok() })
+                tokio::spawn(async move { admit(&g, &k, &req("client=89999999990")).await.is_ok() })
             })
             .collect();
         let mut started = 0;
@@ -401,13 +431,11 @@ mod tests {
         g.record(&k, &req("client=x"), &step1("s1")).await;
         let guess = req("client=x&stepId=s1&secretWord=1234");
         for _ in 0..10 {
-            assert_eq!(g.admit(&k, &guess).await, Ok(()));
-            g.record(&k, &guess, &Err(GatewayError::CrmTimeout)).await;
+            settle(&g, &k, &guess, &Err(GatewayError::CrmTimeout)).await;
         }
         let first = req("client=89999999990");
         for _ in 0..10 {
-            assert_eq!(g.admit(&k, &first).await, Ok(()));
-            g.record(&k, &first, &Err(GatewayError::CrmTimeout)).await;
+            settle(&g, &k, &first, &Err(GatewayError::CrmTimeout)).await;
         }
     }
 
@@ -434,9 +462,8 @@ mod tests {
         g.record(&k, &req("client=x"), &step1("s1")).await;
         let guess = req("client=x&stepId=s1&secretWord=1111");
         for _ in 0..3 {
-            assert_eq!(g.admit(&k, &guess).await, Ok(()));
-            g.record(&k, &guess, &step1("s1")).await;
+            settle(&g, &k, &guess, &step1("s1")).await;
         }
-        assert_eq!(g.admit(&k, &guess).await, Err(Refusal::Attempts));
+        assert_eq!(admit(&g, &k, &guess).await, Err(Refusal::Attempts));
     }
 }

@@ -122,6 +122,8 @@ pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), StartErr
             grace,
         }),
     });
+    // An upgrade, SIGINT or Pingora's own end: what was logged goes out first.
+    crate::accesslog::flush(Duration::from_secs(1));
     Ok(())
 }
 

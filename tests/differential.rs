@@ -64,6 +64,7 @@ const STRICTER: &[&str] = &[
     "non-ascii-target",
     "te-and-cl",
     "control-in-target",
+    "long-trailer",
 ];
 
 fn corpus() -> Vec<(String, Vec<u8>)> {

@@ -68,25 +68,35 @@ fn calls_beyond_max_inflight_are_shed_at_once() {
     let gw = Arc::new(Gateway::start(
         &mock.url(),
         &[
-            ("upstream", "max_inflight = 2\nqueue_timeout = \"100ms\""),
+            ("upstream", "max_inflight = 2\nqueue_timeout = \"50ms\""),
             ("cache", "ttl = \"0s\""),
         ],
     ));
-    // `lag` tokens: the mock answers after 500 ms, so two calls hold both slots.
+    // `lag` tokens: the mock answers after 500 ms. Two calls take both slots; once the
+    // gateway counts them in flight, six more are shed after the 50 ms queue wait.
     let tokens: Vec<String> = (0..8).map(|i| token(&format!("lag{i}"))).collect();
-    let answers: Vec<_> = tokens
-        .iter()
-        .map(|t| {
-            let (gw, t) = (gw.clone(), t.clone());
-            thread::spawn(move || gw.get_card(&t))
-        })
-        .collect();
-    let answers: Vec<_> = answers.into_iter().map(|h| h.join().unwrap()).collect();
-    let ok = answers.iter().filter(|r| r.status == 200).count();
-    let shed: Vec<_> = answers.iter().filter(|r| r.status == 503).collect();
-    assert_eq!((ok, shed.len()), (2, 6), "{answers:?}");
-    for r in shed {
-        assert_eq!(r.error_code(), "CRM_OVERLOADED");
+    let spawn = |t: &String| {
+        let (gw, t) = (gw.clone(), t.clone());
+        thread::spawn(move || gw.get_card(&t))
+    };
+    let held: Vec<_> = tokens[..2].iter().map(spawn).collect();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || gw
+            .metric_now("cardgate_inflight_requests")
+            == 2.0),
+        "the two calls did not start"
+    );
+    let shed: Vec<_> = tokens[2..].iter().map(spawn).collect();
+    let shed: Vec<_> = shed.into_iter().map(|h| h.join().unwrap()).collect();
+    let held: Vec<_> = held.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(held.iter().all(|r| r.status == 200), "{held:?}");
+    for r in &shed {
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (503, "CRM_OVERLOADED"),
+            "{}",
+            r.body
+        );
         assert_eq!(r.header("retry-after"), Some("1"));
     }
     let calls: usize = tokens.iter().map(|t| mock.calls_for(t).len()).sum();

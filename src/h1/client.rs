@@ -80,7 +80,7 @@ pub fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, FramingError>
     let parsed = httparse::ParserConfig::default()
         .allow_spaces_after_header_name_in_responses(true)
         .allow_obsolete_multiline_headers_in_responses(true)
-        .parse_response(&mut resp, buf);
+        .parse_response(&mut resp, buf.get(..=MAX_ANSWER_HEAD).unwrap_or(buf));
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) if len > MAX_ANSWER_HEAD => {
             return Err(FramingError::HeadTooLarge)

@@ -282,7 +282,7 @@ impl ChunkedDecoder {
                     match httparse::parse_headers(rest, &mut fields) {
                         // httparse takes a bare LF as a line end; here only CRLF is.
                         Ok(httparse::Status::Complete((n, _)))
-                            if crlf_only(rest.get(..n).unwrap_or_default()) =>
+                            if n <= MAX_TRAILERS && crlf_only(rest.get(..n).unwrap_or_default()) =>
                         {
                             self.framing(n, max_overhead)?;
                             self.pos = self.pos.saturating_add(n);
@@ -434,7 +434,9 @@ mod tests {
         let tiny: Vec<u8> = [b"1\r\nx\r\n".repeat(8014), b"0\r\n\r\n".to_vec()].concat();
         // The largest chunk line accepted, then one byte too long.
         let line = |len: usize| [b"3;".as_slice(), &vec![b'x'; len - 2], b"\r\nabc\r\n0\r\n\r\n"].concat();
+        let long_trailer = [b"1\r\na\r\n0\r\nX: ".as_slice(), &[b'a'; 10_000], b"\r\n\r\n"].concat();
         let cases = [
+            (long_trailer, 16 * 1024),
             (tiny, 16 * 1024),
             (line(MAX_CHUNK_LINE), 100),
             (line(MAX_CHUNK_LINE + 1), 100),

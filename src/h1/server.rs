@@ -81,7 +81,10 @@ impl Head {
 pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Result<bool, FramingError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // Only the bytes within the limit are looked at, so the verdict cannot depend on how
+    // much beyond it one read happened to bring.
+    let within = buf.get(..max_head).unwrap_or(buf);
+    let len = match req.parse(within) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(_) if buf.len() <= max_head => return Ok(false),
         Ok(_) => {
@@ -111,22 +114,10 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     if !target.is_ascii() {
         return Err(FramingError::NonAsciiTarget);
     }
-    let method = req.method.unwrap_or_default();
-    // A tunnel's bytes must never be read as requests: refuse CONNECT and its target form.
-    if method == "CONNECT" {
-        return Err(FramingError::BadTarget("CONNECT is not served"));
-    }
-    let origin_form = target.starts_with('/') || target == "*";
-    let authority = match absolute_authority(target) {
-        Some(a) => Some(a),
-        None if origin_form => None,
-        None => {
-            return Err(FramingError::BadTarget(
-                "request target is not in origin or absolute form",
-            ))
-        }
-    };
-    check_host(req.headers, req.version.unwrap_or(1), authority)?;
+    // Checked now, refused with the body's framing below: the refusal then has the
+    // request's head (a HEAD gets no body, a search gets its error shape).
+    let target_ok = check_target(req.method.unwrap_or_default(), target)
+        .and_then(|authority| check_host(req.headers, req.version.unwrap_or(1), authority));
     let h = head.get_or_insert_with(Head::empty);
     h.len = len;
     h.method = span(req.method.unwrap_or_default().as_bytes());
@@ -143,6 +134,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     }
     let refused = |why| Err(FramingError::Unframeable(why));
     h.framing = match (fields.length_error, fields.te_fields, fields.length) {
+        _ if target_ok.is_err() => target_ok.map(|()| BodyFraming::Length(0)),
         (Some(why), _, _) => refused(why),
         (None, 0, length) => Ok(BodyFraming::Length(length.unwrap_or(0))),
         (None, _, Some(_)) => refused("both Transfer-Encoding and Content-Length"),
@@ -203,8 +195,24 @@ fn absolute_authority(target: &str) -> Option<&str> {
     Some(&rest[..end])
 }
 
-/// RFC 9112 §3.2: one `Host` field in HTTP/1.1 (at most one in 1.0), and an absolute-form
-/// target's authority must be the same host.
+/// A tunnel's bytes must never be read as requests: CONNECT and authority-form targets
+/// are refused. The authority of an absolute-form target, if it is one.
+fn check_target<'t>(method: &str, target: &'t str) -> Result<Option<&'t str>, FramingError> {
+    if method == "CONNECT" {
+        return Err(FramingError::BadTarget("CONNECT is not served"));
+    }
+    match absolute_authority(target) {
+        Some(a) => Ok(Some(a)),
+        None if target.starts_with('/') || target == "*" => Ok(None),
+        None => Err(FramingError::BadTarget(
+            "request target is not in origin or absolute form",
+        )),
+    }
+}
+
+/// One `Host` field in HTTP/1.1 (RFC 9112 §3.2), at most one in 1.0; with an
+/// absolute-form target, a `Host` that names another authority is refused rather than
+/// ignored (§3.2.2 lets a server ignore it: a gateway in front of other parsers does not).
 fn check_host(
     fields: &[httparse::Header<'_>],
     minor: u8,
@@ -427,7 +435,9 @@ pub(crate) mod tests {
 
     #[test]
     fn host_is_required_once_and_must_match_the_target() {
-        let f = |raw: &str| head(raw.as_bytes()).map(|_| ());
+        // The head is read whole (its refusal keeps its method and route); the body's
+        // framing carries the verdict.
+        let f = |raw: &str| head(raw.as_bytes()).unwrap().framing.map(|_| ());
         assert_eq!(f("GET / HTTP/1.0\r\n\r\n"), Ok(()));
         assert_eq!(f("GET http://gw:80/x HTTP/1.1\r\nHost: GW:80\r\n\r\n"), Ok(()));
         for bad in [
@@ -449,10 +459,8 @@ pub(crate) mod tests {
             "GET gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\n",
             "GET ftp://gw/x HTTP/1.1\r\nHost: gw\r\n\r\n",
         ] {
-            assert!(
-                matches!(head(bad.as_bytes()), Err(FramingError::BadTarget(_))),
-                "{bad:?}"
-            );
+            let framing = head(bad.as_bytes()).unwrap().framing;
+            assert!(matches!(framing, Err(FramingError::BadTarget(_))), "{bad:?}");
         }
     }
 

@@ -103,7 +103,11 @@ impl ServerApp for Listener {
         // carries its handshake machinery (some 10 KiB) and ends here, instead of staying
         // with every idle keep-alive connection.
         let (app, shutdown) = (self.clone(), shutdown.clone());
-        tokio::spawn(async move { app.serve(io, peer, shutdown).await });
+        crate::trim::opened();
+        tokio::spawn(async move {
+            app.serve(io, peer, shutdown).await;
+            crate::trim::closed();
+        });
         None
     }
 }

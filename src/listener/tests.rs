@@ -167,6 +167,28 @@ async fn a_tiny_chunked_body_gets_the_same_verdict_in_any_pieces() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_request_refused_for_its_host_keeps_its_head() {
+    // HEAD: the refusal has headers only.
+    let (out, _) = serve(
+        Builder::new().read(b"HEAD /x HTTP/1.1\r\n\r\n").build(),
+        64 * 1024,
+        running(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(out.ends_with("Connection: close\r\n\r\n"), "{out}");
+    // A search: the refusal has the Search client API's error shape.
+    let script = Builder::new()
+        .read(b"POST /rest/chat/client/search/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        .build();
+    let (out, _) = serve(script, 64 * 1024, running()).await;
+    assert!(
+        out.contains(r#""errorMessage":"Host header is missing""#),
+        "{out}"
+    );
+}
+
 /// A stream whose close never completes (its peer stopped reading what is buffered).
 struct StuckClose<S>(S);
 

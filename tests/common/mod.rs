@@ -392,7 +392,10 @@ impl Gateway {
             .sum();
         let access_lines = |out: &str| {
             out.lines()
-                .filter(|l| l.starts_with('{') && !l.contains(r#""api":"prewarm""#))
+                // Request lines only: not prewarm lines, not warnings (which carry a level).
+                .filter(|l| {
+                    l.starts_with('{') && !l.contains(r#""api":"prewarm""#) && !l.contains(r#""level":"#)
+                })
                 .count() as f64
         };
         let arrived = eventually(Duration::from_secs(5), || {
