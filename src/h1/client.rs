@@ -201,6 +201,11 @@ async fn read_body<S: AsyncRead + Unpin>(
         }
         BodyFraming::UntilClose => {
             loop {
+                // Checked before each read, so a body that came whole with the head (and
+                // then the end of the connection) is measured too.
+                if buf.len() > max_body {
+                    return Err(too_large());
+                }
                 if buf.capacity().saturating_sub(buf.len()) < 1024 {
                     buf.reserve(4096);
                 }
@@ -210,9 +215,6 @@ async fn read_body<S: AsyncRead + Unpin>(
                 })?;
                 if n == 0 {
                     break;
-                }
-                if buf.len() > max_body {
-                    return Err(too_large());
                 }
             }
             Ok((buf.split().freeze(), false))
@@ -349,6 +351,12 @@ mod tests {
         let mut io = scripted(&[]);
         let e = read_answer(&mut io, 100).await.unwrap_err();
         assert!(matches!(e, ReadError::Io { answered: false, .. }), "{e}");
+
+        // Found by the `answer` fuzz target: a close-delimited body that arrived in the
+        // same read as its head escaped the limit.
+        let mut io = scripted(&[b"HTTP/1.0 200 OK\r\n\r\n0123456789ABCDEF"]);
+        let e = read_answer(&mut io, 10).await.unwrap_err();
+        assert!(matches!(e, ReadError::Framing(FramingError::BodyTooLarge)), "{e}");
 
         let mut io = scripted(&[b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"]);
         let e = read_answer(&mut io, 100).await.unwrap_err();
