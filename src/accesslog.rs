@@ -161,6 +161,24 @@ pub fn warn(what: &str, cause: &dyn std::fmt::Display, limiter: &Mutex<Option<In
     }
 }
 
+/// A line about the process itself (not a request), at `level`.
+pub fn event(level: &'static str, msg: &str) {
+    #[derive(Serialize)]
+    struct Event<'a> {
+        ts: String,
+        level: &'static str,
+        msg: &'a str,
+    }
+    if let Ok(mut buf) = serde_json::to_vec(&Event {
+        ts: now(),
+        level,
+        msg,
+    }) {
+        buf.push(b'\n');
+        send(buf);
+    }
+}
+
 /// Write out every line queued so far (at exit), waiting at most `limit` in all: a
 /// writer stuck on a stalled stdout must not hold the exit.
 pub fn flush(limit: Duration) {

@@ -137,18 +137,26 @@ struct Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::quit()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             eprintln!("cardgate: cannot install signal handlers");
             return ShutdownSignal::FastShutdown;
         };
-        let kind = tokio::select! {
-            _ = term.recv() => ShutdownSignal::GracefulTerminate,
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
-            _ = int.recv() => ShutdownSignal::FastShutdown,
+        let kind = loop {
+            tokio::select! {
+                _ = term.recv() => break ShutdownSignal::GracefulTerminate,
+                _ = quit.recv() => break ShutdownSignal::GracefulUpgrade,
+                _ = int.recv() => break ShutdownSignal::FastShutdown,
+                // A habitual `systemctl reload` must never end the gateway.
+                _ = hup.recv() => crate::accesslog::event(
+                    "warn",
+                    "SIGHUP received: reloading the configuration in place is not supported yet; nothing changed",
+                ),
+            }
         };
         self.draining.store(true, Ordering::SeqCst);
         if matches!(kind, ShutdownSignal::GracefulTerminate) {
