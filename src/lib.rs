@@ -11,6 +11,36 @@
 //! Two modules are public: [`cli`], the command line the executable runs, and
 //! [`testkit`], what the integration tests and benchmarks reach inside.
 
+/// The modules that input from the chat server or the CRM reaches: no `unwrap`/`expect`,
+/// no indexing or slicing that can panic, no unchecked arithmetic (outside their tests).
+macro_rules! input_path {
+    ($($module:item)*) => {
+        $(
+            #[cfg_attr(
+                not(test),
+                deny(
+                    clippy::unwrap_used,
+                    clippy::expect_used,
+                    clippy::indexing_slicing,
+                    clippy::arithmetic_side_effects
+                )
+            )]
+            $module
+        )*
+    };
+}
+
+input_path! {
+    pub(crate) mod dialect;
+    pub(crate) mod guard;
+    pub(crate) mod h1;
+    pub(crate) mod listener;
+    pub(crate) mod normalise;
+    pub(crate) mod parse;
+    pub(crate) mod respond;
+    pub(crate) mod upstream;
+}
+
 pub(crate) mod accesslog;
 pub(crate) mod admin;
 #[cfg(feature = "alt-http")]
@@ -18,20 +48,12 @@ pub(crate) mod alt;
 pub(crate) mod cache;
 pub mod cli;
 pub(crate) mod config;
-pub(crate) mod dialect;
 pub(crate) mod error;
 pub(crate) mod gateway;
-pub(crate) mod guard;
-pub(crate) mod h1;
 pub(crate) mod keys;
-pub(crate) mod listener;
 pub(crate) mod metrics;
 #[cfg(feature = "mock")]
 pub(crate) mod mock;
-pub(crate) mod normalise;
-pub(crate) mod parse;
-pub(crate) mod respond;
 pub(crate) mod server;
 pub mod testkit;
 pub(crate) mod trim;
-pub(crate) mod upstream;
