@@ -1,10 +1,11 @@
 //! The admin listener: metrics, health, readiness and cache administration.
 //!
 //! It listens on loopback by default and is never the chat-server-facing port.
-//! `GET /metrics` (Prometheus text), `GET /healthz`, `GET /readyz` (503 while draining),
-//! `POST /cache/purge` with the token in header `token`, `POST /cache/clear`.
+//! `GET /metrics` (Prometheus text; `HEAD` too), `GET /healthz`, `GET /readyz` (503 while
+//! draining), `POST /cache/purge` with the token in header `token`, `POST /cache/clear`.
+//! Every purge and clear is logged with the caller's address (a purge with the token's
+//! fingerprint, never the token).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,12 +14,12 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::config::LogLevel;
 use crate::gateway::Gateway;
+use crate::logs;
 
 pub struct Admin {
     pub gateway: Arc<Gateway>,
-    /// Set when SIGTERM arrives: readiness turns 503 so balancers drain this instance.
-    pub draining: Arc<AtomicBool>,
 }
 
 fn json_response(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
@@ -36,25 +37,40 @@ fn error(status: u16, code: &str, text: &str) -> Response<Vec<u8>> {
 }
 
 impl Admin {
-    async fn metrics(&self) -> Response<Vec<u8>> {
+    async fn metrics(&self, head_only: bool) -> Response<Vec<u8>> {
         let body = self.gateway.metrics_text().await;
+        let len = body.len();
         Response::builder()
             .status(200)
             .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .header(http::header::CONTENT_LENGTH, body.len())
-            .body(body)
+            .header(http::header::CONTENT_LENGTH, len)
+            .body(if head_only { Vec::new() } else { body })
             .expect("static response parts are valid")
     }
 
-    async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
+    async fn purge(&self, session: &ServerSession, caller: &str) -> Response<Vec<u8>> {
         let raw = session.req_header().headers.get("token").map(|v| v.as_bytes());
         let done = match raw {
             Some(raw) => self.gateway.purge(raw).await.ok(),
             None => None,
         };
         let Some(done) = done else {
+            action(
+                "purge refused: token header missing or invalid",
+                caller,
+                json!({}),
+            );
             return error(400, "BAD_REQUEST", "token header is missing or invalid");
         };
+        action(
+            "admin purge",
+            caller,
+            json!({
+                "tokenFp": done.token_fp,
+                "purged": done.purged,
+                "sessionEnded": done.session_ended.as_ref().ok(),
+            }),
+        );
         // Dialects with sessions (gigma) end the session behind the card too.
         match (done.purged, done.session_ended) {
             (purged, Err(e)) => {
@@ -74,11 +90,24 @@ impl Admin {
     }
 }
 
+/// The log line of an admin action: what, who asked, and its own fields.
+fn action(msg: &str, caller: &str, fields: serde_json::Value) {
+    let mut line = json!({ "caller": caller });
+    if let (Some(l), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
+        l.extend(f);
+    }
+    logs::event_with(LogLevel::Info, msg, line);
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        let caller = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or_else(|| "-".to_string(), |a| a.ip().to_string());
         // Admin requests carry no body; drain what a client may have sent. A request whose
         // body never arrives whole does nothing.
         if session.drain_request_body().await.is_err() {
@@ -89,18 +118,20 @@ impl ServeHttp for Admin {
             );
         }
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => self.metrics().await,
+            ("GET", "/metrics") => self.metrics(false).await,
+            ("HEAD", "/metrics") => self.metrics(true).await,
             ("GET", "/healthz") => json_response(200, json!({ "status": "ok" })),
             ("GET", "/readyz") => {
-                if self.draining.load(Ordering::Relaxed) {
+                if self.gateway.draining() {
                     json_response(503, json!({ "status": "draining" }))
                 } else {
                     json_response(200, json!({ "status": "ready" }))
                 }
             }
-            ("POST", "/cache/purge") => self.purge(session).await,
+            ("POST", "/cache/purge") => self.purge(session, &caller).await,
             ("POST", "/cache/clear") => {
                 let n = self.gateway.clear().await;
+                action("admin clear", &caller, json!({ "cleared": n }));
                 json_response(200, json!({ "cleared": n }))
             }
             (_, "/metrics" | "/healthz" | "/readyz") => error(405, "METHOD_NOT_ALLOWED", "use GET"),

@@ -60,11 +60,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => match Config::load(&cli.config) {
-            Ok(cfg) => finish(server::run(cfg, cli.upgrade, Vec::new())),
+            Ok(cfg) => finish(server::run(
+                cfg,
+                Some(cli.config.clone()),
+                cli.upgrade,
+                Vec::new(),
+            )),
             Err(e) => fail(&e),
         },
-        Some(Command::Check) => match Config::load(&cli.config) {
-            Ok(_) => {
+        Some(Command::Check) => match Config::load(&cli.config).and_then(|cfg| server::check(&cfg)) {
+            Ok(()) => {
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }
@@ -149,13 +154,13 @@ fn demo(kind: DialectKind, listen: &str, admin: &str, crm: &str) -> ExitCode {
     }
     println!("Stop with Ctrl-C.");
     let mock: server::Extra = Box::new(crate::mock::service(crm, kind));
-    finish(server::run(cfg, false, vec![mock]))
+    finish(server::run(cfg, None, false, vec![mock]))
 }
 
 fn finish(r: Result<(), server::StartError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(server::StartError::Listen(why)) => {
+        Err(server::StartError::Listen(why) | server::StartError::Runtime(why)) => {
             eprintln!("cardgate: {why}");
             ExitCode::from(1)
         }

@@ -10,20 +10,23 @@
 //! token pre-warms that token's card in the background, or stores the card the dialect
 //! built for that session.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
 use prometheus::IntGauge;
 
-use crate::accesslog;
 use crate::cache::{CacheResult, CardCache, Lookup};
 use crate::config::{Config, ConfigError};
+use crate::correlation::Correlation;
 use crate::dialect::{self, Dialect};
 use crate::error::{loggable_code, GatewayError};
 use crate::guard::SearchGuard;
 use crate::h1::server::RequestView;
 use crate::keys::TokenHasher;
+use crate::logs::{self, access};
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
 use crate::respond::{Answer, Body};
@@ -32,7 +35,10 @@ use crate::upstream::{CallRecord, Upstream};
 /// Everything a request needs, shared by all workers. The listener and the admin port ask
 /// it through its methods; what it holds stays its own.
 pub struct Gateway {
-    cfg: Config,
+    /// The configuration in force: replaced whole by a reload.
+    cfg: ArcSwap<Config>,
+    /// SIGTERM arrived: readiness is 503 and every answer closes its connection.
+    draining: AtomicBool,
     cache: CardCache,
     dialect: Box<dyn Dialect>,
     upstream: Upstream,
@@ -43,6 +49,8 @@ pub struct Gateway {
 
 /// What an admin purge did.
 pub struct Purge {
+    /// The token's keyed fingerprint, for the admin's log line.
+    pub token_fp: String,
     /// A card was cached for the token and is gone.
     pub purged: bool,
     /// Whether the dialect ended a session behind the token (gigma), or why it could not.
@@ -60,7 +68,24 @@ pub struct Ctx {
     upstream: Option<(Option<u16>, Duration)>,
     /// Search: the step ("first", "next") and its outcome, once known.
     search: Option<(&'static str, &'static str)>,
+    correlation: Correlation,
     _inflight: Option<InflightGuard>,
+}
+
+impl Ctx {
+    /// The request id of the request (read from the chat server or made here).
+    pub fn request_id(&self) -> Option<&str> {
+        self.correlation.request_id.as_deref()
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Sections whose values changed in place.
+    pub changed: Vec<&'static str>,
+    /// Keys the new file changes that only a restart can change: left as they were.
+    pub need_restart: Vec<&'static str>,
 }
 
 /// Counts a request as in flight until its context is dropped, whatever path it took.
@@ -90,15 +115,49 @@ impl Gateway {
             upstream: Upstream::new(&cfg, metrics.clone())?,
             dialect: dialect::from_config(&cfg),
             guard: SearchGuard::new(&cfg.search),
-            cfg,
+            cfg: ArcSwap::from_pointee(cfg),
+            draining: AtomicBool::new(false),
             cache,
             metrics,
             hasher,
         }))
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    /// The configuration in force now.
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.cfg.load()
+    }
+
+    /// Put a newly read configuration in force: what can change in place changes for
+    /// the next request; keys that need a restart keep their running values. `Err`: the
+    /// new settings cannot be applied (a log file that does not open); nothing changed.
+    pub fn reload(&self, mut next: Config) -> Result<Reloaded, String> {
+        let running = self.cfg.load_full();
+        let need_restart = next.keep_restart_only(&running);
+        let changed = next.changed_sections(&running);
+        logs::apply(&next.log, Some(&running.log))?;
+        self.cache.apply(&next.cache);
+        self.guard.apply(&next.search);
+        self.upstream.apply(&next);
+        self.cfg.store(Arc::new(next));
+        Ok(Reloaded {
+            changed,
+            need_restart,
+        })
+    }
+
+    /// Count a reload attempt.
+    pub fn observe_reload(&self, ok: bool) {
+        self.metrics.observe_reload(ok);
+    }
+
+    /// From now on readiness is 503 and every answer closes its connection.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// The gauge of requests in flight (draining waits for it to reach 0).
@@ -118,13 +177,14 @@ impl Gateway {
     /// Drop the card of a token, and end the session behind it where the dialect has
     /// sessions. `Err`: the token is not one the chat server could have sent.
     pub async fn purge(&self, raw_token: &[u8]) -> Result<Purge, GatewayError> {
-        let token = parse::token(raw_token, self.cfg.limits.max_token_bytes)?;
+        let token = parse::token(raw_token, self.config().limits.max_token_bytes)?;
         let purged = self.cache.purge(&self.hasher.cache_key(token.as_bytes())).await;
         let session_ended = self
             .dialect
             .end_session(&self.upstream, &token, &CallRecord::default())
             .await;
         Ok(Purge {
+            token_fp: self.hasher.fingerprint(token.as_bytes()),
             purged,
             session_ended,
         })
@@ -147,13 +207,17 @@ impl Gateway {
             token_fp: None,
             upstream: None,
             search: None,
+            correlation: Correlation::default(),
             _inflight: Some(InflightGuard(self.metrics.inflight.clone())),
         }
     }
 
     /// Answer one complete request.
     pub async fn answer<R: RequestView + Sync>(self: &Arc<Self>, req: &R, ctx: &mut Ctx) -> Answer {
-        let (api, route) = parse::route(req, self.cfg.limits.max_token_bytes);
+        let cfg = self.config();
+        ctx.correlation = Correlation::of(req, &cfg.correlation);
+        let (api, route) = parse::route(req, cfg.limits.max_token_bytes);
+        drop(cfg);
         ctx.api = api;
         let answer = match route {
             Ok(Route::Card(token)) => self.card(ctx, token).await,
@@ -169,7 +233,9 @@ impl Gateway {
     /// error shape of its route when its head was read.
     pub fn refuse<R: RequestView>(&self, head: Option<&R>, e: &GatewayError, ctx: &mut Ctx) -> Answer {
         if let Some(req) = head {
-            ctx.api = parse::route(req, self.cfg.limits.max_token_bytes).0;
+            let cfg = self.config();
+            ctx.correlation = Correlation::of(req, &cfg.correlation);
+            ctx.api = parse::route(req, cfg.limits.max_token_bytes).0;
         }
         ctx.status = e.status();
         self.reject(e, ctx)
@@ -187,15 +253,17 @@ impl Gateway {
     }
 
     async fn card(&self, ctx: &mut Ctx, token: Token) -> Result<Answer, GatewayError> {
-        if self.cfg.log.access {
+        let logged = self.config().log.access;
+        if logged {
             ctx.token_fp = Some(self.hasher.fingerprint(token.as_bytes()));
         }
-        let record = CallRecord::default();
+        let record = CallRecord::new(std::mem::take(&mut ctx.correlation));
         let (result, how) = self.lookup(&token, &record).await;
         ctx.cache = Some(how);
         ctx.upstream = record.get();
+        ctx.correlation = record.into_correlation();
         let stored = result?;
-        if self.cfg.log.access {
+        if logged {
             ctx.error_code = stored.error_code().map(|c| loggable_code(&c, stored.status()));
         }
         Ok(Answer {
@@ -238,7 +306,8 @@ impl Gateway {
         step_id: &mut Option<String>,
     ) -> Result<Bytes, GatewayError> {
         let content_type = http.header_str("content-type");
-        let req = parse::search_params(content_type, http.body(), self.cfg.limits.max_token_bytes)?;
+        let max_token = self.config().limits.max_token_bytes;
+        let req = parse::search_params(content_type, http.body(), max_token)?;
         step_id.clone_from(&req.step_id);
         let step = if req.step_id.is_some() { "next" } else { "first" };
         let admission = match self.guard.admit(&self.hasher, &req).await {
@@ -252,9 +321,10 @@ impl Gateway {
                 return Err(refusal.error());
             }
         };
-        let record = CallRecord::default();
+        let record = CallRecord::new(std::mem::take(&mut ctx.correlation));
         let result = self.dialect.search(&self.upstream, &req, &record).await;
         ctx.upstream = record.get();
+        ctx.correlation = record.into_correlation();
         admission.settle(&req, &result);
         self.guard.record(&self.hasher, &req, &result).await;
         let outcome = match &result {
@@ -270,7 +340,9 @@ impl Gateway {
                 let key = self.hasher.cache_key(token.as_bytes());
                 self.cache.store_session(key, card, ttl).await;
             }
-            (Some(token), None) if answer.answer_type == 2 && self.cfg.search.prewarm => self.prewarm(token),
+            (Some(token), None) if answer.answer_type == 2 && self.config().search.prewarm => {
+                self.prewarm(token, ctx.correlation.clone())
+            }
             _ => {}
         }
         Ok(answer.body)
@@ -278,15 +350,15 @@ impl Gateway {
 
     /// Fetch a token's card in the background so the chat server's next Auth API call is a
     /// hit. Its outcome is logged and counted, never surfaced to the search answer.
-    fn prewarm(self: &Arc<Self>, token: String) {
+    fn prewarm(self: &Arc<Self>, token: String, correlation: Correlation) {
         let gw = self.clone();
         tokio::spawn(async move {
             let start = Instant::now();
-            let Ok(token) = parse::token(token.as_bytes(), gw.cfg.limits.max_token_bytes) else {
+            let Ok(token) = parse::token(token.as_bytes(), gw.config().limits.max_token_bytes) else {
                 gw.metrics.prewarms.with_label_values(&["error"]).inc();
                 return;
             };
-            let record = CallRecord::default();
+            let record = CallRecord::new(correlation);
             let (result, how) = gw.lookup(&token, &record).await;
             let (status, code) = match &result {
                 Ok(stored) => (
@@ -297,11 +369,12 @@ impl Gateway {
             };
             let outcome = if status == 200 { "ok" } else { "error" };
             gw.metrics.prewarms.with_label_values(&[outcome]).inc();
-            if gw.cfg.log.access {
+            if gw.config().log.access {
                 let upstream = record.get();
                 let fp = gw.hasher.fingerprint(token.as_bytes());
-                accesslog::emit(&accesslog::Line {
-                    ts: accesslog::now(),
+                let correlation = record.into_correlation();
+                access::emit(&access::Line {
+                    ts: logs::now(),
                     api: "prewarm",
                     method: "-",
                     status,
@@ -309,9 +382,10 @@ impl Gateway {
                     cache: Some(how.label()),
                     step: None,
                     upstream_status: upstream.and_then(|(s, _)| s),
-                    upstream_ms: upstream.map(|(_, d)| accesslog::millis(d)),
-                    duration_ms: accesslog::millis(start.elapsed()),
+                    upstream_ms: upstream.map(|(_, d)| logs::millis(d)),
+                    duration_ms: logs::millis(start.elapsed()),
                     token_fp: Some(&fp),
+                    request_id: correlation.request_id.as_deref(),
                     peer: None,
                 });
             }
@@ -344,11 +418,11 @@ impl Gateway {
                 .with_label_values(&[step, outcome])
                 .inc();
         }
-        if !self.cfg.log.access {
+        if !self.config().log.access {
             return;
         }
-        accesslog::emit(&accesslog::Line {
-            ts: accesslog::now(),
+        access::emit(&access::Line {
+            ts: logs::now(),
             api,
             method,
             status,
@@ -356,9 +430,10 @@ impl Gateway {
             cache: ctx.cache.map(CacheResult::label),
             step: ctx.search.map(|(step, _)| step),
             upstream_status: ctx.upstream.and_then(|(s, _)| s),
-            upstream_ms: ctx.upstream.map(|(_, d)| accesslog::millis(d)),
-            duration_ms: accesslog::millis(elapsed),
+            upstream_ms: ctx.upstream.map(|(_, d)| logs::millis(d)),
+            duration_ms: logs::millis(elapsed),
             token_fp: ctx.token_fp.as_deref(),
+            request_id: ctx.request_id(),
             peer: peer.map(|p| p.to_string()),
         });
     }

@@ -105,8 +105,9 @@ pub struct SearchGuard {
     steps: Cache<CacheKey, Arc<Step>>,
     starts: Cache<CacheKey, Arc<AtomicU32>>,
     patterns: Cache<String, Option<Arc<Regex>>>,
-    max_attempts: u32,
-    max_starts: u32,
+    /// `search.max_attempts` and `max_starts_per_hour` (changed in place by a reload).
+    max_attempts: AtomicU32,
+    max_starts: AtomicU32,
 }
 
 impl SearchGuard {
@@ -124,9 +125,15 @@ impl SearchGuard {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             patterns: Cache::builder().max_capacity(MAX_PATTERNS).build(),
-            max_attempts: cfg.max_attempts,
-            max_starts: cfg.max_starts_per_hour,
+            max_attempts: AtomicU32::new(cfg.max_attempts),
+            max_starts: AtomicU32::new(cfg.max_starts_per_hour),
         }
+    }
+
+    /// New limits for the attempts and starts admitted from now on.
+    pub fn apply(&self, cfg: &SearchSection) {
+        self.max_attempts.store(cfg.max_attempts, Ordering::Relaxed);
+        self.max_starts.store(cfg.max_starts_per_hour, Ordering::Relaxed);
     }
 
     fn start_key(keys: &TokenHasher, req: &SearchRequest) -> CacheKey {
@@ -143,7 +150,7 @@ impl SearchGuard {
                 .starts
                 .get_with(Self::start_key(keys, req), async { Arc::new(AtomicU32::new(0)) })
                 .await;
-            reserve(&count, self.max_starts).ok_or(Refusal::Starts)?;
+            reserve(&count, self.max_starts.load(Ordering::Relaxed)).ok_or(Refusal::Starts)?;
             return Ok(Admission(Held::Start(count)));
         };
         let key = keys.id_key("search step", step_id.as_bytes());
@@ -153,7 +160,7 @@ impl SearchGuard {
             .steps
             .get_with(key, async { Arc::new(Step::new(None)) })
             .await;
-        reserve(&step.attempts, self.max_attempts).ok_or(Refusal::Attempts)?;
+        reserve(&step.attempts, self.max_attempts.load(Ordering::Relaxed)).ok_or(Refusal::Attempts)?;
         let validator = step.validator.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let (Some(v), Some(word)) = (validator, &req.secret_word) {
             if !v.is_match(word.expose()) {

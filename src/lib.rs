@@ -4,9 +4,10 @@
 //! each chat-server connection and frames its requests with [`h1`]; [`gateway`] answers
 //! one request through [`parse`] → [`cache`] → [`dialect`] → [`upstream`] → [`normalise`],
 //! and [`respond`] writes the answer. Around them: [`config`], [`keys`] (token hashing),
-//! [`guard`] (search brute-force limits), [`error`] (the one error type), [`metrics`],
-//! [`accesslog`], [`admin`], and, with the default `mock` feature, `mock`: a built-in
-//! internal system for demos and tests.
+//! [`correlation`] (request ids, trace context), [`guard`] (search brute-force limits),
+//! [`error`] (the one error type), [`metrics`], [`logs`], [`admin`]; the process's life in
+//! [`signals`], [`reload`], [`supervise`] and [`rundir`]; and, with the default `mock`
+//! feature, `mock`: a built-in internal system for demos and tests.
 //!
 //! Two modules are public: [`cli`], the command line the executable runs, and
 //! [`testkit`], what the integration tests and benchmarks reach inside.
@@ -41,19 +42,24 @@ input_path! {
     pub(crate) mod upstream;
 }
 
-pub(crate) mod accesslog;
 pub(crate) mod admin;
 #[cfg(feature = "alt-http")]
 pub(crate) mod alt;
 pub(crate) mod cache;
 pub mod cli;
 pub(crate) mod config;
+pub(crate) mod correlation;
 pub(crate) mod error;
 pub(crate) mod gateway;
 pub(crate) mod keys;
+pub(crate) mod logs;
 pub(crate) mod metrics;
 #[cfg(feature = "mock")]
 pub(crate) mod mock;
+pub(crate) mod reload;
+pub(crate) mod rundir;
 pub(crate) mod server;
+pub(crate) mod signals;
+pub(crate) mod supervise;
 pub mod testkit;
 pub(crate) mod trim;

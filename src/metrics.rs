@@ -1,13 +1,13 @@
 //! Prometheus metrics, in a registry of our own, served on the admin listener.
 //!
 //! Labels are drawn from small fixed sets (API name, HTTP status, cache result, upstream
-//! outcome): never a token, a path or a client id.
-
-use std::sync::OnceLock;
+//! outcome): never a token, a path or a client id. Every series those sets allow exists,
+//! at zero, from the start, so that `rate()` sees the first error after a restart. The
+//! process's own metrics (CPU, memory, open files, start time) are exported beside them.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -36,30 +36,38 @@ pub const UPSTREAM_OUTCOMES: [&str; 7] = [
     "overloaded",
 ];
 
-/// Children of labelled metrics resolved once, on first use, so the hot path does not
-/// hash label values on every request (and no series appears before it is used).
+/// The `step` and `outcome` label values of search steps.
+pub const SEARCH_STEPS: [&str; 2] = ["first", "next"];
+pub const SEARCH_OUTCOMES: [&str; 5] = ["answer1", "answer2", "rejected", "refused", "error"];
+/// The `reason` label values of guard refusals.
+pub const GUARD_REASONS: [&str; 3] = ["secret_word", "attempts", "starts"];
+/// The `outcome` label values of prewarms, and `result` of reloads.
+pub const PREWARM_OUTCOMES: [&str; 2] = ["ok", "error"];
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
+
+/// Children of labelled metrics, resolved once at start, so the hot path does not hash
+/// label values on every request.
 struct Hot {
-    requests: Vec<OnceLock<IntCounter>>,
-    seconds: Vec<OnceLock<Histogram>>,
-    lookups: Vec<OnceLock<IntCounter>>,
-    outcomes: Vec<OnceLock<IntCounter>>,
+    requests: Vec<IntCounter>,
+    seconds: Vec<Histogram>,
+    lookups: Vec<IntCounter>,
+    outcomes: Vec<IntCounter>,
 }
 
 pub struct Metrics {
     registry: Registry,
     hot: Hot,
-    pub requests: IntCounterVec,
-    pub request_seconds: HistogramVec,
     pub inflight: IntGauge,
-    pub cache_lookups: IntCounterVec,
     pub cache_entries: IntGauge,
     pub cache_bytes: IntGauge,
     pub cache_evictions: IntCounter,
-    pub upstream_calls: IntCounterVec,
     pub upstream_seconds: Histogram,
     pub search_steps: IntCounterVec,
     pub search_refusals: IntCounterVec,
     pub prewarms: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub last_reload: Gauge,
+    pub last_reload_ok: IntGauge,
 }
 
 impl Metrics {
@@ -152,6 +160,26 @@ impl Metrics {
             &["outcome"],
         )
         .expect("metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "cardgate_config_reloads_total",
+                "Configuration reloads (SIGHUP) by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let last_reload = Gauge::new(
+            "cardgate_config_last_reload_timestamp_seconds",
+            "When the configuration in force was read (start or last successful reload), Unix time",
+        )
+        .expect("metric");
+        last_reload.set(unix_now());
+        let last_reload_ok = IntGauge::new(
+            "cardgate_config_last_reload_successful",
+            "1 if the last reload succeeded (or none was tried), 0 if it failed",
+        )
+        .expect("metric");
+        last_reload_ok.set(1);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -165,60 +193,108 @@ impl Metrics {
             Box::new(search_steps.clone()),
             Box::new(search_refusals.clone()),
             Box::new(prewarms.clone()),
+            Box::new(reloads.clone()),
+            Box::new(last_reload.clone()),
+            Box::new(last_reload_ok.clone()),
             Box::new(build),
-            Box::new(crate::accesslog::dropped_counter()),
+            Box::new(crate::logs::sink::dropped_counter()),
         ] {
             registry.register(c).expect("unique metric names");
         }
+        // Linux only; elsewhere the process metrics are simply absent.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric names");
+        let statuses = STATUSES.iter().chain([&OTHER_5XX]);
+        let hot = Hot {
+            requests: APIS
+                .iter()
+                .flat_map(|a| statuses.clone().map(move |s| (a, s)))
+                .map(|(a, s)| requests.with_label_values(&[a, s]))
+                .collect(),
+            seconds: APIS
+                .iter()
+                .map(|a| request_seconds.with_label_values(&[a]))
+                .collect(),
+            lookups: CACHE_RESULTS
+                .iter()
+                .map(|r| cache_lookups.with_label_values(&[r]))
+                .collect(),
+            outcomes: UPSTREAM_OUTCOMES
+                .iter()
+                .map(|o| upstream_calls.with_label_values(&[o]))
+                .collect(),
+        };
+        for step in SEARCH_STEPS {
+            for outcome in SEARCH_OUTCOMES {
+                search_steps.with_label_values(&[step, outcome]);
+            }
+        }
+        for (vec, values) in [
+            (&search_refusals, &GUARD_REASONS[..]),
+            (&prewarms, &PREWARM_OUTCOMES[..]),
+            (&reloads, &RELOAD_RESULTS[..]),
+        ] {
+            for v in values {
+                vec.with_label_values(&[v]);
+            }
+        }
         Metrics {
-            hot: Hot {
-                requests: slots(APIS.len() * (STATUSES.len() + 1)),
-                seconds: slots(APIS.len()),
-                lookups: slots(CACHE_RESULTS.len()),
-                outcomes: slots(UPSTREAM_OUTCOMES.len()),
-            },
+            hot,
             registry,
-            requests,
-            request_seconds,
             inflight,
-            cache_lookups,
             cache_entries,
             cache_bytes,
             cache_evictions,
-            upstream_calls,
             upstream_seconds,
             search_steps,
             search_refusals,
             prewarms,
+            reloads,
+            last_reload,
+            last_reload_ok,
+        }
+    }
+
+    /// Count a reload and its result.
+    pub fn observe_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.with_label_values(&[result]).inc();
+        self.last_reload_ok.set(i64::from(ok));
+        if ok {
+            self.last_reload.set(unix_now());
         }
     }
 
     /// Count one answered request and its duration. `api` is one of [`APIS`].
     pub fn observe_request(&self, api: &'static str, status: u16, seconds: f64) {
         let a = APIS.iter().position(|x| *x == api).unwrap_or(APIS.len() - 1);
-        let (s, label) = status_slot(status);
-        self.hot.requests[a * (STATUSES.len() + 1) + s]
-            .get_or_init(|| self.requests.with_label_values(&[APIS[a], label]))
-            .inc();
-        self.hot.seconds[a]
-            .get_or_init(|| self.request_seconds.with_label_values(&[APIS[a]]))
-            .observe(seconds);
+        let (s, _) = status_slot(status);
+        if let Some(c) = self.hot.requests.get(a * (STATUSES.len() + 1) + s) {
+            c.inc();
+        }
+        if let Some(h) = self.hot.seconds.get(a) {
+            h.observe(seconds);
+        }
     }
 
     /// Count one cache lookup; `result` is one of [`CACHE_RESULTS`].
     pub fn count_lookup(&self, result: &'static str) {
         let r = CACHE_RESULTS.iter().position(|x| *x == result).unwrap_or(0);
-        self.hot.lookups[r]
-            .get_or_init(|| self.cache_lookups.with_label_values(&[CACHE_RESULTS[r]]))
-            .inc();
+        if let Some(c) = self.hot.lookups.get(r) {
+            c.inc();
+        }
     }
 
     /// Count one upstream call and its duration; `outcome` is one of [`UPSTREAM_OUTCOMES`].
     pub fn observe_upstream(&self, outcome: &'static str, seconds: f64) {
         let o = UPSTREAM_OUTCOMES.iter().position(|x| *x == outcome).unwrap_or(0);
-        self.hot.outcomes[o]
-            .get_or_init(|| self.upstream_calls.with_label_values(&[UPSTREAM_OUTCOMES[o]]))
-            .inc();
+        if let Some(c) = self.hot.outcomes.get(o) {
+            c.inc();
+        }
         self.upstream_seconds.observe(seconds);
     }
 
@@ -232,8 +308,10 @@ impl Metrics {
     }
 }
 
-fn slots<T>(n: usize) -> Vec<OnceLock<T>> {
-    (0..n).map(|_| OnceLock::new()).collect()
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The slot and label of an HTTP status.
@@ -283,6 +361,13 @@ mod tests {
         );
         assert!(text.contains("cardgate_requests_total{api=\"search\",status=\"429\"} 1"));
         assert!(text.contains("cardgate_cache_lookups_total{result=\"stale\"} 1"));
-        assert!(!text.contains("status=\"404\""), "no series before use");
+        assert!(
+            text.contains("cardgate_requests_total{api=\"other\",status=\"404\"} 0"),
+            "every series from the start"
+        );
+        assert!(text.contains("cardgate_search_requests_total{outcome=\"refused\",step=\"next\"} 0"));
+        assert!(text.contains("cardgate_config_reloads_total{result=\"error\"} 0"));
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
     }
 }

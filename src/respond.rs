@@ -46,17 +46,19 @@ pub struct Answer {
 
 /// What the connection adds to an answer.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Delivery {
+pub struct Delivery<'a> {
     /// `Connection: close` (the connection ends after this answer).
     pub close: bool,
     /// `Connection: keep-alive` (an HTTP/1.0 client asked to keep the connection).
     pub keep_alive_1_0: bool,
     /// The request was `HEAD`: headers only.
     pub head_only: bool,
+    /// The request id header (name, value) echoed to the chat server; both header-safe.
+    pub request_id: Option<(&'a str, &'a str)>,
 }
 
 /// Append the whole answer to `out`.
-pub fn write(out: &mut Vec<u8>, answer: &Answer, delivery: Delivery) {
+pub fn write(out: &mut Vec<u8>, answer: &Answer, delivery: Delivery<'_>) {
     let body = answer.body.as_slice();
     out.reserve(body.len().saturating_add(256));
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -78,6 +80,11 @@ pub fn write(out: &mut Vec<u8>, answer: &Answer, delivery: Delivery) {
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some((name, value)) = delivery.request_id {
+        for part in [name, ": ", value, "\r\n"] {
+            out.extend_from_slice(part.as_bytes());
+        }
     }
     if delivery.close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -143,7 +150,7 @@ fn http_date(out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn text(answer: &Answer, delivery: Delivery) -> String {
+    fn text(answer: &Answer, delivery: Delivery<'_>) -> String {
         let mut out = Vec::new();
         write(&mut out, answer, delivery);
         String::from_utf8(out).unwrap()
@@ -187,12 +194,13 @@ mod tests {
             &a,
             Delivery {
                 close: true,
+                request_id: Some(("X-Request-Id", "r-1")),
                 ..Delivery::default()
             },
         );
         assert!(t.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{t}");
         assert!(
-            t.ends_with("Allow: GET, POST\r\nConnection: close\r\n\r\n{}"),
+            t.ends_with("Allow: GET, POST\r\nX-Request-Id: r-1\r\nConnection: close\r\n\r\n{}"),
             "{t}"
         );
     }

@@ -1,31 +1,33 @@
 //! Assemble and run the Pingora server: the chat-server listener, the admin listener and,
 //! for demos, a built-in mock of the internal system.
 //!
-//! The Pingora `ServerConf` is derived from our config (threads, grace period, upgrade
-//! socket), so the operator edits one file. SIGTERM turns readiness to 503, stops accepting,
-//! lets in-flight requests finish and exits as soon as none is left, within
-//! `server.grace_period`. SIGQUIT hands the listening sockets to a new process started with
-//! `--upgrade` (Pingora's zero-downtime upgrade). SIGINT exits at once.
+//! The Pingora `ServerConf` is derived from our config (threads, grace period, the upgrade
+//! socket in the private runtime directory), so the operator edits one file. Every listen
+//! address is checked before anything starts; the services run [`Supervised`], so that one
+//! that stops unasked ends the process; [`crate::signals`] says what each signal does.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
-use prometheus::IntGauge;
-use tokio::signal::unix::{signal, SignalKind};
+use serde_json::json;
 
 use crate::admin::Admin;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LogLevel};
 use crate::gateway::Gateway;
 use crate::listener::Listener;
+use crate::logs;
+use crate::rundir::RunDir;
+use crate::signals::Signals;
+use crate::supervise::{Shutdown, Supervised};
 
 /// Everything the process runs besides the gateway itself (the demo's mock CRM).
 pub type Extra = Box<dyn ServiceWithDependents>;
@@ -37,6 +39,8 @@ pub enum StartError {
     Config(ConfigError),
     /// A listener cannot bind (exit code 1): which address, and the system's reason.
     Listen(String),
+    /// The runtime directory or an upgrade cannot be used (exit code 1).
+    Runtime(String),
 }
 
 impl From<ConfigError> for StartError {
@@ -49,7 +53,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Config(e) => e.fmt(f),
-            StartError::Listen(why) => f.write_str(why),
+            StartError::Listen(why) | StartError::Runtime(why) => f.write_str(why),
         }
     }
 }
@@ -66,15 +70,25 @@ fn check_listeners(addrs: &[&str]) -> Result<(), StartError> {
 }
 
 /// Run the gateway (and any extra services) until a signal ends the process.
-pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), StartError> {
+/// `config_path` is the file SIGHUP reads again (None: the configuration came from no file).
+pub fn run(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    upgrade: bool,
+    extra: Vec<Extra>,
+) -> Result<(), StartError> {
+    logs::install();
+    logs::apply(&cfg.log, None).map_err(|e| StartError::Config(ConfigError(e)))?;
+    let rundir = RunDir::new(&cfg.server);
+    rundir.prepare().map_err(StartError::Runtime)?;
     let grace = cfg.server.grace_period;
     let conf = ServerConf {
         threads: cfg.server.threads,
-        // Upper bound only: the drain watcher below exits as soon as nothing is in flight.
+        // Upper bound only: the drain watcher exits as soon as nothing is in flight.
         grace_period_seconds: Some(grace.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
-        upgrade_sock: cfg.upgrade_sock(),
-        pid_file: format!("{}.pid", cfg.upgrade_sock().trim_end_matches(".upgrade.sock")),
+        upgrade_sock: rundir.upgrade_sock.clone(),
+        pid_file: rundir.pid_file.to_string_lossy().into_owned(),
         daemon: false,
         work_stealing: false,
         ..ServerConf::default()
@@ -85,98 +99,110 @@ pub fn run(cfg: Config, upgrade: bool, extra: Vec<Extra>) -> Result<(), StartErr
     };
     let listen = cfg.server.listen.clone();
     let admin_listen = cfg.admin.listen.clone();
-    if !upgrade {
+    if upgrade {
+        let Some(pid) = rundir.running() else {
+            return Err(StartError::Runtime(format!(
+                "--upgrade: no running cardgate to take the sockets from (no live process in {}); start without --upgrade",
+                rundir.pid_file.display()
+            )));
+        };
+        rundir.announce_successor().map_err(|e| {
+            StartError::Runtime(format!(
+                "--upgrade: cannot write {}: {e}",
+                rundir.successor.display()
+            ))
+        })?;
+        logs::event_with(
+            LogLevel::Info,
+            "waiting for the running process to hand over its listening sockets: send it SIGQUIT within 5 s",
+            json!({ "running": pid, "upgradeSocket": rundir.upgrade_sock }),
+        );
+    } else {
         check_listeners(&[&listen, &admin_listen])?;
     }
+    let summary = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "dialect": cfg.upstream.dialect.name(),
+        "listen": listen,
+        "admin": admin_listen,
+        "config": config_path.as_ref().map(|p| p.display().to_string()),
+        "cacheMaxBytes": cfg.cache.max_size,
+        "threads": cfg.server.threads,
+        "upgrade": upgrade,
+    });
     let gw = Gateway::new(cfg)?;
     crate::trim::start();
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    {
+        // Only this user may reach the upgrade socket the bootstrap makes (mode 0600).
+        // SAFETY: umask has no preconditions; it is restored right after.
+        let old = unsafe { libc::umask(0o177) };
+        server.bootstrap();
+        unsafe { libc::umask(old) };
+    }
+    rundir.withdraw_successor();
+    if let Err(e) = rundir.write_pid() {
+        logs::warn(
+            "cannot write the pid file",
+            &format!("{}: {e}", rundir.pid_file.display()),
+            &std::sync::Mutex::new(None),
+            Duration::ZERO,
+        );
+    }
 
+    let upgrading = Arc::new(AtomicBool::new(false));
     let mut listener = Service::new("cardgate listener".to_string(), Listener::new(gw.clone()));
     // Unbuffered: the connection state machine keeps its own (small, lazily grown) read
     // buffer and writes each answer whole, so Pingora's 64 KiB read and 1.4 KiB write
     // buffers per connection would only cost memory and a copy.
     listener.add_listener(ListenerConfig::tcp(&listen).l4_buffer(L4BufferSettings::unbuffered()));
 
-    let draining = Arc::new(AtomicBool::new(false));
     let mut admin = Service::new(
         "cardgate admin".to_string(),
-        HttpServer::new_app(Admin {
-            gateway: gw.clone(),
-            draining: draining.clone(),
-        }),
+        HttpServer::new_app(Admin { gateway: gw.clone() }),
     );
     admin.add_tcp(&admin_listen);
     admin.threads = Some(1);
 
-    server.add_service(listener);
-    server.add_service(admin);
+    server.add_boxed_service(Box::new(Supervised::new(
+        Box::new(listener),
+        Shutdown::All,
+        upgrading.clone(),
+    )));
+    server.add_boxed_service(Box::new(Supervised::new(
+        Box::new(admin),
+        Shutdown::OnlyForUpgrade,
+        upgrading.clone(),
+    )));
     for service in extra {
         server.add_boxed_service(service);
     }
+    logs::event_with(LogLevel::Info, "cardgate started", summary);
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
-            draining,
-            inflight: gw.inflight(),
-            grace,
+            gateway: gw,
+            config_path,
+            rundir: rundir.clone(),
+            upgrading: upgrading.clone(),
         }),
     });
     // An upgrade, SIGINT or Pingora's own end: what was logged goes out first.
-    crate::accesslog::flush(Duration::from_secs(1));
+    let reason = if upgrading.load(Ordering::SeqCst) {
+        "upgrade: the new process serves"
+    } else {
+        "SIGINT"
+    };
+    crate::signals::stopped(reason, json!({}));
+    rundir.remove_pid();
+    logs::flush(Duration::from_secs(1));
     Ok(())
 }
 
-/// Turns Unix signals into Pingora shutdowns, and ends a graceful one early once drained.
-struct Signals {
-    draining: Arc<AtomicBool>,
-    inflight: IntGauge,
-    grace: Duration,
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::quit()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            eprintln!("cardgate: cannot install signal handlers");
-            return ShutdownSignal::FastShutdown;
-        };
-        let kind = loop {
-            tokio::select! {
-                _ = term.recv() => break ShutdownSignal::GracefulTerminate,
-                _ = quit.recv() => break ShutdownSignal::GracefulUpgrade,
-                _ = int.recv() => break ShutdownSignal::FastShutdown,
-                // A habitual `systemctl reload` must never end the gateway.
-                _ = hup.recv() => crate::accesslog::event(
-                    "warn",
-                    "SIGHUP received: reloading the configuration in place is not supported yet; nothing changed",
-                ),
-            }
-        };
-        self.draining.store(true, Ordering::SeqCst);
-        if matches!(kind, ShutdownSignal::GracefulTerminate) {
-            let (inflight, grace) = (self.inflight.clone(), self.grace);
-            std::thread::spawn(move || exit_when_drained(&inflight, grace));
-        }
-        kind
-    }
-}
-
-/// After the listeners have stopped accepting, exit once no request is in flight or when
-/// the grace period is over, whichever comes first.
-fn exit_when_drained(inflight: &IntGauge, grace: Duration) {
-    let deadline = Instant::now() + grace;
-    std::thread::sleep(Duration::from_millis(50).min(grace));
-    while inflight.get() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    crate::accesslog::flush(Duration::from_secs(1));
-    std::process::exit(0);
+/// What `cardgate check` adds to reading the file: the CRM's host resolves now, exactly as
+/// it must at startup.
+pub fn check(cfg: &Config) -> Result<(), ConfigError> {
+    crate::upstream::resolve(&cfg.upstream_url()?).map(|_| ())
 }
 
 /// Run only the mock internal system (`cardgate mock-crm`); SIGTERM ends it at once.

@@ -227,23 +227,3 @@ fn a_listen_address_that_is_taken_or_not_local_stops_the_start_with_its_reason()
         assert!(stderr.contains(reason), "{stderr}");
     }
 }
-
-#[test]
-fn sighup_never_ends_the_gateway() {
-    let mock = Mock::start();
-    let mut gw = Gateway::start(&mock.url(), &[]);
-    for _ in 0..2 {
-        gw.proc.signal("HUP");
-    }
-    assert!(
-        common::eventually(Duration::from_secs(5), || gw
-            .proc
-            .output()
-            .contains("SIGHUP received")),
-        "{}",
-        gw.proc.output()
-    );
-    assert!(!gw.proc.exited());
-    assert_eq!(gw.admin("GET", "/healthz", &[]).status, 200);
-    assert_eq!(gw.get_card(&token("after-hup")).status, 200);
-}

@@ -24,6 +24,8 @@ mod stored;
 
 pub use stored::Stored;
 
+use arc_swap::ArcSwap;
+
 use crate::config::CacheSection;
 use crate::error::GatewayError;
 use crate::keys::{CacheKey, KeyHashBuilder};
@@ -96,9 +98,26 @@ impl Expiry<CacheKey, Stored> for UntilStaleEnd {
 pub struct CardCache {
     cards: Cache<CacheKey, Stored, KeyHashBuilder>,
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>, KeyHashBuilder>>,
+    /// The lifetimes of new entries (changed in place by a reload).
+    ttls: ArcSwap<Ttls>,
+}
+
+/// How long new entries live: `cache.ttl`, `negative_ttl`, `stale_if_error`.
+#[derive(Debug, Clone, Copy)]
+struct Ttls {
     ttl: Duration,
-    negative_ttl: Duration,
+    negative: Duration,
     stale_if_error: Duration,
+}
+
+impl Ttls {
+    fn of(cfg: &CacheSection) -> Self {
+        Ttls {
+            ttl: cfg.ttl,
+            negative: cfg.negative_ttl,
+            stale_if_error: cfg.stale_if_error,
+        }
+    }
 }
 
 impl CardCache {
@@ -122,10 +141,13 @@ impl CardCache {
         CardCache {
             cards,
             inflight: Mutex::new(HashMap::with_hasher(KeyHashBuilder)),
-            ttl: cfg.ttl,
-            negative_ttl: cfg.negative_ttl,
-            stale_if_error: cfg.stale_if_error,
+            ttls: ArcSwap::from_pointee(Ttls::of(cfg)),
         }
+    }
+
+    /// New lifetimes for entries stored from now on (entries stored before keep theirs).
+    pub fn apply(&self, cfg: &CacheSection) {
+        self.ttls.store(Arc::new(Ttls::of(cfg)));
     }
 
     /// Answer from the cache, or through `fetch` with single-flight and stale-if-error.
@@ -197,26 +219,20 @@ impl CardCache {
         }
         let result = fetch().await;
         let now = Instant::now();
+        let ttls = **self.ttls.load();
         match result {
             Ok(card) => {
-                let ttl = card.max_age.map_or(self.ttl, |age| age.min(self.ttl));
+                let ttl = card.max_age.map_or(ttls.ttl, |age| age.min(ttls.ttl));
                 // One allocation, exact size: the answer was read into a larger buffer.
-                let stored = Stored::new(200, &card.body, false, now, ttl, self.stale_if_error);
+                let stored = Stored::new(200, &card.body, false, now, ttl, ttls.stale_if_error);
                 if !card.no_store && !ttl.is_zero() {
                     self.cards.insert(key, stored.clone());
                 }
                 Ok((stored, false))
             }
             Err(e) if e.is_negative() => {
-                let stored = Stored::new(
-                    e.status(),
-                    &e.body(),
-                    true,
-                    now,
-                    self.negative_ttl,
-                    Duration::ZERO,
-                );
-                if !self.negative_ttl.is_zero() {
+                let stored = Stored::new(e.status(), &e.body(), true, now, ttls.negative, Duration::ZERO);
+                if !ttls.negative.is_zero() {
                     self.cards.insert(key, stored.clone());
                 }
                 Ok((stored, false))

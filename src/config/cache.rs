@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::units::{de_duration, de_size};
 use super::{err, ConfigError};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSection {
     /// How long a card answers without asking the CRM. "0s" disables caching.

@@ -1,11 +1,11 @@
-//! `[limits]` on what the chat server may send, and `[log]`.
+//! `[limits]` on what the chat server may send.
 
 use serde::Deserialize;
 
 use super::units::de_size;
 use super::{err, ConfigError};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub max_token_bytes: usize,
@@ -43,18 +43,5 @@ impl LimitsSection {
             ));
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    /// One JSON line per request on stdout.
-    pub access: bool,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection { access: true }
     }
 }

@@ -9,6 +9,7 @@
 
 mod cache;
 mod limits;
+mod log;
 mod search;
 mod server;
 mod units;
@@ -20,7 +21,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use cache::CacheSection;
-pub use limits::{LimitsSection, LogSection};
+pub use limits::LimitsSection;
+pub use log::{CorrelationSection, LogLevel, LogSection};
 pub use search::SearchSection;
 pub use server::{AdminSection, ServerSection};
 pub use upstream::{AuthMethod, DialectKind, SearchEncoding, UpstreamSection, UpstreamUrl};
@@ -41,7 +43,7 @@ fn err(key: &str, msg: impl fmt::Display) -> ConfigError {
     ConfigError(format!("{key}: {msg}"))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -57,6 +59,8 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub search: SearchSection,
+    #[serde(default)]
+    pub correlation: CorrelationSection,
 }
 
 impl Config {
@@ -80,17 +84,82 @@ impl Config {
         self.upstream.validate()?;
         self.cache.validate()?;
         self.limits.validate()?;
+        self.log.validate()?;
+        self.correlation.validate()?;
+        let id = &self.correlation.request_id_header;
+        if !id.is_empty() && id.eq_ignore_ascii_case(&self.upstream.token_header) {
+            return Err(err(
+                "correlation.request_id_header",
+                "must differ from upstream.token_header",
+            ));
+        }
         self.search.validate()
+    }
+
+    /// Take, from the configuration the process `running` with, every key that only a
+    /// restart can change, and name those that this one would have changed. What is left
+    /// different can change in place (`SIGHUP`).
+    pub fn keep_restart_only(&mut self, running: &Config) -> Vec<&'static str> {
+        let mut kept = Vec::new();
+        macro_rules! keep {
+            ($($section:ident . $key:ident),* $(,)?) => {$(
+                if self.$section.$key != running.$section.$key {
+                    self.$section.$key = running.$section.$key.clone();
+                    kept.push(concat!(stringify!($section), ".", stringify!($key)));
+                }
+            )*};
+        }
+        keep!(
+            server.listen,
+            server.threads,
+            server.upgrade_sock,
+            server.runtime_dir,
+            admin.listen,
+            upstream.dialect,
+            upstream.url,
+            upstream.connect_timeout,
+            upstream.token_header,
+            upstream.auth_method,
+            upstream.pool_size,
+            upstream.pool_idle_timeout,
+            upstream.max_inflight,
+            upstream.ca_file,
+            upstream.client_cert,
+            upstream.client_key,
+            upstream.search_encoding,
+            upstream.gigma,
+            upstream.bearer,
+            cache.max_size,
+            cache.hash_key_env,
+            search.step_ttl,
+            search.max_tracked,
+            search.max_memory,
+        );
+        kept
+    }
+
+    /// The sections whose values differ from `other`'s.
+    pub fn changed_sections(&self, other: &Config) -> Vec<&'static str> {
+        let changed = [
+            ("server", self.server != other.server),
+            ("admin", self.admin != other.admin),
+            ("upstream", self.upstream != other.upstream),
+            ("cache", self.cache != other.cache),
+            ("limits", self.limits != other.limits),
+            ("log", self.log != other.log),
+            ("search", self.search != other.search),
+            ("correlation", self.correlation != other.correlation),
+        ];
+        changed
+            .into_iter()
+            .filter(|(_, c)| *c)
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// The parsed `upstream.url`.
     pub fn upstream_url(&self) -> Result<UpstreamUrl, ConfigError> {
         UpstreamUrl::parse(&self.upstream.url)
-    }
-
-    /// The upgrade socket path: configured, or derived from the listen port.
-    pub fn upgrade_sock(&self) -> String {
-        self.server.upgrade_sock()
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::units::{de_duration, de_size};
 use super::{err, ConfigError};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SearchSection {
     /// Failed answers one search step may collect before further attempts get 429.

@@ -1,6 +1,7 @@
 //! `[server]` (the chat-server-facing listener and the process) and `[admin]`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -8,7 +9,7 @@ use serde::Deserialize;
 use super::units::de_duration;
 use super::{err, ConfigError};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Chat-server-facing listener.
@@ -19,8 +20,17 @@ pub struct ServerSection {
     #[serde(deserialize_with = "de_duration")]
     pub grace_period: Duration,
     /// Unix socket used to hand listening sockets to a new process (zero-downtime upgrade).
-    /// Empty: derived from the listen port, so instances on one machine do not collide.
+    /// Empty: `cardgate-<port>.upgrade.sock` in the runtime directory.
     pub upgrade_sock: String,
+    /// Private directory (mode 0700) of the upgrade socket, the pid file and the upgrade
+    /// marker. Empty: `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else
+    /// `cardgate-<uid>` under the system's temporary directory.
+    pub runtime_dir: String,
+    /// On SIGTERM, `/readyz` turns 503 at once and the listeners keep accepting this long
+    /// (answers carry `Connection: close`) before they stop, so a balancer that polls
+    /// readiness sees the 503 and moves traffic away first.
+    #[serde(deserialize_with = "de_duration")]
+    pub drain_delay: Duration,
     /// How long an idle keep-alive connection is kept open.
     #[serde(deserialize_with = "de_duration")]
     pub keepalive_timeout: Duration,
@@ -36,6 +46,8 @@ impl Default for ServerSection {
             threads: 2,
             grace_period: Duration::from_secs(5),
             upgrade_sock: String::new(),
+            runtime_dir: String::new(),
+            drain_delay: Duration::ZERO,
             keepalive_timeout: Duration::from_secs(60),
             client_timeout: Duration::from_secs(10),
         }
@@ -51,6 +63,12 @@ impl ServerSection {
         if self.grace_period > Duration::from_secs(3600) {
             return Err(err("server.grace_period", "must be at most 1h"));
         }
+        if self.drain_delay > Duration::from_secs(600) {
+            return Err(err("server.drain_delay", "must be at most 10m"));
+        }
+        if self.runtime_dir.contains('\0') || self.upgrade_sock.contains('\0') {
+            return Err(err("server.runtime_dir", "is not a path"));
+        }
         for (key, d) in [
             ("server.keepalive_timeout", self.keepalive_timeout),
             ("server.client_timeout", self.client_timeout),
@@ -62,17 +80,43 @@ impl ServerSection {
         Ok(())
     }
 
-    /// The upgrade socket path: configured, or derived from the listen port.
+    /// The private runtime directory: configured, `$RUNTIME_DIRECTORY`, or
+    /// `<temp>/cardgate-<uid>`.
+    pub fn runtime_dir(&self) -> PathBuf {
+        if !self.runtime_dir.is_empty() {
+            return PathBuf::from(&self.runtime_dir);
+        }
+        match std::env::var_os("RUNTIME_DIRECTORY") {
+            // systemd may list several directories, separated by ':'.
+            Some(dirs) if !dirs.is_empty() => {
+                let dirs = dirs.to_string_lossy().into_owned();
+                PathBuf::from(dirs.split(':').next().unwrap_or(&dirs))
+            }
+            _ => {
+                // SAFETY: getuid has no preconditions and cannot fail.
+                let uid = unsafe { libc::getuid() };
+                std::env::temp_dir().join(format!("cardgate-{uid}"))
+            }
+        }
+    }
+
+    /// A file of this instance in the runtime directory: `cardgate-<port>.<suffix>`, so
+    /// that instances on one machine do not collide.
+    pub fn runtime_file(&self, suffix: &str) -> PathBuf {
+        let port = self.listen.parse::<SocketAddr>().map(|a| a.port()).unwrap_or(0);
+        self.runtime_dir().join(format!("cardgate-{port}.{suffix}"))
+    }
+
+    /// The upgrade socket path: configured, or in the runtime directory.
     pub fn upgrade_sock(&self) -> String {
         if !self.upgrade_sock.is_empty() {
             return self.upgrade_sock.clone();
         }
-        let port = self.listen.parse::<SocketAddr>().map(|a| a.port()).unwrap_or(0);
-        format!("/tmp/cardgate-{port}.upgrade.sock")
+        self.runtime_file("upgrade.sock").to_string_lossy().into_owned()
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     /// Metrics, health, readiness and cache administration. Loopback by default.

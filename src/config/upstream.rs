@@ -40,7 +40,7 @@ pub enum AuthMethod {
     Get,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     #[serde(default = "default_dialect")]
@@ -91,7 +91,7 @@ pub struct UpstreamSection {
     pub bearer: BearerSection,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GigmaSection {
     /// Environment variable holding the application token (header `Token` on every call).
@@ -120,7 +120,7 @@ impl Default for GigmaSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BearerSection {
     /// Path of the token-check endpoint, after the base URL.

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::gateway::{Ctx, Gateway};
 use crate::h1::server::{body_complete, parse_head, BodyPlace, Head, Request};
 use crate::h1::ChunkedDecoder;
 use crate::respond;
@@ -49,22 +49,35 @@ const LINGER_BYTES: usize = 1 << 20;
 
 pub struct Listener {
     gateway: Arc<Gateway>,
+}
+
+/// The settings one connection runs with, taken from the configuration in force when it
+/// opened (a reload changes them for the connections opened after it).
+struct Settings {
     keepalive: Duration,
     client_timeout: Duration,
     max_head: usize,
     max_body: usize,
+    /// `correlation.request_id_header` (empty: none).
+    request_id_header: String,
 }
 
-impl Listener {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
+impl Settings {
+    fn of(gateway: &Gateway) -> Self {
         let cfg = gateway.config();
-        Listener {
+        Settings {
             keepalive: cfg.server.keepalive_timeout,
             client_timeout: cfg.server.client_timeout,
             max_head: usize::try_from(cfg.limits.max_head_bytes).unwrap_or(usize::MAX),
             max_body: usize::try_from(cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
-            gateway,
+            request_id_header: cfg.correlation.request_id_header.clone(),
         }
+    }
+}
+
+impl Listener {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Listener { gateway }
     }
 }
 
@@ -79,11 +92,12 @@ impl ServerApp for Listener {
         };
         #[cfg(feature = "alt-http")]
         if crate::alt::hyper_server() {
+            let ours = Settings::of(&self.gateway);
             let settings = crate::alt::hyper_server::Settings {
-                keepalive: self.keepalive,
-                client_timeout: self.client_timeout,
-                max_head: self.max_head,
-                max_body: self.max_body,
+                keepalive: ours.keepalive,
+                client_timeout: ours.client_timeout,
+                max_head: ours.max_head,
+                max_body: ours.max_body,
             };
             crate::alt::hyper_server::serve(self.gateway.clone(), settings, io, peer, shutdown).await;
             return None;
@@ -109,8 +123,11 @@ impl Listener {
         peer: Option<IpAddr>,
         shutdown: ShutdownWatch,
     ) {
+        let settings = Settings::of(&self.gateway);
+        let client_timeout = settings.client_timeout;
         let mut conn = Connection {
             app: self,
+            settings,
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(1024),
@@ -122,7 +139,7 @@ impl Listener {
         conn.run().await;
         // Closing flushes what is still buffered: a client that stops reading must not
         // hold the connection open through it.
-        let _ = tokio::time::timeout(self.client_timeout, conn.io.shutdown()).await;
+        let _ = tokio::time::timeout(client_timeout, conn.io.shutdown()).await;
     }
 }
 
@@ -137,6 +154,7 @@ enum Arrival {
 /// One chat-server connection: any byte stream (Pingora's, or a scripted one in tests).
 struct Connection<'a, S> {
     app: &'a Listener,
+    settings: Settings,
     io: S,
     buf: BytesMut,
     out: Vec<u8>,
@@ -152,7 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     async fn run(&mut self) {
         loop {
             if self.buf.is_empty() {
-                let idle_until = after(self.app.keepalive);
+                let idle_until = after(self.settings.keepalive);
                 let shrink_at = after(IDLE_SHRINK);
                 let mut arrival = self.read(shrink_at.min(idle_until), true).await;
                 if matches!(arrival, Arrival::TimedOut) && shrink_at < idle_until {
@@ -163,7 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     return;
                 }
             }
-            let deadline = after(self.app.client_timeout);
+            let deadline = after(self.settings.client_timeout);
             if !self.serve_one(deadline).await {
                 return;
             }
@@ -173,7 +191,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Read, answer and write one request; false when the connection must end.
     async fn serve_one(&mut self, deadline: Instant) -> bool {
         loop {
-            match parse_head(&self.buf, self.app.max_head, &mut self.head) {
+            match parse_head(&self.buf, self.settings.max_head, &mut self.head) {
                 Ok(true) => break,
                 Ok(false) => match self.read(deadline, false).await {
                     Arrival::Data => {}
@@ -207,11 +225,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         // Boxed: kept inline, the answer future (2 KiB) would sit in every connection's
         // state, idle ones included.
         let answer = Box::pin(gw.answer(&req, &mut ctx)).await;
-        let close = !head.keep_alive || *self.shutdown.borrow();
+        // While draining, every answer tells the client to go elsewhere.
+        let close = !head.keep_alive || *self.shutdown.borrow() || gw.draining();
         let delivery = respond::Delivery {
             close,
             keep_alive_1_0: head.minor == 0 && !close,
             head_only: method == "HEAD",
+            request_id: request_id(&self.settings, &ctx),
         };
         respond::write(&mut self.out, &answer, delivery);
         let written = self.flush().await;
@@ -255,7 +275,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         let mut continued = false;
         self.chunked.reset();
         loop {
-            match body_complete(head, &self.buf, &mut self.chunked, self.app.max_body) {
+            match body_complete(head, &self.buf, &mut self.chunked, self.settings.max_body) {
                 Ok(Some(done)) => return Ok(done),
                 Ok(None) => self.wait_for_body(head, &mut continued, deadline).await?,
                 Err(e) => return Err(Some(e.into())),
@@ -294,6 +314,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         let delivery = respond::Delivery {
             close: true,
             head_only: method == "HEAD",
+            request_id: request_id(&self.settings, &ctx),
             ..respond::Delivery::default()
         };
         respond::write(&mut self.out, &answer, delivery);
@@ -308,7 +329,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// client is still sending, briefly: closing with unread input makes the kernel reset
     /// the connection, and the reset can destroy the error answer before the client reads it.
     async fn linger(&mut self) {
-        let closed = tokio::time::timeout(self.app.client_timeout, self.io.shutdown()).await;
+        let closed = tokio::time::timeout(self.settings.client_timeout, self.io.shutdown()).await;
         if !matches!(closed, Ok(Ok(()))) {
             return;
         }
@@ -362,12 +383,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             io.flush().await
         };
         let ok = matches!(
-            tokio::time::timeout(self.app.client_timeout, write).await,
+            tokio::time::timeout(self.settings.client_timeout, write).await,
             Ok(Ok(()))
         );
         self.out.clear();
         ok
     }
+}
+
+/// The request id header to echo, if the request has one.
+fn request_id<'c>(settings: &'c Settings, ctx: &'c Ctx) -> Option<(&'c str, &'c str)> {
+    let name = settings.request_id_header.as_str();
+    ctx.request_id().filter(|_| !name.is_empty()).map(|id| (name, id))
 }
 
 /// The instant `d` from now (far in the future rather than overflowing).

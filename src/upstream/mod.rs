@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
@@ -23,8 +24,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error as PError, ErrorType};
 use tokio::io::AsyncWriteExt;
 
-use crate::accesslog;
+use crate::logs;
 use crate::config::{Config, ConfigError};
+use crate::correlation::Correlation;
 use crate::error::GatewayError;
 use crate::h1::client::{read_answer, ReadError};
 use crate::h1::FramingError;
@@ -77,18 +79,33 @@ impl UpstreamAnswer {
 }
 
 /// The status and duration of the last upstream call made for one request, for its
-/// access-log line.
+/// access-log line, and the correlation every call for it carries.
 #[derive(Debug, Default)]
 pub struct CallRecord {
     status: AtomicU64,
     micros: AtomicU64,
+    /// The request id and trace context the call carries to the CRM.
+    correlation: Correlation,
 }
 
 impl CallRecord {
+    /// A record for a call that carries `correlation` to the CRM.
+    pub fn new(correlation: Correlation) -> Self {
+        CallRecord {
+            correlation,
+            ..CallRecord::default()
+        }
+    }
+
     fn record(&self, status: Option<u16>, elapsed: Duration) {
         self.status.store(status.map_or(0, u64::from), Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
         self.micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// The correlation back, once the calls are made.
+    pub fn into_correlation(self) -> Correlation {
+        self.correlation
     }
 
     /// The upstream status (None: no answer) and duration, if a call was made.
@@ -110,7 +127,8 @@ pub struct Upstream {
     pool: Arc<pool::Pool>,
     /// One permit per call under way (`upstream.max_inflight`).
     slots: tokio::sync::Semaphore,
-    queue_timeout: Duration,
+    /// The limits a reload changes in place.
+    limits: ArcSwap<Limits>,
     /// When a failure's cause was last logged (at most one line a second).
     last_warning: Mutex<Option<Instant>>,
     /// `Host`, `User-Agent` and `Accept` lines, the same on every request.
@@ -119,9 +137,28 @@ pub struct Upstream {
     /// The `Host` value (also in `fixed_headers`).
     #[cfg(feature = "alt-http")]
     authority: String,
-    timeout: Duration,
-    max_body: usize,
     metrics: Arc<Metrics>,
+}
+
+/// `upstream.timeout`, `queue_timeout` and `max_response_bytes`, and the request id's
+/// header name.
+#[derive(Debug, Clone)]
+struct Limits {
+    timeout: Duration,
+    queue_timeout: Duration,
+    max_body: usize,
+    request_id_header: String,
+}
+
+impl Limits {
+    fn of(cfg: &Config) -> Self {
+        Limits {
+            timeout: cfg.upstream.timeout,
+            queue_timeout: cfg.upstream.queue_timeout,
+            max_body: usize::try_from(cfg.upstream.max_response_bytes).unwrap_or(usize::MAX),
+            request_id_header: cfg.correlation.request_id_header.clone(),
+        }
+    }
 }
 
 impl Upstream {
@@ -152,16 +189,19 @@ impl Upstream {
             peer,
             pool: pool::Pool::new(cfg.upstream.pool_size, cfg.upstream.pool_idle_timeout),
             slots: tokio::sync::Semaphore::new(cfg.upstream.max_inflight),
-            queue_timeout: cfg.upstream.queue_timeout,
+            limits: ArcSwap::from_pointee(Limits::of(cfg)),
             last_warning: Mutex::new(None),
             fixed_headers,
             base_path: url.base_path,
             #[cfg(feature = "alt-http")]
             authority,
-            timeout: cfg.upstream.timeout,
-            max_body: usize::try_from(cfg.upstream.max_response_bytes).unwrap_or(usize::MAX),
             metrics,
         })
+    }
+
+    /// New timeouts and answer limit for the calls made from now on.
+    pub fn apply(&self, cfg: &Config) {
+        self.limits.store(Arc::new(Limits::of(cfg)));
     }
 
     /// Send one request and read the whole answer, within `upstream.timeout`. At most
@@ -172,10 +212,11 @@ impl Upstream {
         req: &UpstreamRequest,
         record: &CallRecord,
     ) -> Result<UpstreamAnswer, GatewayError> {
+        let limits = self.limits.load();
         // A free slot is taken at once; only a full house arms the queue timer.
         let slot = match self.slots.try_acquire() {
             Ok(slot) => Some(slot),
-            Err(_) => tokio::time::timeout(self.queue_timeout, self.slots.acquire())
+            Err(_) => tokio::time::timeout(limits.queue_timeout, self.slots.acquire())
                 .await
                 .ok()
                 .and_then(Result::ok),
@@ -185,7 +226,7 @@ impl Upstream {
             return Err(GatewayError::CrmOverloaded);
         };
         let start = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.exchange(req))
+        let result = tokio::time::timeout(limits.timeout, self.exchange(req, record, &limits))
             .await
             .unwrap_or(Err(GatewayError::CrmTimeout));
         let elapsed = start.elapsed();
@@ -202,17 +243,23 @@ impl Upstream {
         result
     }
 
-    async fn exchange(&self, req: &UpstreamRequest) -> Result<UpstreamAnswer, GatewayError> {
+    async fn exchange(
+        &self,
+        req: &UpstreamRequest,
+        record: &CallRecord,
+        limits: &Limits,
+    ) -> Result<UpstreamAnswer, GatewayError> {
+        let max_body = limits.max_body;
         #[cfg(feature = "alt-http")]
         if crate::alt::pingora_client() {
-            return self.exchange_with_pingora(req).await;
+            return self.exchange_with_pingora(req, max_body).await;
         }
-        let wire = self.wire(req);
+        let wire = self.wire(req, &record.correlation, &limits.request_id_header);
         let mut retried = false;
         loop {
             // A retry goes to a new connection: the pooled ones may all be closing.
             let (mut io, reused) = self.checkout(retried).await?;
-            match self.once(&mut io, &wire).await {
+            match self.once(&mut io, &wire, max_body).await {
                 Ok((answer, reusable)) => {
                     if reusable {
                         self.pool.put(io);
@@ -234,12 +281,16 @@ impl Upstream {
 
     /// Log why a call failed (the cause the chat server's error leaves out), rate-limited.
     fn warn(&self, what: &str, cause: &dyn std::fmt::Display) {
-        accesslog::warn(what, cause, &self.last_warning, Duration::from_secs(1));
+        logs::warn(what, cause, &self.last_warning, Duration::from_secs(1));
     }
 
     /// [`Upstream::exchange`] through Pingora's client session (see [`crate::alt`]).
     #[cfg(feature = "alt-http")]
-    async fn exchange_with_pingora(&self, req: &UpstreamRequest) -> Result<UpstreamAnswer, GatewayError> {
+    async fn exchange_with_pingora(
+        &self,
+        req: &UpstreamRequest,
+        max_body: usize,
+    ) -> Result<UpstreamAnswer, GatewayError> {
         let mut retried = false;
         loop {
             let (io, reused) = self.checkout(retried).await?;
@@ -248,7 +299,7 @@ impl Upstream {
                 req,
                 &self.authority,
                 &self.base_path,
-                self.max_body,
+                max_body,
             );
             match sent.await {
                 Ok((answer, back)) => {
@@ -271,7 +322,7 @@ impl Upstream {
     }
 
     /// The request as bytes on the wire: request line, headers, body.
-    fn wire(&self, req: &UpstreamRequest) -> Vec<u8> {
+    fn wire(&self, req: &UpstreamRequest, correlation: &Correlation, id_header: &str) -> Vec<u8> {
         let mut w = Vec::with_capacity(req.body.len().saturating_add(256));
         w.extend_from_slice(req.method.as_bytes());
         w.push(b' ');
@@ -279,6 +330,17 @@ impl Upstream {
         w.extend_from_slice(req.path.as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
         w.extend_from_slice(&self.fixed_headers);
+        // Both were checked for header-safe characters when they were read or made.
+        if let Some(id) = &correlation.request_id {
+            for part in [id_header, ": ", id, "\r\n"] {
+                w.extend_from_slice(part.as_bytes());
+            }
+        }
+        if let Some(tp) = &correlation.traceparent {
+            for part in ["traceparent: ", tp, "\r\n"] {
+                w.extend_from_slice(part.as_bytes());
+            }
+        }
         for (name, value) in &req.headers {
             w.extend_from_slice(name.as_str().as_bytes());
             w.extend_from_slice(b": ");
@@ -315,14 +377,19 @@ impl Upstream {
     }
 
     /// One exchange on one connection: the answer, and whether the connection may be reused.
-    async fn once(&self, io: &mut Stream, wire: &[u8]) -> Result<(UpstreamAnswer, bool), ReadError> {
+    async fn once(
+        &self,
+        io: &mut Stream,
+        wire: &[u8],
+        max_body: usize,
+    ) -> Result<(UpstreamAnswer, bool), ReadError> {
         let unanswered = |cause| ReadError::Io {
             cause,
             answered: false,
         };
         io.write_all(wire).await.map_err(unanswered)?;
         io.flush().await.map_err(unanswered)?;
-        let (head, body, reusable) = read_answer(io, self.max_body).await?;
+        let (head, body, reusable) = read_answer(io, max_body).await?;
         let answer = UpstreamAnswer {
             status: head.status,
             cache_control: head.cache_control,

@@ -247,7 +247,11 @@ pub struct Gateway {
     pub addr: String,
     pub admin: String,
     pub proc: Proc,
-    _dir: tempfile::TempDir,
+    /// The configuration file the gateway runs with (rewrite it, then SIGHUP).
+    pub config: std::path::PathBuf,
+    /// Its private runtime directory (pid file, upgrade socket).
+    pub run_dir: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -271,11 +275,11 @@ impl Gateway {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("cardgate.toml");
             let text = format!(
-                "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\nupgrade_sock = \"{sock}\"\n{server}\
+                "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\nruntime_dir = \"{run}\"\n{server}\
                  [admin]\nlisten = \"{admin}\"\n\
                  [upstream]\nurl = \"{crm_url}\"\ntimeout = \"1s\"\n{upstream}\
                  [cache]\n{cache}[limits]\n{limits}[log]\n{log}[search]\n{search}",
-                sock = dir.path().join("upgrade.sock").display(),
+                run = dir.path().join("run").display(),
                 server = section("server"),
                 upstream = section("upstream"),
                 cache = section("cache"),
@@ -302,7 +306,9 @@ impl Gateway {
                     addr,
                     admin,
                     proc,
-                    _dir: dir,
+                    config: path,
+                    run_dir: dir.path().join("run"),
+                    dir,
                 };
             }
             eprintln!("gateway did not start (retrying): {}", proc.output());
