@@ -134,13 +134,11 @@ pub fn run(
     let gw = Gateway::new(cfg)?;
     crate::trim::start();
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    {
-        // Only this user may reach the upgrade socket the bootstrap makes (mode 0600).
-        // SAFETY: umask has no preconditions; it is restored right after.
-        let old = unsafe { libc::umask(0o177) };
-        server.bootstrap();
-        unsafe { libc::umask(old) };
+    if upgrade {
+        // Only this user may reach the upgrade socket the bootstrap makes.
+        rundir.guard_upgrade_socket(Duration::from_secs(6));
     }
+    server.bootstrap();
     rundir.withdraw_successor();
     if let Err(e) = rundir.write_pid() {
         logs::warn(

@@ -320,6 +320,22 @@ impl Gateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Change the configuration file (the next SIGHUP reads it).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(text)).unwrap();
+    }
+
+    /// The event lines (those with a `level`) printed so far.
+    pub fn events(&self) -> Vec<Value> {
+        events(&self.proc.output())
+    }
+
+    /// Wait (bounded) for an event line whose `msg` contains `msg`, and return it.
+    pub fn wait_event(&self, msg: &str) -> Value {
+        wait_event(&self.proc, msg)
+    }
+
     pub fn get_card(&self, token: &str) -> Resp {
         request(
             "GET",
@@ -416,7 +432,28 @@ impl Gateway {
     }
 }
 
-fn sample(metrics: &str, name: &str) -> f64 {
+/// The event lines (JSON with a `level`) of some output.
+pub fn events(out: &str) -> Vec<Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("level").is_some())
+        .collect()
+}
+
+/// Wait (bounded) for an event line of `proc` whose `msg` contains `msg`.
+pub fn wait_event(proc: &Proc, msg: &str) -> Value {
+    let mut found = None;
+    let seen = eventually(Duration::from_secs(10), || {
+        found = events(&proc.output())
+            .into_iter()
+            .find(|e| e["msg"].as_str().is_some_and(|m| m.contains(msg)));
+        found.is_some()
+    });
+    assert!(seen, "no event {msg:?} in:\n{}", proc.output());
+    found.unwrap()
+}
+
+pub fn sample(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))

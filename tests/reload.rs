@@ -1,0 +1,135 @@
+//! SIGHUP reloads the configuration file: what can change in place changes for the next
+//! request, restart-only keys are named and kept, a broken file changes nothing; and
+//! SIGUSR1 reopens the log file.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, token, Gateway, Mock};
+
+/// Send SIGHUP and wait until the reload with this result has been counted `n` times.
+fn hup(gw: &Gateway, result: &str, n: f64) {
+    gw.proc.signal("HUP");
+    let name = format!("cardgate_config_reloads_total{{result=\"{result}\"}}");
+    assert!(
+        eventually(Duration::from_secs(10), || gw.metric_now(&name) == n),
+        "{name} never reached {n}: {}",
+        gw.proc.output()
+    );
+}
+
+#[test]
+fn a_changed_ttl_takes_effect_for_the_next_request_without_a_restart() {
+    let mock = Mock::start();
+    let mut gw = Gateway::start(&mock.url(), &[("cache", "ttl = \"60s\"")]);
+    let first = token("reload-a");
+    assert_eq!(gw.get_card(&first).header("x-cache"), Some("MISS"));
+    assert_eq!(gw.get_card(&first).header("x-cache"), Some("HIT"));
+    let before = gw.metric_now("cardgate_config_last_reload_timestamp_seconds");
+    assert!(before > 0.0);
+
+    gw.edit_config(|t| t.replace("ttl = \"60s\"", "ttl = \"0s\""));
+    hup(&gw, "ok", 1.0);
+    let line = gw.wait_event("configuration reloaded");
+    assert_eq!(line["changed"], serde_json::json!(["cache"]), "{line}");
+    assert_eq!(line["trigger"], "SIGHUP");
+    assert!(gw.metric_now("cardgate_config_last_reload_timestamp_seconds") >= before);
+    assert_eq!(gw.metric_now("cardgate_config_last_reload_successful"), 1.0);
+
+    // No caching from now on: a new token misses twice. The process is the same one.
+    let second = token("reload-b");
+    assert_eq!(gw.get_card(&second).header("x-cache"), Some("MISS"));
+    assert_eq!(gw.get_card(&second).header("x-cache"), Some("MISS"));
+    assert_eq!(mock.calls_for(&second).len(), 2);
+    assert!(!gw.proc.exited());
+}
+
+#[test]
+fn restart_only_keys_are_named_and_kept_while_the_rest_changes() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&mock.url(), &[("search", "max_attempts = 5")]);
+    let old_listen = gw.addr.clone();
+    gw.edit_config(|t| {
+        t.replace("threads = 2", "threads = 3")
+            .replace(&old_listen, "127.0.0.1:1")
+            .replace("max_attempts = 5", "max_attempts = 2")
+    });
+    hup(&gw, "ok", 1.0);
+    let warn = gw.wait_event("need a restart");
+    assert_eq!(warn["level"], "warn");
+    let keys: Vec<&str> = warn["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k.as_str())
+        .collect();
+    assert_eq!(keys, ["server.listen", "server.threads"], "{warn}");
+    let done = gw.wait_event("configuration reloaded");
+    assert_eq!(done["changed"], serde_json::json!(["search"]), "{done}");
+    // Still listening where it was.
+    assert_eq!(gw.get_card(&token("kept")).status, 200);
+}
+
+#[test]
+fn a_broken_file_changes_nothing_and_is_reported() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&mock.url(), &[("cache", "ttl = \"60s\"")]);
+    let t = token("kept-config");
+    assert_eq!(gw.get_card(&t).header("x-cache"), Some("MISS"));
+
+    gw.edit_config(|t| t.replace("ttl = \"60s\"", "ttl = \"sometime\""));
+    hup(&gw, "error", 1.0);
+    let line = gw.wait_event("not reloaded");
+    assert_eq!(line["level"], "error");
+    assert!(line["error"].as_str().unwrap().contains("cache.ttl"), "{line}");
+    assert_eq!(gw.metric_now("cardgate_config_last_reload_successful"), 0.0);
+    assert_eq!(gw.metric_now("cardgate_config_reloads_total{result=\"ok\"}"), 0.0);
+    // The running configuration stays: the card is still cached.
+    assert_eq!(gw.get_card(&t).header("x-cache"), Some("HIT"));
+
+    // Repaired, it reloads.
+    gw.edit_config(|t| t.replace("ttl = \"sometime\"", "ttl = \"30s\""));
+    hup(&gw, "ok", 1.0);
+    assert_eq!(gw.metric_now("cardgate_config_last_reload_successful"), 1.0);
+}
+
+#[test]
+fn sigusr1_reopens_the_log_file_after_it_was_moved() {
+    let mock = Mock::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cardgate.log");
+    let gw = Gateway::start(&mock.url(), &[("log", &format!("file = \"{}\"", file.display()))]);
+    let first = token("before-rotate");
+    assert_eq!(gw.get_card(&first).status, 200);
+    assert!(eventually(Duration::from_secs(5), || std::fs::read_to_string(
+        &file
+    )
+    .unwrap_or_default()
+    .contains("\"api\":\"auth\"")));
+    let rotated = dir.path().join("cardgate.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    gw.proc.signal("USR1");
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains("log file reopened")),
+        "no new file"
+    );
+    let second = token("after-rotate");
+    assert_eq!(gw.get_card(&second).status, 200);
+    assert!(eventually(Duration::from_secs(5), || std::fs::read_to_string(
+        &file
+    )
+    .unwrap_or_default()
+    .contains("\"api\":\"auth\"")));
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("cardgate started"), "{old}");
+    assert!(!old.contains("log file reopened"));
+    // Nothing went to standard output but what Pingora printed before the file opened.
+    assert!(!gw.proc.output().contains("\"api\":\"auth\""));
+    for t in [&first, &second] {
+        assert!(!old.contains(t.as_str()));
+        assert!(!std::fs::read_to_string(&file).unwrap().contains(t.as_str()));
+    }
+}
