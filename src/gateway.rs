@@ -102,6 +102,9 @@ impl Gateway {
     pub fn new(cfg: Config) -> Result<Arc<Self>, ConfigError> {
         let metrics = Arc::new(Metrics::new(cfg.upstream.dialect.name()));
         let evictions = metrics.cache_evictions.clone();
+        metrics
+            .cache_max_bytes
+            .set(i64::try_from(cfg.cache.max_size).unwrap_or(i64::MAX));
         let cache = CardCache::new(&cfg.cache, move || evictions.inc());
         let hasher = match &cfg.cache.hash_key_env {
             Some(var) => TokenHasher::from_secret(

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub inflight: IntGauge,
     pub cache_entries: IntGauge,
     pub cache_bytes: IntGauge,
+    pub cache_max_bytes: IntGauge,
     pub cache_evictions: IntCounter,
     pub upstream_seconds: Histogram,
     pub search_steps: IntCounterVec,
@@ -105,6 +106,11 @@ impl Metrics {
         let cache_bytes = IntGauge::new(
             "cardgate_cache_weighted_bytes",
             "Bytes counted against cache.max_size (answers plus per-entry overhead)",
+        )
+        .expect("metric");
+        let cache_max_bytes = IntGauge::new(
+            "cardgate_cache_max_bytes",
+            "cache.max_size: the bound of cardgate_cache_weighted_bytes",
         )
         .expect("metric");
         let cache_evictions = IntCounter::new(
@@ -187,6 +193,7 @@ impl Metrics {
             Box::new(cache_lookups.clone()),
             Box::new(cache_entries.clone()),
             Box::new(cache_bytes.clone()),
+            Box::new(cache_max_bytes.clone()),
             Box::new(cache_evictions.clone()),
             Box::new(upstream_calls.clone()),
             Box::new(upstream_seconds.clone()),
@@ -248,6 +255,7 @@ impl Metrics {
             inflight,
             cache_entries,
             cache_bytes,
+            cache_max_bytes,
             cache_evictions,
             upstream_seconds,
             search_steps,
