@@ -18,11 +18,12 @@ use crate::server;
     about = "Gateway between a chat server and a CRM: Auth API and Search client API"
 )]
 struct Cli {
-    /// The configuration file.
+    /// The configuration file (TOML; `cardgate check` validates it). SIGHUP reads it again.
     #[arg(long, global = true, default_value = "conf/cardgate.toml")]
     config: PathBuf,
-    /// Take over the listening sockets of a running instance (zero-downtime upgrade:
-    /// start the new process with this flag, then send SIGQUIT to the old one).
+    /// Take over the listening sockets of the running instance with the same config
+    /// (zero-downtime upgrade): start the new process with this flag, then, within 5 s, send
+    /// SIGQUIT to the old one.
     #[arg(long)]
     upgrade: bool,
     #[command(subcommand)]
@@ -31,25 +32,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the configuration and exit.
+    /// Validate the configuration (and resolve the CRM's host, as startup does), then exit:
+    /// 0 when it is valid, 2 with a message naming the key when it is not.
     Check,
-    /// Run the built-in mock of the internal system.
+    /// Run the built-in mock of the internal system (fake cards, for trying things out).
     #[cfg(feature = "mock")]
     MockCrm {
+        /// Address:port to listen on (conf/cardgate.toml expects the default).
         #[arg(long, default_value = "127.0.0.1:18181")]
         listen: String,
+        /// The dialect the mock speaks.
         #[arg(long, value_enum, default_value = "iq")]
         dialect: DialectKind,
     },
     /// Run the mock CRM and the gateway on loopback, and print requests to try.
     #[cfg(feature = "mock")]
     Demo {
+        /// The dialect of the mock and of the gateway.
         #[arg(long, value_enum, default_value = "iq")]
         dialect: DialectKind,
+        /// Address:port of the gateway's chat-server listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Address:port of the gateway's admin listener (metrics, health, cache).
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: String,
+        /// Address:port of the mock CRM.
         #[arg(long, default_value = "127.0.0.1:18181")]
         crm: String,
     },
@@ -110,6 +118,15 @@ fn demo(kind: DialectKind, listen: &str, admin: &str, crm: &str) -> ExitCode {
     let search = format!("http://{listen}/rest/chat/client/search/");
     println!("cardgate demo: mock CRM ({dialect}) on http://{crm}, gateway on http://{listen}, admin on http://{admin}");
     println!("Try (tokens here are demo values; the gateway never logs a token):");
+    // Every line runs as printed (in a POSIX shell); the search lines chain their steps.
+    let client = "--data-urlencode 'client=+7 999 999 99 90'";
+    let step_id =
+        format!("STEP=$(curl -s {client} {search} | sed -n 's/.*\"stepId\":\"\\([^\"]*\\)\".*/\\1/p')");
+    let token_of = |code: &str| {
+        format!(
+            "TOKEN=$(curl -s {client} -d stepId=$STEP -d secretWord={code} {search} | sed -n 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/p')"
+        )
+    };
     match kind {
         DialectKind::Iq => {
             println!("  curl -i {id}/demo-token-1            # card: X-Cache MISS, then HIT");
@@ -117,25 +134,17 @@ fn demo(kind: DialectKind, listen: &str, admin: &str, crm: &str) -> ExitCode {
             println!("  curl -i {id}/missing-1               # the CRM's 404, JSON");
             println!("  curl -i {id}/slow-1                  # CRM_TIMEOUT after 1 s");
             println!("  curl -i {id}/html-1                  # CRM_ERROR (the CRM sent a 500 page)");
+            println!("  curl -i {client} {search}     # answerType 1 + stepId");
             println!(
-                "  curl -i --data-urlencode 'client=+7 999 999 99 90' {search}     # answerType 1 + stepId"
-            );
-            println!(
-                "  curl -i --data-urlencode 'client=+7 999 999 99 90' -d stepId=STEP -d secretWord={} {search}  # answerType 2 + token",
+                "  {step_id}; curl -i {client} -d stepId=$STEP -d secretWord={} {search}   # both steps: answerType 2 + token",
                 crate::mock::SEARCH_CODE
             );
+            println!("  curl -i -X POST -H 'token: demo-token-1' http://{admin}/cache/purge");
         }
         DialectKind::Gigma => {
-            println!("  curl -i --data-urlencode 'client=+7 999 999 99 90' {search}     # a call is placed: stepId");
             println!(
-                "  curl -i --data-urlencode 'client=+7 999 999 99 90' -d stepId=STEP -d secretWord={} {search}  # token",
-                crate::mock::gigma::PASSWORD
-            );
-            println!(
-                "  curl -i -X POST -H 'token: TOKEN' {id}/                       # the counterparty's card"
-            );
-            println!(
-                "  curl -i -X POST -H 'token: TOKEN' http://{admin}/cache/purge  # logs the session out"
+                "  {step_id}; {}; curl -i -X POST -H \"token: $TOKEN\" {id}/; curl -i -X POST -H \"token: $TOKEN\" http://{admin}/cache/purge   # a call is placed, the code logs in, the card, the purge logs out",
+                token_of(crate::mock::gigma::PASSWORD)
             );
             println!("  curl -i {id}/unknown-1               # SESSION_UNKNOWN");
         }
@@ -145,13 +154,11 @@ fn demo(kind: DialectKind, listen: &str, admin: &str, crm: &str) -> ExitCode {
             println!("  curl -i {id}/anon-1                  # CLIENT_NOT_FOUND (anonymous)");
             println!("  curl -i {id}/bad-1                   # 401 unauthorized, the system's own code");
             println!("  curl -i -d client=x {search}         # SEARCH_NOT_SUPPORTED");
+            println!("  curl -i -X POST -H 'token: demo-user-1' http://{admin}/cache/purge");
         }
     }
     println!("  curl -i http://{listen}/no/such/route                               # NOT_FOUND, JSON");
     println!("  curl -s http://{admin}/metrics | grep ^cardgate_");
-    if kind != DialectKind::Gigma {
-        println!("  curl -i -X POST -H 'token: demo-token-1' http://{admin}/cache/purge");
-    }
     println!("Stop with Ctrl-C.");
     let mock: server::Extra = Box::new(crate::mock::service(crm, kind));
     finish(server::run(cfg, None, false, vec![mock]))

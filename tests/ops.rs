@@ -44,6 +44,11 @@ fn check_accepts_the_shipped_config_and_names_bad_keys() {
         (format!("{url}dialect = \"soap\"\n"), "upstream.dialect"),
         ("[upstream]\nurl = \"ftp://crm\"\n".to_string(), "upstream.url"),
         (format!("{url}[unknown]\nx = 1\n"), "unknown"),
+        // Resolved as startup resolves it.
+        (
+            "[upstream]\nurl = \"http://no-such-host.invalid:1\"\n".to_string(),
+            "upstream.url: cannot resolve",
+        ),
     ];
     for (toml, key) in cases {
         let (ok, text) = check(&toml);
@@ -191,6 +196,35 @@ fn demo_runs_a_working_pair_and_prints_curl_lines_for_each_dialect() {
             "{out}"
         );
         assert!(out.contains(&format!("http://{admin}/metrics")), "{out}");
+        // Every printed line runs as printed: no placeholder to fill in by hand.
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("  ") && l.contains("curl "))
+            .map(|l| l.split("  # ").next().unwrap().trim())
+            .collect();
+        assert!(lines.len() >= 4, "{out}");
+        for line in lines {
+            assert!(
+                !line.contains("stepId=STEP ") && !line.contains("'token: TOKEN'"),
+                "{line}"
+            );
+            let ran = Command::new("sh").args(["-c", line]).output().unwrap();
+            let said = String::from_utf8_lossy(&ran.stdout);
+            assert!(ran.status.success(), "{dialect}: {line}: {said}");
+            assert!(
+                said.contains("HTTP/1.1 ") || said.contains("cardgate_requests_total"),
+                "{dialect}: {line}: {said}"
+            );
+            if line.contains("$TOKEN") {
+                assert_eq!(
+                    said.matches("HTTP/1.1 200").count(),
+                    2,
+                    "{dialect}: card and purge: {said}"
+                );
+            } else if line.contains("secretWord") {
+                assert!(said.contains("\"answerType\":2"), "{line}: {said}");
+            }
+        }
     }
 }
 
