@@ -13,7 +13,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# gateway NAME LISTEN ADMIN CRM_URL TTL [ENV=VALUE...]: start cardgate ($bin), access log off.
+# gateway NAME LISTEN ADMIN CRM_URL TTL [ENV=VALUE...]: start cardgate ($bin), access log
+# off unless LOG_ACCESS=true (its lines go to $work/NAME.log).
 gateway() {
   local name=$1 listen=$2 admin=$3 url=$4 ttl=$5
   shift 5
@@ -30,7 +31,7 @@ url = "$url"
 [cache]
 ttl = "$ttl"
 [log]
-access = false
+access = ${LOG_ACCESS:-false}
 TOML
   env "$@" "$bin" --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
   pids+=($!)
