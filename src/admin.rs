@@ -66,7 +66,7 @@ impl Admin {
             "admin purge",
             caller,
             json!({
-                "tokenFp": done.token_fp,
+                "tokenFp": done.token_fp.as_str(),
                 "purged": done.purged,
                 "sessionEnded": done.session_ended.as_ref().ok(),
             }),

@@ -66,11 +66,21 @@ pub fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(random_u64);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:016x}{:016x}",
-        mix(seed ^ n.rotate_left(32)),
-        mix(seed.wrapping_add(n))
-    )
+    let mut id = String::with_capacity(32);
+    for word in [mix(seed ^ n.rotate_left(32)), mix(seed.wrapping_add(n))] {
+        push_hex(&mut id, word);
+    }
+    id
+}
+
+/// Append the 16 hex digits of `word` (without `format!`, which costs a request some
+/// thousand instructions).
+fn push_hex(out: &mut String, word: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        let nibble = (word >> (shift * 4)) & 0xf;
+        out.push(char::from(HEX[nibble as usize]));
+    }
 }
 
 /// A child of a valid version-00 `traceparent`: same trace id and flags, new span id.

@@ -25,7 +25,7 @@ use crate::dialect::{self, Dialect};
 use crate::error::{loggable_code, GatewayError};
 use crate::guard::SearchGuard;
 use crate::h1::server::RequestView;
-use crate::keys::TokenHasher;
+use crate::keys::{CacheKey, Fingerprint, TokenHasher};
 use crate::logs::{self, access};
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
@@ -50,7 +50,7 @@ pub struct Gateway {
 /// What an admin purge did.
 pub struct Purge {
     /// The token's keyed fingerprint, for the admin's log line.
-    pub token_fp: String,
+    pub token_fp: Fingerprint,
     /// A card was cached for the token and is gone.
     pub purged: bool,
     /// Whether the dialect ended a session behind the token (gigma), or why it could not.
@@ -64,7 +64,7 @@ pub struct Ctx {
     status: u16,
     error_code: Option<String>,
     cache: Option<CacheResult>,
-    token_fp: Option<String>,
+    token_fp: Option<Fingerprint>,
     upstream: Option<(Option<u16>, Duration)>,
     /// Search: the step ("first", "next") and its outcome, once known.
     search: Option<(&'static str, &'static str)>,
@@ -257,11 +257,12 @@ impl Gateway {
 
     async fn card(&self, ctx: &mut Ctx, token: Token) -> Result<Answer, GatewayError> {
         let logged = self.config().log.access;
+        let key = self.hasher.cache_key(token.as_bytes());
         if logged {
-            ctx.token_fp = Some(self.hasher.fingerprint(token.as_bytes()));
+            ctx.token_fp = Some(self.hasher.fingerprint_of(&key));
         }
         let record = CallRecord::new(std::mem::take(&mut ctx.correlation));
-        let (result, how) = self.lookup(&token, &record).await;
+        let (result, how) = self.lookup(key, &token, &record).await;
         ctx.cache = Some(how);
         ctx.upstream = record.get();
         ctx.correlation = record.into_correlation();
@@ -278,8 +279,7 @@ impl Gateway {
     }
 
     /// The card of a token: from the cache, or from the internal system (single-flight).
-    async fn lookup(&self, token: &Token, record: &CallRecord) -> Lookup {
-        let key = self.hasher.cache_key(token.as_bytes());
+    async fn lookup(&self, key: CacheKey, token: &Token, record: &CallRecord) -> Lookup {
         self.cache
             .get_or_fetch(key, || self.dialect.fetch_card(&self.upstream, token, record))
             .await
@@ -362,7 +362,8 @@ impl Gateway {
                 return;
             };
             let record = CallRecord::new(correlation);
-            let (result, how) = gw.lookup(&token, &record).await;
+            let key = gw.hasher.cache_key(token.as_bytes());
+            let (result, how) = gw.lookup(key, &token, &record).await;
             let (status, code) = match &result {
                 Ok(stored) => (
                     stored.status(),
@@ -374,7 +375,7 @@ impl Gateway {
             gw.metrics.prewarms.with_label_values(&[outcome]).inc();
             if gw.config().log.access {
                 let upstream = record.get();
-                let fp = gw.hasher.fingerprint(token.as_bytes());
+                let fp = gw.hasher.fingerprint_of(&key);
                 let correlation = record.into_correlation();
                 access::emit(&access::Line {
                     ts: logs::now(),
@@ -385,9 +386,9 @@ impl Gateway {
                     cache: Some(how.label()),
                     step: None,
                     upstream_status: upstream.and_then(|(s, _)| s),
-                    upstream_ms: upstream.map(|(_, d)| logs::millis(d)),
-                    duration_ms: logs::millis(start.elapsed()),
-                    token_fp: Some(&fp),
+                    upstream: upstream.map(|(_, d)| d),
+                    duration: start.elapsed(),
+                    token_fp: Some(fp.as_str()),
                     request_id: correlation.request_id.as_deref(),
                     peer: None,
                 });
@@ -407,7 +408,7 @@ fn error_answer(e: &GatewayError, body: Bytes, x_cache: Option<&'static str>) ->
 
 impl Gateway {
     /// Record the metrics and the access-log line of an answered request.
-    pub fn finish(&self, method: &str, peer: Option<std::net::IpAddr>, ctx: Ctx) {
+    pub fn finish(&self, method: &str, peer: &access::Peer, ctx: Ctx) {
         let elapsed = ctx.start.elapsed();
         let api = ctx.api.label();
         let status = if ctx.status == 0 { 499 } else { ctx.status };
@@ -433,11 +434,11 @@ impl Gateway {
             cache: ctx.cache.map(CacheResult::label),
             step: ctx.search.map(|(step, _)| step),
             upstream_status: ctx.upstream.and_then(|(s, _)| s),
-            upstream_ms: ctx.upstream.map(|(_, d)| logs::millis(d)),
-            duration_ms: logs::millis(elapsed),
-            token_fp: ctx.token_fp.as_deref(),
+            upstream: ctx.upstream.map(|(_, d)| d),
+            duration: elapsed,
+            token_fp: ctx.token_fp.as_ref().map(Fingerprint::as_str),
             request_id: ctx.request_id(),
-            peer: peer.map(|p| p.to_string()),
+            peer: peer.as_str(),
         });
     }
 }

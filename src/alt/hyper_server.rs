@@ -125,7 +125,7 @@ async fn answer(
         Some(e) => gw.refuse(Some(&view), e, &mut ctx),
     };
     let response = response(&answer);
-    gw.finish(method, peer, ctx);
+    gw.finish(method, &crate::logs::access::Peer::new(peer), ctx);
     response
 }
 

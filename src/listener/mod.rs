@@ -25,6 +25,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::GatewayError;
 use crate::gateway::{Ctx, Gateway};
+use crate::logs::access::Peer;
 use crate::h1::server::{body_complete, parse_head, BodyPlace, Head, Request};
 use crate::h1::ChunkedDecoder;
 use crate::respond;
@@ -134,6 +135,7 @@ impl Listener {
             chunked: ChunkedDecoder::default(),
             head: None,
             peer,
+            peer_text: Peer::new(peer),
             shutdown,
         };
         conn.run().await;
@@ -162,6 +164,8 @@ struct Connection<'a, S> {
     /// The parsed head of the current request (kept to reuse its allocation).
     head: Option<Head>,
     peer: Option<IpAddr>,
+    /// The peer as the access log shows it.
+    peer_text: Peer,
     shutdown: ShutdownWatch,
 }
 
@@ -235,7 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         };
         respond::write(&mut self.out, &answer, delivery);
         let written = self.flush().await;
-        gw.finish(method, self.peer, ctx);
+        gw.finish(method, &self.peer_text, ctx);
         self.head = Some(head);
         self.buf.advance(consumed);
         self.shrink();
@@ -321,7 +325,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         if self.flush().await {
             self.linger().await;
         }
-        gw.finish(method, self.peer, ctx);
+        gw.finish(method, &self.peer_text, ctx);
         false
     }
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::config::{LogLevel, LogSection};
 
-pub use access::{millis, now};
+pub use access::now;
 pub use sink::flush;
 
 /// The least severe level written, as `LogLevel as u8`.
@@ -51,7 +51,7 @@ pub fn reopen(log: &LogSection) -> Result<(), String> {
 
 #[derive(Serialize)]
 struct Event<'a> {
-    ts: String,
+    ts: access::Ts,
     level: &'static str,
     msg: &'a str,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -70,7 +70,7 @@ fn write_event(level: LogLevel, msg: &str, fields: Option<Value>) {
     };
     if let Ok(mut buf) = serde_json::to_vec(&event) {
         buf.push(b'\n');
-        sink::send(buf);
+        sink::send(&buf);
     }
 }
 
