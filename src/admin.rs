@@ -110,6 +110,38 @@ impl ServeHttp for Admin {
             .map_or_else(|| "-".to_string(), |a| a.ip().to_string());
         // Admin requests carry no body; drain what a client may have sent. A request whose
         // body never arrives whole does nothing.
+        let public = matches!(path.as_str(), "/healthz" | "/readyz")
+            || (path == "/metrics" && self.gateway.config().admin.metrics_public);
+        if !public {
+            let authorization = session.req_header().headers.get(http::header::AUTHORIZATION);
+            if !self.gateway.admin_authorized(authorization.map(|v| v.as_bytes())) {
+                let _ = session.drain_request_body().await;
+                if method != "GET" && method != "HEAD" {
+                    // At most one line a second: the port may be hammered.
+                    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+                    let route = match path.as_str() {
+                        "/cache/purge" | "/cache/clear" | "/metrics" => path.as_str(),
+                        _ => "other",
+                    };
+                    logs::warn(
+                        "admin request refused: no valid Authorization",
+                        &format!("{method} {route} from {caller}"),
+                        &LAST,
+                        std::time::Duration::from_secs(1),
+                    );
+                }
+                let mut r = error(
+                    401,
+                    "UNAUTHORIZED",
+                    "this endpoint needs Authorization: Bearer <admin secret>",
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"cardgate admin\""),
+                );
+                return r;
+            }
+        }
         if session.drain_request_body().await.is_err() {
             return error(
                 400,

@@ -55,7 +55,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
         /// Address:port of the gateway's admin listener (metrics, health, cache).
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        #[arg(long, default_value = "127.0.0.1:9181")]
         admin: String,
         /// Address:port of the mock CRM.
         #[arg(long, default_value = "127.0.0.1:18181")]

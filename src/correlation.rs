@@ -67,7 +67,10 @@ pub fn new_id() -> String {
     let seed = *SEED.get_or_init(random_u64);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut id = String::with_capacity(32);
-    for word in [mix(seed ^ n.rotate_left(32)), mix(seed.wrapping_add(n))] {
+    for word in [
+        mix(seed.wrapping_add(n)),
+        mix(seed.rotate_left(31) ^ n ^ 0x9e37_79b9_7f4a_7c15),
+    ] {
         push_hex(&mut id, word);
     }
     id

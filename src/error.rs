@@ -5,6 +5,8 @@
 //! `errorCode` and its `errorText`, and renders the JSON body. Texts never carry a token,
 //! a secret or a body from either side.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -59,6 +61,11 @@ pub enum GatewayError {
     CrmMisconfigured,
     /// The request was answered by a gateway-side bug or resource failure.
     Internal(&'static str),
+    /// The source sent more than `limits.rate_per_source` allows.
+    RateLimited,
+    /// The source collected more than `limits.max_unknown_tokens_per_minute` "client not
+    /// found" answers and is refused card lookups for this many seconds.
+    TooManyUnknownTokens { retry_after: u64 },
 }
 
 impl GatewayError {
@@ -79,6 +86,7 @@ impl GatewayError {
             GatewayError::CrmUnavailable(_) => 502,
             GatewayError::CrmTimeout => 504,
             GatewayError::CrmOverloaded => 503,
+            GatewayError::RateLimited | GatewayError::TooManyUnknownTokens { .. } => 429,
             GatewayError::CrmError { .. } => 502,
             GatewayError::CrmInvalidResponse(_) => 502,
             GatewayError::CrmRejected { status, .. } => *status,
@@ -107,6 +115,8 @@ impl GatewayError {
             GatewayError::CrmUnavailable(_) => "CRM_UNAVAILABLE",
             GatewayError::CrmTimeout => "CRM_TIMEOUT",
             GatewayError::CrmOverloaded => "CRM_OVERLOADED",
+            GatewayError::RateLimited => "RATE_LIMITED",
+            GatewayError::TooManyUnknownTokens { .. } => "TOO_MANY_UNKNOWN_TOKENS",
             GatewayError::CrmError { .. } => "CRM_ERROR",
             GatewayError::CrmInvalidResponse(_) => "CRM_INVALID_RESPONSE",
             GatewayError::CrmRejected { code, .. } => code,
@@ -157,6 +167,10 @@ impl GatewayError {
                 "the CRM refused the gateway's credentials (configuration error)".into()
             }
             GatewayError::Internal(why) => format!("internal error: {why}"),
+            GatewayError::RateLimited => "too many requests from this address; slow down".into(),
+            GatewayError::TooManyUnknownTokens { .. } => {
+                "too many unknown tokens from this address; try again later".into()
+            }
         }
     }
 
@@ -228,10 +242,13 @@ impl GatewayError {
     }
 
     /// Extra response header this error needs (`Allow` for 405, `Retry-After` for 503).
-    pub fn header(&self) -> Option<(&'static str, &'static str)> {
+    pub fn header(&self) -> Option<(&'static str, Cow<'static, str>)> {
         match self {
-            GatewayError::MethodNotAllowed { allow } => Some(("Allow", allow)),
-            GatewayError::CrmOverloaded => Some(("Retry-After", "1")),
+            GatewayError::MethodNotAllowed { allow } => Some(("Allow", Cow::Borrowed(allow))),
+            GatewayError::CrmOverloaded | GatewayError::RateLimited => Some(("Retry-After", "1".into())),
+            GatewayError::TooManyUnknownTokens { retry_after } => {
+                Some(("Retry-After", retry_after.to_string().into()))
+            }
             _ => None,
         }
     }

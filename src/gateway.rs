@@ -22,6 +22,8 @@ use crate::cache::{CacheResult, CardCache, Lookup};
 use crate::config::{Config, ConfigError};
 use crate::correlation::Correlation;
 use crate::dialect::{self, Dialect};
+use crate::edge::sources::{Refusal as SourceRefusal, Sources};
+use crate::edge::Gate;
 use crate::error::{loggable_code, GatewayError};
 use crate::guard::SearchGuard;
 use crate::h1::server::RequestView;
@@ -45,6 +47,13 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     hasher: TokenHasher,
     guard: SearchGuard,
+    /// Accept-time filters of the two listeners.
+    chat_gate: Arc<Gate>,
+    admin_gate: Arc<Gate>,
+    /// What one source address may ask.
+    sources: Sources,
+    /// The admin secret's hash, when `admin.token_env` is set.
+    admin_token: ArcSwap<Option<[u8; 32]>>,
 }
 
 /// What an admin purge did.
@@ -69,6 +78,8 @@ pub struct Ctx {
     /// Search: the step ("first", "next") and its outcome, once known.
     search: Option<(&'static str, &'static str)>,
     correlation: Correlation,
+    /// The card lookup was answered "client not found".
+    unknown_token: bool,
     _inflight: Option<InflightGuard>,
 }
 
@@ -114,7 +125,28 @@ impl Gateway {
             ),
             None => TokenHasher::random(),
         };
+        let refused = |listener: &str| {
+            crate::edge::REFUSALS.map(|r| metrics.connections_refused.with_label_values(&[listener, r]))
+        };
+        let chat_gate = Gate::new(
+            cfg.server.allow.clone(),
+            cfg.limits.max_connections,
+            metrics.connections_open.clone(),
+            refused("chat"),
+        );
+        let admin_gate = Gate::new(
+            cfg.admin.allow.clone(),
+            usize::MAX,
+            metrics.admin_connections_open.clone(),
+            refused("admin"),
+        );
+        let admin_token =
+            ArcSwap::from_pointee(cfg.admin.token()?.map(|t| *blake3::hash(t.as_bytes()).as_bytes()));
         Ok(Arc::new(Gateway {
+            chat_gate,
+            admin_gate,
+            sources: Sources::new(&cfg.limits),
+            admin_token,
             upstream: Upstream::new(&cfg, metrics.clone())?,
             dialect: dialect::from_config(&cfg),
             guard: SearchGuard::new(&cfg.search),
@@ -138,7 +170,15 @@ impl Gateway {
         let running = self.cfg.load_full();
         let need_restart = next.keep_restart_only(&running);
         let changed = next.changed_sections(&running);
+        let admin_token = next.admin.token().map_err(|e| e.to_string())?;
         logs::apply(&next.log, Some(&running.log))?;
+        self.admin_token.store(Arc::new(
+            admin_token.map(|t| *blake3::hash(t.as_bytes()).as_bytes()),
+        ));
+        self.chat_gate
+            .apply(next.server.allow.clone(), next.limits.max_connections);
+        self.admin_gate.apply(next.admin.allow.clone(), usize::MAX);
+        self.sources.apply(&next.limits);
         self.cache.apply(&next.cache);
         self.guard.apply(&next.search);
         self.upstream.apply(&next);
@@ -147,6 +187,35 @@ impl Gateway {
             changed,
             need_restart,
         })
+    }
+
+    /// The chat-server listener's accept-time filter.
+    pub fn chat_gate(&self) -> Arc<Gate> {
+        self.chat_gate.clone()
+    }
+
+    /// The admin listener's accept-time filter.
+    pub fn admin_gate(&self) -> Arc<Gate> {
+        self.admin_gate.clone()
+    }
+
+    /// Whether an admin request may go on: no secret is configured, or `authorization`
+    /// is `Bearer <secret>` (compared in constant time, as hashes, so neither the
+    /// secret's bytes nor its length leak through timing).
+    pub fn admin_authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let expected = self.admin_token.load();
+        let Some(expected) = expected.as_ref() else {
+            return true;
+        };
+        let given = authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .map(|t| *blake3::hash(t).as_bytes())
+            .unwrap_or([0; 32]);
+        let ok = bool::from(subtle::ConstantTimeEq::ct_eq(&given[..], &expected[..]));
+        if !ok {
+            self.metrics.admin_unauthorized.inc();
+        }
+        ok && authorization.is_some()
     }
 
     /// Count a reload attempt.
@@ -211,6 +280,7 @@ impl Gateway {
             upstream: None,
             search: None,
             correlation: Correlation::default(),
+            unknown_token: false,
             _inflight: Some(InflightGuard(self.metrics.inflight.clone())),
         }
     }
@@ -222,14 +292,40 @@ impl Gateway {
         let (api, route) = parse::route(req, cfg.limits.max_token_bytes);
         drop(cfg);
         ctx.api = api;
-        let answer = match route {
-            Ok(Route::Card(token)) => self.card(ctx, token).await,
-            Ok(Route::Search) => Ok(self.search(req, ctx).await),
-            Err(e) => Err(e),
+        let peer = req.peer();
+        let admitted = self
+            .sources
+            .admit(peer, matches!(route, Ok(Route::Card(_))))
+            .map_err(|refusal| self.source_refused(refusal));
+        let answer = match (admitted, route) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Ok(Route::Card(token))) => {
+                let answer = self.card(ctx, token).await;
+                if ctx.unknown_token {
+                    self.sources.note_unknown(peer);
+                }
+                answer
+            }
+            (Ok(()), Ok(Route::Search)) => Ok(self.search(req, ctx).await),
+            (Ok(()), Err(e)) => Err(e),
         };
         let answer = answer.unwrap_or_else(|e| self.reject(&e, ctx));
         ctx.status = answer.status;
         answer
+    }
+
+    /// Count a source's refusal, as the error it answers.
+    fn source_refused(&self, refusal: SourceRefusal) -> GatewayError {
+        self.metrics
+            .source_refusals
+            .with_label_values(&[refusal.label()])
+            .inc();
+        match refusal {
+            SourceRefusal::Rate => GatewayError::RateLimited,
+            SourceRefusal::UnknownTokens => GatewayError::TooManyUnknownTokens {
+                retry_after: self.config().limits.unknown_tokens_cooldown.as_secs().max(1),
+            },
+        }
     }
 
     /// The answer to a request the listener refused (framing, limits, timeouts), in the
@@ -266,6 +362,10 @@ impl Gateway {
         ctx.cache = Some(how);
         ctx.upstream = record.get();
         ctx.correlation = record.into_correlation();
+        ctx.unknown_token = match &result {
+            Ok(stored) => stored.is_negative(),
+            Err(e) => e.is_negative(),
+        };
         let stored = result?;
         if logged {
             ctx.error_code = stored.error_code().map(|c| loggable_code(&c, stored.status()));

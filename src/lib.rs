@@ -4,7 +4,8 @@
 //! each chat-server connection and frames its requests with [`h1`]; [`gateway`] answers
 //! one request through [`parse`] → [`cache`] → [`dialect`] → [`upstream`] → [`normalise`],
 //! and [`respond`] writes the answer. Around them: [`config`], [`keys`] (token hashing),
-//! [`correlation`] (request ids, trace context), [`guard`] (search brute-force limits),
+//! [`edge`] (allowlists, connection and per-source limits), [`correlation`] (request
+//! ids, trace context), [`guard`] (search brute-force limits),
 //! [`error`] (the one error type), [`metrics`], [`logs`], [`admin`]; the process's life in
 //! [`signals`], [`reload`], [`supervise`] and [`rundir`]; and, with the default `mock`
 //! feature, `mock`: a built-in internal system for demos and tests.
@@ -33,6 +34,7 @@ macro_rules! input_path {
 
 input_path! {
     pub(crate) mod dialect;
+    pub(crate) mod edge;
     pub(crate) mod guard;
     pub(crate) mod h1;
     pub(crate) mod listener;

@@ -67,6 +67,11 @@ pub struct Metrics {
     pub search_refusals: IntCounterVec,
     pub prewarms: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub admin_connections_open: IntGauge,
+    pub source_refusals: IntCounterVec,
+    pub admin_unauthorized: IntCounter,
     pub last_reload: Gauge,
     pub last_reload_ok: IntGauge,
 }
@@ -174,6 +179,34 @@ impl Metrics {
             &["result"],
         )
         .expect("metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "cardgate_connections_refused_total",
+                "Connections closed at accept, by listener (chat, admin) and reason",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("metric");
+        let connections_open = IntGauge::new(
+            "cardgate_connections_open",
+            "Chat-server connections open now (bounded by limits.max_connections)",
+        )
+        .expect("metric");
+        let admin_connections_open =
+            IntGauge::new("cardgate_admin_connections_open", "Admin connections open now").expect("metric");
+        let source_refusals = IntCounterVec::new(
+            Opts::new(
+                "cardgate_source_refusals_total",
+                "Requests refused for their source address (rate, unknown_tokens), without a CRM call",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let admin_unauthorized = IntCounter::new(
+            "cardgate_admin_unauthorized_total",
+            "Admin requests refused for a missing or wrong Authorization",
+        )
+        .expect("metric");
         let last_reload = Gauge::new(
             "cardgate_config_last_reload_timestamp_seconds",
             "When the configuration in force was read (start or last successful reload), Unix time",
@@ -201,6 +234,10 @@ impl Metrics {
             Box::new(search_refusals.clone()),
             Box::new(prewarms.clone()),
             Box::new(reloads.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(source_refusals.clone()),
+            Box::new(admin_unauthorized.clone()),
             Box::new(last_reload.clone()),
             Box::new(last_reload_ok.clone()),
             Box::new(build),
@@ -244,9 +281,15 @@ impl Metrics {
             (&search_refusals, &GUARD_REASONS[..]),
             (&prewarms, &PREWARM_OUTCOMES[..]),
             (&reloads, &RELOAD_RESULTS[..]),
+            (&source_refusals, &crate::edge::sources::REFUSALS[..]),
         ] {
             for v in values {
                 vec.with_label_values(&[v]);
+            }
+        }
+        for listener in crate::edge::LISTENERS {
+            for reason in crate::edge::REFUSALS {
+                connections_refused.with_label_values(&[listener, reason]);
             }
         }
         Metrics {
@@ -262,6 +305,11 @@ impl Metrics {
             search_refusals,
             prewarms,
             reloads,
+            connections_refused,
+            connections_open,
+            admin_connections_open,
+            source_refusals,
+            admin_unauthorized,
             last_reload,
             last_reload_ok,
         }

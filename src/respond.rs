@@ -5,6 +5,7 @@
 //! are personal data) and, on the Auth API, `X-Cache: HIT|MISS|STALE`. Cards are stored
 //! as ready body bytes, so a cache hit is a header of a few lines and one copy of the body.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -40,8 +41,8 @@ pub struct Answer {
     pub status: u16,
     pub body: Body,
     pub x_cache: Option<&'static str>,
-    /// One more header the answer needs (`Allow` on a 405, `Retry-After` on a 503).
-    pub header: Option<(&'static str, &'static str)>,
+    /// One more header the answer needs (`Allow` on a 405, `Retry-After` on a 503/429).
+    pub header: Option<(&'static str, Cow<'static, str>)>,
 }
 
 /// What the connection adds to an answer.
@@ -75,7 +76,7 @@ pub fn write(out: &mut Vec<u8>, answer: &Answer, delivery: Delivery<'_>) {
         out.extend_from_slice(x.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if let Some((name, value)) = answer.header {
+    if let Some((name, value)) = &answer.header {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -188,7 +189,7 @@ mod tests {
             status: 405,
             body: Bytes::from_static(b"{}").into(),
             x_cache: None,
-            header: Some(("Allow", "GET, POST")),
+            header: Some(("Allow", "GET, POST".into())),
         };
         let t = text(
             &a,

@@ -155,12 +155,15 @@ pub fn run(
     // buffer and writes each answer whole, so Pingora's 64 KiB read and 1.4 KiB write
     // buffers per connection would only cost memory and a copy.
     listener.add_listener(ListenerConfig::tcp(&listen).l4_buffer(L4BufferSettings::unbuffered()));
+    // Allowlist and connection bound, at accept (before any TLS or HTTP).
+    listener.set_connection_filter(gw.chat_gate());
 
     let mut admin = Service::new(
         "cardgate admin".to_string(),
         HttpServer::new_app(Admin { gateway: gw.clone() }),
     );
     admin.add_tcp(&admin_listen);
+    admin.set_connection_filter(gw.admin_gate());
     admin.threads = Some(1);
 
     server.add_boxed_service(Box::new(Supervised::new(

@@ -137,8 +137,8 @@ fn response(answer: &Answer) -> hyper::Response<Full<Bytes>> {
     if let Some(x) = answer.x_cache {
         b = b.header("x-cache", x);
     }
-    if let Some((name, value)) = answer.header {
-        b = b.header(name, value);
+    if let Some((name, value)) = &answer.header {
+        b = b.header(*name, value.as_ref());
     }
     let body = match &answer.body {
         Body::Stored(stored) => Bytes::from_owner(stored.clone()),

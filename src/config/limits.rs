@@ -2,7 +2,9 @@
 
 use serde::Deserialize;
 
-use super::units::de_size;
+use std::time::Duration;
+
+use super::units::{de_duration, de_rate, de_size, Rate};
 use super::{err, ConfigError};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -14,6 +16,19 @@ pub struct LimitsSection {
     /// Request line plus header fields.
     #[serde(deserialize_with = "de_size")]
     pub max_head_bytes: u64,
+    /// Chat-server connections open at once; beyond it new ones are closed at accept.
+    pub max_connections: usize,
+    /// Requests per source address (off when absent), e.g. `"500/s"`: over it, 429
+    /// `RATE_LIMITED` without a CRM call.
+    #[serde(deserialize_with = "de_rate")]
+    pub rate_per_source: Option<Rate>,
+    /// Requests a source may send at once above its rate (default: one second's worth).
+    pub rate_burst: Option<u32>,
+    /// "Client not found" answers one source may collect per minute (off when absent);
+    /// beyond it the source gets 429 `TOO_MANY_UNKNOWN_TOKENS` for the cooldown.
+    pub max_unknown_tokens_per_minute: Option<u32>,
+    #[serde(deserialize_with = "de_duration")]
+    pub unknown_tokens_cooldown: Duration,
 }
 
 impl Default for LimitsSection {
@@ -22,6 +37,11 @@ impl Default for LimitsSection {
             max_token_bytes: 4096,
             max_body_bytes: 16 * 1024,
             max_head_bytes: 32 * 1024,
+            max_connections: 10_000,
+            rate_per_source: None,
+            rate_burst: None,
+            max_unknown_tokens_per_minute: None,
+            unknown_tokens_cooldown: Duration::from_secs(60),
         }
     }
 }
@@ -40,6 +60,26 @@ impl LimitsSection {
             return Err(err(
                 "limits.max_head_bytes",
                 format!("must be between {least_head} bytes (3 x limits.max_token_bytes + 1KiB) and 1MiB"),
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err(err("limits.max_connections", "must be between 1 and 1000000"));
+        }
+        if self.rate_burst == Some(0) {
+            return Err(err("limits.rate_burst", "must be at least 1"));
+        }
+        if self.rate_burst.is_some() && self.rate_per_source.is_none() {
+            return Err(err("limits.rate_burst", "needs limits.rate_per_source"));
+        }
+        if self.max_unknown_tokens_per_minute == Some(0) {
+            return Err(err("limits.max_unknown_tokens_per_minute", "must be at least 1"));
+        }
+        if self.unknown_tokens_cooldown.is_zero()
+            || self.unknown_tokens_cooldown > Duration::from_secs(24 * 3600)
+        {
+            return Err(err(
+                "limits.unknown_tokens_cooldown",
+                "must be greater than 0 and at most 24h",
             ));
         }
         Ok(())

@@ -25,6 +25,8 @@ pub use limits::LimitsSection;
 pub use log::{CorrelationSection, LogLevel, LogSection};
 pub use search::SearchSection;
 pub use server::{AdminSection, ServerSection};
+#[cfg(test)]
+pub use units::Rate;
 pub use upstream::{AuthMethod, DialectKind, SearchEncoding, UpstreamSection, UpstreamUrl};
 
 /// A configuration mistake, with the key it concerns when known.

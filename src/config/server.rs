@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::de_duration;
+use ipnet::IpNet;
+
+use super::units::{de_cidrs, de_duration};
 use super::{err, ConfigError};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -37,6 +39,10 @@ pub struct ServerSection {
     /// A request must arrive whole, and its answer be taken, within this once it started.
     #[serde(deserialize_with = "de_duration")]
     pub client_timeout: Duration,
+    /// Who may connect to the chat-server listener (empty: everyone). A connection from
+    /// elsewhere is closed at accept.
+    #[serde(deserialize_with = "de_cidrs")]
+    pub allow: Vec<IpNet>,
 }
 
 impl Default for ServerSection {
@@ -50,6 +56,7 @@ impl Default for ServerSection {
             drain_delay: Duration::ZERO,
             keepalive_timeout: Duration::from_secs(60),
             client_timeout: Duration::from_secs(10),
+            allow: Vec::new(),
         }
     }
 }
@@ -121,15 +128,32 @@ impl ServerSection {
 pub struct AdminSection {
     /// Metrics, health, readiness and cache administration. Loopback by default.
     pub listen: String,
+    /// Who may connect to the admin listener (empty: everyone who can reach it).
+    #[serde(deserialize_with = "de_cidrs")]
+    pub allow: Vec<IpNet>,
+    /// Environment variable holding the admin secret: when set, every endpoint but
+    /// `/healthz` and `/readyz` needs `Authorization: Bearer <secret>`.
+    pub token_env: Option<String>,
+    /// `/metrics` without the secret (for a Prometheus that has none).
+    pub metrics_public: bool,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         AdminSection {
-            listen: "127.0.0.1:9090".into(),
+            listen: DEFAULT_ADMIN.into(),
+            allow: Vec::new(),
+            token_env: None,
+            metrics_public: false,
         }
     }
 }
+
+/// Not 9090, which is Prometheus's own.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9181";
+
+/// Shortest admin secret accepted.
+const MIN_ADMIN_TOKEN: usize = 16;
 
 impl AdminSection {
     pub fn validate(&self, server: &ServerSection) -> Result<(), ConfigError> {
@@ -137,7 +161,25 @@ impl AdminSection {
         if server.listen == self.listen {
             return Err(err("admin.listen", "must differ from server.listen"));
         }
-        Ok(())
+        self.token().map(|_| ())
+    }
+
+    /// The admin secret, when `token_env` names one.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(var) = &self.token_env else {
+            return Ok(None);
+        };
+        match std::env::var(var) {
+            Ok(v) if v.len() >= MIN_ADMIN_TOKEN => Ok(Some(v)),
+            Ok(_) => Err(err(
+                "admin.token_env",
+                format!("${var} must hold at least {MIN_ADMIN_TOKEN} bytes"),
+            )),
+            Err(_) => Err(err(
+                "admin.token_env",
+                format!("environment variable {var} is not set"),
+            )),
+        }
     }
 }
 

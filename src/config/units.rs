@@ -1,5 +1,6 @@
-//! How durations and sizes are written in the config file: `"300ms"`, `"2s"`, `"10m"`;
-//! `"16KiB"`, `"256MiB"` or a plain integer of bytes.
+//! How durations, sizes, rates and address ranges are written in the config file:
+//! `"300ms"`, `"2s"`, `"10m"`; `"16KiB"`, `"256MiB"` or a plain integer of bytes;
+//! `"500/s"`, `"100/m"`; `"10.0.0.0/8"`, `"2001:db8::/32"` or a single address.
 
 use std::time::Duration;
 
@@ -34,4 +35,54 @@ pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
                 ))
             }),
     }
+}
+
+/// A rate: so many events per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+}
+
+pub fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
+    let Some(s) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let bad = || {
+        de::Error::custom(format!(
+            "invalid rate {s:?}; write e.g. \"500/s\", \"100/m\", \"1000/h\""
+        ))
+    };
+    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let n: f64 = n.trim().parse().map_err(|_| bad())?;
+    let seconds = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(bad());
+    }
+    Ok(Some(Rate {
+        per_second: n / seconds,
+    }))
+}
+
+/// A list of address ranges; a bare address is a range of one.
+pub fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let items = Vec::<String>::deserialize(d)?;
+    items
+        .iter()
+        .map(|item| {
+            let t = item.trim();
+            t.parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    de::Error::custom(format!(
+                        "{item:?} is not an address range; write e.g. \"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\""
+                    ))
+                })
+        })
+        .collect()
 }

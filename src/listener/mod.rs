@@ -50,6 +50,8 @@ const LINGER_BYTES: usize = 1 << 20;
 
 pub struct Listener {
     gateway: Arc<Gateway>,
+    /// Counts the open connections that `limits.max_connections` bounds.
+    gate: Arc<crate::edge::Gate>,
 }
 
 /// The settings one connection runs with, taken from the configuration in force when it
@@ -78,19 +80,19 @@ impl Settings {
 
 impl Listener {
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        Listener { gateway }
+        Listener {
+            gate: gateway.chat_gate(),
+            gateway,
+        }
     }
 }
 
 #[async_trait]
 impl ServerApp for Listener {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let peer = if self.gateway.config().log.access {
-            io.get_socket_digest()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-        } else {
-            None
-        };
+        let peer = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         #[cfg(feature = "alt-http")]
         if crate::alt::hyper_server() {
             let ours = Settings::of(&self.gateway);
@@ -107,9 +109,11 @@ impl ServerApp for Listener {
         // carries its handshake machinery (some 10 KiB) and ends here, instead of staying
         // with every idle keep-alive connection.
         let (app, shutdown) = (self.clone(), shutdown.clone());
+        let open = self.gate.opened();
         crate::trim::opened();
         tokio::spawn(async move {
             app.serve(io, peer, shutdown).await;
+            drop(open);
             crate::trim::closed();
         });
         None
@@ -135,7 +139,7 @@ impl Listener {
             chunked: ChunkedDecoder::default(),
             head: None,
             peer,
-            peer_text: Peer::new(peer),
+            peer_text: Peer::new(peer.filter(|_| self.gateway.config().log.access)),
             shutdown,
         };
         conn.run().await;

@@ -31,6 +31,10 @@ fn enabled(level: LogLevel) -> bool {
 
 /// Take the `[log]` settings: at start, and again on every reload. Errors name the key.
 pub fn apply(log: &LogSection, previous: Option<&LogSection>) -> Result<(), String> {
+    // The file first: if it cannot be opened, nothing changes.
+    if previous.map(|p| p.file.as_str()) != Some(log.file.as_str()) {
+        sink::open(&log.file, Duration::from_secs(2))?;
+    }
     LEVEL.store(log.level as u8, Ordering::Relaxed);
     ::log::set_max_level(match log.level {
         LogLevel::Error => ::log::LevelFilter::Error,
@@ -38,9 +42,6 @@ pub fn apply(log: &LogSection, previous: Option<&LogSection>) -> Result<(), Stri
         LogLevel::Info => ::log::LevelFilter::Info,
         LogLevel::Debug => ::log::LevelFilter::Debug,
     });
-    if previous.map(|p| p.file.as_str()) != Some(log.file.as_str()) {
-        sink::open(&log.file, Duration::from_secs(2))?;
-    }
     Ok(())
 }
 

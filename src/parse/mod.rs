@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(r("PUT", "/rest/chat/client/id/").1.unwrap_err().status(), 405);
         assert_eq!(
             r("POST", "/rest/chat/client/id/abc").1.unwrap_err().header(),
-            Some(("Allow", "GET"))
+            Some(("Allow", "GET".into()))
         );
         assert!(matches!(
             r("POST", "/rest/chat/client/search/").1,

@@ -276,11 +276,12 @@ impl Gateway {
             let path = dir.path().join("cardgate.toml");
             let text = format!(
                 "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\nruntime_dir = \"{run}\"\n{server}\
-                 [admin]\nlisten = \"{admin}\"\n\
+                 [admin]\nlisten = \"{admin}\"\n{admin_extra}\
                  [upstream]\nurl = \"{crm_url}\"\ntimeout = \"1s\"\n{upstream}\
                  [cache]\n{cache}[limits]\n{limits}[log]\n{log}[search]\n{search}",
                 run = dir.path().join("run").display(),
                 server = section("server"),
+                admin_extra = section("admin"),
                 upstream = section("upstream"),
                 cache = section("cache"),
                 limits = section("limits"),
@@ -494,6 +495,26 @@ impl Raw {
         Raw {
             stream: BufReader::new(s),
         }
+    }
+
+    /// Connect from a given loopback source address (127.0.0.2, 127.0.0.3, ... are all
+    /// this machine's on Linux).
+    pub fn connect_from(source: &str, addr: &str) -> Raw {
+        let to: std::net::SocketAddr = addr.parse().unwrap();
+        let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&from.into()).unwrap();
+        s.connect(&to.into()).unwrap();
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw {
+            stream: BufReader::new(s),
+        }
+    }
+
+    /// One GET of `path` on this connection (keep-alive).
+    pub fn get(&mut self, path: &str) -> Option<Resp> {
+        self.roundtrip(format!("GET {path} HTTP/1.1\r\nHost: cardgate\r\n\r\n").as_bytes())
     }
 
     pub fn send(&mut self, raw: &[u8]) {

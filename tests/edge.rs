@@ -1,0 +1,239 @@
+//! The edge: source allowlists on both listeners (closed at accept), the bound on open
+//! connections, per-source rate and unknown-token limits, and the admin secret. Clients
+//! connect from other loopback addresses (127.0.0.2, 127.0.0.3) to be other sources.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{eventually, request, token, Gateway, Mock, Raw};
+
+/// Connect from `source` and send a request: true when the connection is closed with no
+/// answer (refused at accept).
+fn refused(source: &str, addr: &str) -> bool {
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(
+        &format!("{source}:0")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    if s.connect(&to.into()).is_err() {
+        return true;
+    }
+    let mut s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) | Err(_) => true,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn allowlists_close_other_sources_at_accept_on_both_listeners() {
+    let mock = Mock::start();
+    let gw = Gateway::start(
+        &mock.url(),
+        &[
+            ("server", "allow = [\"127.0.0.1\", \"127.0.0.2/32\", \"::1\"]"),
+            ("admin", "allow = [\"127.0.0.1/32\"]"),
+        ],
+    );
+    let t = token("allowed");
+    let mut ok = Raw::connect_from("127.0.0.2", &gw.addr);
+    assert_eq!(ok.get(&format!("/rest/chat/client/id/{t}")).unwrap().status, 200);
+    assert!(refused("127.0.0.3", &gw.addr));
+    assert!(refused("127.0.0.2", &gw.admin));
+    assert_eq!(gw.admin("GET", "/healthz", &[]).status, 200, "127.0.0.1 may");
+    assert_eq!(
+        gw.metric("cardgate_connections_refused_total{listener=\"chat\",reason=\"not_allowed\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.metric("cardgate_connections_refused_total{listener=\"admin\",reason=\"not_allowed\"}"),
+        1.0
+    );
+
+    // A reload changes the list for the next connection.
+    gw.edit_config(|t| t.replace("\"127.0.0.2/32\"", "\"127.0.0.3/32\""));
+    gw.proc.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || gw
+        .metric_now("cardgate_config_reloads_total{result=\"ok\"}")
+        == 1.0));
+    assert!(refused("127.0.0.2", &gw.addr));
+    let mut now_ok = Raw::connect_from("127.0.0.3", &gw.addr);
+    assert_eq!(
+        now_ok.get(&format!("/rest/chat/client/id/{t}")).unwrap().status,
+        200
+    );
+}
+
+#[test]
+fn connections_beyond_max_connections_are_closed_at_accept() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&mock.url(), &[("limits", "max_connections = 2")]);
+    let mut a = Raw::connect(&gw.addr);
+    let mut b = Raw::connect(&gw.addr);
+    assert_eq!(a.get("/rest/chat/client/id/x-1").unwrap().status, 200);
+    assert_eq!(b.get("/rest/chat/client/id/x-2").unwrap().status, 200);
+    assert!(eventually(Duration::from_secs(5), || gw
+        .metric_now("cardgate_connections_open")
+        == 2.0));
+    assert!(refused("127.0.0.1", &gw.addr));
+    assert_eq!(
+        gw.metric_now("cardgate_connections_refused_total{listener=\"chat\",reason=\"max_connections\"}"),
+        1.0
+    );
+    drop(a);
+    assert!(eventually(Duration::from_secs(5), || gw
+        .metric_now("cardgate_connections_open")
+        == 1.0));
+    let mut c = Raw::connect(&gw.addr);
+    assert_eq!(c.get("/rest/chat/client/id/x-3").unwrap().status, 200);
+    assert_eq!(
+        b.get("/rest/chat/client/id/x-4").unwrap().status,
+        200,
+        "open ones go on"
+    );
+}
+
+#[test]
+fn a_source_over_its_rate_gets_429_without_a_crm_call_and_others_do_not() {
+    let mock = Mock::start();
+    let gw = Gateway::start(
+        &mock.url(),
+        &[("limits", "rate_per_source = \"1/m\"\nrate_burst = 3")],
+    );
+    let mut fast = Raw::connect_from("127.0.0.2", &gw.addr);
+    for i in 0..3 {
+        let r = fast
+            .get(&format!("/rest/chat/client/id/{}", token(&format!("rate{i}"))))
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let over = token("rate-over");
+    let r = fast.get(&format!("/rest/chat/client/id/{over}")).unwrap();
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("1")));
+    assert!(r.body.contains("\"RATE_LIMITED\""), "{}", r.body);
+    assert!(mock.calls_for(&over).is_empty(), "no CRM call");
+    let mut other = Raw::connect_from("127.0.0.3", &gw.addr);
+    assert_eq!(
+        other
+            .get(&format!("/rest/chat/client/id/{}", token("other")))
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(gw.metric("cardgate_source_refusals_total{reason=\"rate\"}"), 1.0);
+}
+
+#[test]
+fn a_source_guessing_tokens_is_cooled_down_and_nobody_else_is() {
+    let mock = Mock::start();
+    let gw = Gateway::start(
+        &mock.url(),
+        &[(
+            "limits",
+            "max_unknown_tokens_per_minute = 3\nunknown_tokens_cooldown = \"90s\"",
+        )],
+    );
+    let mut guesser = Raw::connect_from("127.0.0.2", &gw.addr);
+    for i in 0..4 {
+        let r = guesser
+            .get(&format!("/rest/chat/client/id/missing-guess-{i}"))
+            .unwrap();
+        assert_eq!(r.status, 404, "{}", r.body);
+    }
+    let real = token("after-guessing");
+    let r = guesser.get(&format!("/rest/chat/client/id/{real}")).unwrap();
+    assert_eq!(
+        (r.status, r.header("retry-after")),
+        (429, Some("90")),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("\"TOO_MANY_UNKNOWN_TOKENS\""), "{}", r.body);
+    assert!(mock.calls_for(&real).is_empty(), "no CRM call");
+    let mut other = Raw::connect_from("127.0.0.3", &gw.addr);
+    assert_eq!(
+        other.get(&format!("/rest/chat/client/id/{real}")).unwrap().status,
+        200
+    );
+    assert_eq!(
+        gw.metric("cardgate_source_refusals_total{reason=\"unknown_tokens\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn the_admin_secret_guards_every_endpoint_but_health() {
+    let mock = Mock::start();
+    let secret = "s3cret-admin-token-0123456789";
+    let gw = Gateway::start_with_env(
+        &mock.url(),
+        &[("admin", "token_env = \"CARDGATE_TEST_ADMIN_TOKEN\"")],
+        &[("CARDGATE_TEST_ADMIN_TOKEN", secret)],
+    );
+    let bearer = format!("Bearer {secret}");
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(gw.admin("GET", path, &[]).status, 200, "{path}");
+    }
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("POST", "/cache/clear"),
+        ("POST", "/cache/purge"),
+    ] {
+        let r = gw.admin(method, path, &[]);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (401, "UNAUTHORIZED"),
+            "{path}"
+        );
+        assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+        let wrong = gw.admin(method, path, &[("Authorization", "Bearer not-the-secret-at-all")]);
+        assert_eq!(wrong.status, 401);
+    }
+    let m = gw.admin("GET", "/metrics", &[("Authorization", &bearer)]);
+    assert_eq!(m.status, 200);
+    assert!(
+        m.body.contains("cardgate_admin_unauthorized_total 6"),
+        "{}",
+        m.body
+    );
+    let t = token("admin-auth");
+    assert_eq!(gw.get_card(&t).status, 200);
+    let r = gw.admin(
+        "POST",
+        "/cache/purge",
+        &[("Authorization", &bearer), ("token", &t)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        gw.admin("POST", "/cache/clear", &[("Authorization", &bearer)])
+            .status,
+        200
+    );
+    assert_eq!(gw.wait_event("admin clear")["caller"], "127.0.0.1");
+    assert!(gw.wait_event("admin request refused")["cause"]
+        .as_str()
+        .unwrap()
+        .contains("from 127.0.0.1"));
+    gw.assert_never_shown(&[secret, &t]);
+
+    let open = Gateway::start_with_env(
+        &mock.url(),
+        &[(
+            "admin",
+            "token_env = \"CARDGATE_TEST_ADMIN_TOKEN\"\nmetrics_public = true",
+        )],
+        &[("CARDGATE_TEST_ADMIN_TOKEN", secret)],
+    );
+    assert_eq!(open.admin("GET", "/metrics", &[]).status, 200);
+    assert_eq!(open.admin("POST", "/cache/clear", &[]).status, 401);
+    let _ = request("GET", &open.url("/healthz"), &[], None);
+}
