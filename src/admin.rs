@@ -120,7 +120,7 @@ impl ServeHttp for Admin {
                     // At most one line a second: the port may be hammered.
                     static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
                     let route = match path.as_str() {
-                        "/cache/purge" | "/cache/clear" | "/metrics" => path.as_str(),
+                        "/cache/purge" | "/cache/clear" | "/tls/reload" | "/metrics" => path.as_str(),
                         _ => "other",
                     };
                     logs::warn(
@@ -161,13 +161,29 @@ impl ServeHttp for Admin {
                 }
             }
             ("POST", "/cache/purge") => self.purge(session, &caller).await,
+            ("POST", "/tls/reload") => {
+                let cfg = self.gateway.config();
+                let result = self.gateway.reload_tls(cfg.server.tls.as_ref(), "admin");
+                action("admin TLS reload", &caller, json!({ "ok": result.is_ok() }));
+                match result {
+                    Ok(true) => json_response(200, json!({ "reloaded": true })),
+                    Ok(false) => error(404, "NO_TLS", "no [server.tls] listener is configured"),
+                    Err(why) => error(
+                        422,
+                        "TLS_RELOAD_FAILED",
+                        &format!("{why}; the old certificate stays in use"),
+                    ),
+                }
+            }
             ("POST", "/cache/clear") => {
                 let n = self.gateway.clear().await;
                 action("admin clear", &caller, json!({ "cleared": n }));
                 json_response(200, json!({ "cleared": n }))
             }
             (_, "/metrics" | "/healthz" | "/readyz") => error(405, "METHOD_NOT_ALLOWED", "use GET"),
-            (_, "/cache/purge" | "/cache/clear") => error(405, "METHOD_NOT_ALLOWED", "use POST"),
+            (_, "/cache/purge" | "/cache/clear" | "/tls/reload") => {
+                error(405, "METHOD_NOT_ALLOWED", "use POST")
+            }
             _ => error(404, "NOT_FOUND", "no such route"),
         }
     }

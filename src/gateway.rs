@@ -32,6 +32,7 @@ use crate::logs::{self, access};
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
 use crate::respond::{Answer, Body};
+use crate::tls::Tls;
 use crate::upstream::{CallRecord, Upstream};
 
 /// Everything a request needs, shared by all workers. The listener and the admin port ask
@@ -54,6 +55,8 @@ pub struct Gateway {
     sources: Sources,
     /// The admin secret's hash, when `admin.token_env` is set.
     admin_token: ArcSwap<Option<[u8; 32]>>,
+    /// The TLS listener's live certificate and client CA, when `[server.tls]` is set.
+    tls: Option<Arc<Tls>>,
 }
 
 /// What an admin purge did.
@@ -142,7 +145,15 @@ impl Gateway {
         );
         let admin_token =
             ArcSwap::from_pointee(cfg.admin.token()?.map(|t| *blake3::hash(t.as_bytes()).as_bytes()));
+        let tls = match &cfg.server.tls {
+            Some(section) => {
+                let material = crate::tls::load(section).map_err(ConfigError)?;
+                Some(Tls::new(material, metrics.tls_client_refused.clone()))
+            }
+            None => None,
+        };
         Ok(Arc::new(Gateway {
+            tls,
             chat_gate,
             admin_gate,
             sources: Sources::new(&cfg.limits),
@@ -179,6 +190,9 @@ impl Gateway {
             .apply(next.server.allow.clone(), next.limits.max_connections);
         self.admin_gate.apply(next.admin.allow.clone(), usize::MAX);
         self.sources.apply(&next.limits);
+        // A bad TLS file is reported on its own and keeps the old certificate; the rest
+        // of the reload stands.
+        let _ = self.reload_tls(next.server.tls.as_ref(), "SIGHUP");
         self.cache.apply(&next.cache);
         self.guard.apply(&next.search);
         self.upstream.apply(&next);
@@ -187,6 +201,47 @@ impl Gateway {
             changed,
             need_restart,
         })
+    }
+
+    /// The TLS listener's state, when there is one.
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
+    }
+
+    /// Read the TLS files again; a bad file keeps the old material. Counted and logged
+    /// either way; `Ok(false)`: there is no TLS listener.
+    pub fn reload_tls(
+        &self,
+        section: Option<&crate::config::TlsSection>,
+        trigger: &str,
+    ) -> Result<bool, String> {
+        let (Some(tls), Some(section)) = (&self.tls, section) else {
+            return Ok(false);
+        };
+        let result = crate::tls::load(section).and_then(|m| {
+            let days = m.days_left;
+            tls.apply(m).map(|()| days)
+        });
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.tls_reloads.with_label_values(&[label]).inc();
+        match result {
+            Ok(days) => {
+                logs::event_with(
+                    crate::config::LogLevel::Info,
+                    "TLS certificate reloaded",
+                    serde_json::json!({ "trigger": trigger, "daysLeft": days }),
+                );
+                Ok(true)
+            }
+            Err(why) => {
+                logs::event_with(
+                    crate::config::LogLevel::Error,
+                    "TLS certificate not reloaded: the old one stays in use",
+                    serde_json::json!({ "trigger": trigger, "error": why }),
+                );
+                Err(why)
+            }
+        }
     }
 
     /// The chat-server listener's accept-time filter.
@@ -491,6 +546,8 @@ impl Gateway {
                     token_fp: Some(fp.as_str()),
                     request_id: correlation.request_id.as_deref(),
                     peer: None,
+                    tls: None,
+                    client_cert: None,
                 });
             }
         });
@@ -539,6 +596,8 @@ impl Gateway {
             token_fp: ctx.token_fp.as_ref().map(Fingerprint::as_str),
             request_id: ctx.request_id(),
             peer: peer.as_str(),
+            tls: peer.tls,
+            client_cert: peer.client_cert.as_deref(),
         });
     }
 }

@@ -41,6 +41,7 @@ input_path! {
     pub(crate) mod normalise;
     pub(crate) mod parse;
     pub(crate) mod respond;
+    pub(crate) mod tls;
     pub(crate) mod upstream;
 }
 

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub admin_connections_open: IntGauge,
     pub source_refusals: IntCounterVec,
     pub admin_unauthorized: IntCounter,
+    pub tls_client_refused: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
     pub last_reload: Gauge,
     pub last_reload_ok: IntGauge,
 }
@@ -207,6 +209,22 @@ impl Metrics {
             "Admin requests refused for a missing or wrong Authorization",
         )
         .expect("metric");
+        let tls_client_refused = IntCounterVec::new(
+            Opts::new(
+                "cardgate_tls_client_refused_total",
+                "TLS handshakes ended for the client certificate, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "cardgate_tls_reloads_total",
+                "Reloads of the TLS certificate, key and client CA, by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
         let last_reload = Gauge::new(
             "cardgate_config_last_reload_timestamp_seconds",
             "When the configuration in force was read (start or last successful reload), Unix time",
@@ -238,6 +256,8 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(source_refusals.clone()),
             Box::new(admin_unauthorized.clone()),
+            Box::new(tls_client_refused.clone()),
+            Box::new(tls_reloads.clone()),
             Box::new(last_reload.clone()),
             Box::new(last_reload_ok.clone()),
             Box::new(build),
@@ -282,6 +302,8 @@ impl Metrics {
             (&prewarms, &PREWARM_OUTCOMES[..]),
             (&reloads, &RELOAD_RESULTS[..]),
             (&source_refusals, &crate::edge::sources::REFUSALS[..]),
+            (&tls_client_refused, &crate::tls::CLIENT_REFUSALS[..]),
+            (&tls_reloads, &RELOAD_RESULTS[..]),
         ] {
             for v in values {
                 vec.with_label_values(&[v]);
@@ -310,6 +332,8 @@ impl Metrics {
             admin_connections_open,
             source_refusals,
             admin_unauthorized,
+            tls_client_refused,
+            tls_reloads,
             last_reload,
             last_reload_ok,
         }

@@ -98,6 +98,7 @@ pub fn run(
         ..Opt::default()
     };
     let listen = cfg.server.listen.clone();
+    let tls_listen = cfg.server.tls.as_ref().map(|t| t.listen.clone());
     let admin_listen = cfg.admin.listen.clone();
     if upgrade {
         let Some(pid) = rundir.running() else {
@@ -118,13 +119,16 @@ pub fn run(
             json!({ "running": pid, "upgradeSocket": rundir.upgrade_sock }),
         );
     } else {
-        check_listeners(&[&listen, &admin_listen])?;
+        let mut addrs = cfg.server.addresses();
+        addrs.push(&admin_listen);
+        check_listeners(&addrs)?;
     }
     let summary = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "dialect": cfg.upstream.dialect.name(),
         "listen": listen,
+        "tlsListen": tls_listen,
         "admin": admin_listen,
         "config": config_path.as_ref().map(|p| p.display().to_string()),
         "cacheMaxBytes": cfg.cache.max_size,
@@ -154,7 +158,17 @@ pub fn run(
     // Unbuffered: the connection state machine keeps its own (small, lazily grown) read
     // buffer and writes each answer whole, so Pingora's 64 KiB read and 1.4 KiB write
     // buffers per connection would only cost memory and a copy.
-    listener.add_listener(ListenerConfig::tcp(&listen).l4_buffer(L4BufferSettings::unbuffered()));
+    if !listen.is_empty() {
+        listener.add_listener(ListenerConfig::tcp(&listen).l4_buffer(L4BufferSettings::unbuffered()));
+    }
+    if let (Some(addr), Some(tls)) = (&tls_listen, gw.tls()) {
+        let settings = tls.settings().map_err(|e| StartError::Config(ConfigError(e)))?;
+        listener.add_listener(
+            ListenerConfig::tcp(addr)
+                .tls(settings)
+                .l4_buffer(L4BufferSettings::unbuffered()),
+        );
+    }
     // Allowlist and connection bound, at accept (before any TLS or HTTP).
     listener.set_connection_filter(gw.chat_gate());
 
@@ -203,7 +217,11 @@ pub fn run(
 /// What `cardgate check` adds to reading the file: the CRM's host resolves now, exactly as
 /// it must at startup.
 pub fn check(cfg: &Config) -> Result<(), ConfigError> {
-    crate::upstream::resolve(&cfg.upstream_url()?).map(|_| ())
+    crate::upstream::resolve(&cfg.upstream_url()?)?;
+    if let Some(tls) = &cfg.server.tls {
+        crate::tls::load(tls).map_err(ConfigError)?;
+    }
+    crate::upstream::check_tls(&cfg.upstream)
 }
 
 /// Run only the mock internal system (`cardgate mock-crm`); SIGTERM ends it at once.

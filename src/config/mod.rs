@@ -12,6 +12,7 @@ mod limits;
 mod log;
 mod search;
 mod server;
+mod tls;
 mod units;
 mod upstream;
 
@@ -25,6 +26,7 @@ pub use limits::LimitsSection;
 pub use log::{CorrelationSection, LogLevel, LogSection};
 pub use search::SearchSection;
 pub use server::{AdminSection, ServerSection};
+pub use tls::TlsSection;
 #[cfg(test)]
 pub use units::Rate;
 pub use upstream::{AuthMethod, DialectKind, SearchEncoding, UpstreamSection, UpstreamUrl};
@@ -137,6 +139,14 @@ impl Config {
             search.max_tracked,
             search.max_memory,
         );
+        // TLS material changes in place; whether there is a TLS listener, where it
+        // listens and whether it asks for client certificates need a restart.
+        let shape =
+            |t: &Option<TlsSection>| t.as_ref().map(|t| (t.listen.clone(), t.client_ca_file.is_some()));
+        if shape(&self.server.tls) != shape(&running.server.tls) {
+            self.server.tls.clone_from(&running.server.tls);
+            kept.push("server.tls");
+        }
         kept
     }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use ipnet::IpNet;
 
+use super::tls::TlsSection;
 use super::units::{de_cidrs, de_duration};
 use super::{err, ConfigError};
 
@@ -43,6 +44,8 @@ pub struct ServerSection {
     /// elsewhere is closed at accept.
     #[serde(deserialize_with = "de_cidrs")]
     pub allow: Vec<IpNet>,
+    /// The chat-server listener over TLS, beside or instead of the plain one.
+    pub tls: Option<TlsSection>,
 }
 
 impl Default for ServerSection {
@@ -57,13 +60,31 @@ impl Default for ServerSection {
             keepalive_timeout: Duration::from_secs(60),
             client_timeout: Duration::from_secs(10),
             allow: Vec::new(),
+            tls: None,
         }
     }
 }
 
 impl ServerSection {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_listen("server.listen", &self.listen)?;
+        match &self.tls {
+            Some(tls) => {
+                tls.validate()?;
+                if !self.listen.is_empty() {
+                    check_listen("server.listen", &self.listen)?;
+                    if self.listen == tls.listen {
+                        return Err(err("server.tls.listen", "must differ from server.listen"));
+                    }
+                }
+            }
+            None if self.listen.is_empty() => {
+                return Err(err(
+                    "server.listen",
+                    "may be empty only when [server.tls] listens instead",
+                ));
+            }
+            None => check_listen("server.listen", &self.listen)?,
+        }
         if self.threads == 0 || self.threads > 256 {
             return Err(err("server.threads", "must be between 1 and 256"));
         }
@@ -85,6 +106,15 @@ impl ServerSection {
             }
         }
         Ok(())
+    }
+
+    /// Every chat-server listen address: plain first, then TLS.
+    pub fn addresses(&self) -> Vec<&str> {
+        let plain = Some(self.listen.as_str()).filter(|l| !l.is_empty());
+        plain
+            .into_iter()
+            .chain(self.tls.as_ref().map(|t| t.listen.as_str()))
+            .collect()
     }
 
     /// The private runtime directory: configured, `$RUNTIME_DIRECTORY`, or
@@ -110,7 +140,11 @@ impl ServerSection {
     /// A file of this instance in the runtime directory: `cardgate-<port>.<suffix>`, so
     /// that instances on one machine do not collide.
     pub fn runtime_file(&self, suffix: &str) -> PathBuf {
-        let port = self.listen.parse::<SocketAddr>().map(|a| a.port()).unwrap_or(0);
+        let port = self
+            .addresses()
+            .first()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .map_or(0, |a| a.port());
         self.runtime_dir().join(format!("cardgate-{port}.{suffix}"))
     }
 
@@ -183,7 +217,7 @@ impl AdminSection {
     }
 }
 
-fn check_listen(key: &str, addr: &str) -> Result<(), ConfigError> {
+pub(super) fn check_listen(key: &str, addr: &str) -> Result<(), ConfigError> {
     addr.parse::<SocketAddr>()
         .map(|_| ())
         .map_err(|e| err(key, format!("{addr:?} is not an address:port ({e})")))

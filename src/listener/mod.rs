@@ -93,6 +93,9 @@ impl ServerApp for Listener {
         let peer = io
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let handshake = io
+            .get_ssl_digest()
+            .and_then(|d| d.extension.get::<crate::tls::Handshake>().cloned());
         #[cfg(feature = "alt-http")]
         if crate::alt::hyper_server() {
             let ours = Settings::of(&self.gateway);
@@ -112,7 +115,7 @@ impl ServerApp for Listener {
         let open = self.gate.opened();
         crate::trim::opened();
         tokio::spawn(async move {
-            app.serve(io, peer, shutdown).await;
+            app.serve(io, peer, handshake, shutdown).await;
             drop(open);
             crate::trim::closed();
         });
@@ -126,6 +129,7 @@ impl Listener {
         &self,
         io: S,
         peer: Option<IpAddr>,
+        handshake: Option<crate::tls::Handshake>,
         shutdown: ShutdownWatch,
     ) {
         let settings = Settings::of(&self.gateway);
@@ -139,7 +143,14 @@ impl Listener {
             chunked: ChunkedDecoder::default(),
             head: None,
             peer,
-            peer_text: Peer::new(peer.filter(|_| self.gateway.config().log.access)),
+            peer_text: {
+                let mut p = Peer::new(peer.filter(|_| self.gateway.config().log.access));
+                if let Some(h) = handshake {
+                    p.tls = Some(h.version);
+                    p.client_cert = h.client;
+                }
+                p
+            },
             shutdown,
         };
         conn.run().await;

@@ -27,6 +27,9 @@ pub struct Line<'a> {
     pub token_fp: Option<&'a str>,
     pub request_id: Option<&'a str>,
     pub peer: Option<&'a str>,
+    /// TLS connections: the version, and the client certificate's subject (mutual TLS).
+    pub tls: Option<&'a str>,
+    pub client_cert: Option<&'a str>,
 }
 
 impl Line<'_> {
@@ -78,6 +81,15 @@ impl Line<'_> {
         }
         if let Some(peer) = self.peer {
             plain(out, b",\"peer\":\"", peer);
+            out.push(b'"');
+        }
+        if let Some(tls) = self.tls {
+            plain(out, b",\"tls\":\"", tls);
+            out.push(b'"');
+        }
+        if let Some(subject) = self.client_cert {
+            out.extend_from_slice(b",\"clientCert\":\"");
+            escaped(out, subject);
             out.push(b'"');
         }
         out.push(b'}');
@@ -132,12 +144,16 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
     text: Option<String>,
+    /// The TLS version of the connection, and the client certificate's subject name.
+    pub tls: Option<&'static str>,
+    pub client_cert: Option<String>,
 }
 
 impl Peer {
     pub fn new(ip: Option<IpAddr>) -> Self {
         Peer {
             text: ip.map(|ip| ip.to_string()),
+            ..Peer::default()
         }
     }
 
@@ -222,6 +238,8 @@ mod tests {
             token_fp: Some("0a1b2c3d"),
             request_id: Some("q\"\\\u{1}é"),
             peer: Some("::1"),
+            tls: Some("TLSv1_3"),
+            client_cert: Some("chat.example.com"),
         }
         .write_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -229,6 +247,7 @@ mod tests {
             "ts": v["ts"], "api": "auth", "method": "GET", "status": 404,
             "cache": "miss", "errorCode": "10\"01", "upstreamStatus": 404, "upstreamMs": 12.345, "durationMs": 1000.007,
             "tokenFp": "0a1b2c3d", "requestId": "q\"\\\u{1}é", "peer": "::1",
+            "tls": "TLSv1_3", "clientCert": "chat.example.com",
         });
         assert_eq!(v, expect);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -249,6 +268,8 @@ mod tests {
             token_fp: None,
             request_id: None,
             peer: None,
+            tls: None,
+            client_cert: None,
         }
         .write_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

@@ -163,6 +163,7 @@ impl Limits {
 
 impl Upstream {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
+        check_tls(&cfg.upstream)?;
         let url = cfg.upstream_url()?;
         let addr = resolve(&url)?;
         let mut options = ConnectorOptions::new(0);
@@ -427,5 +428,44 @@ fn connect_error(e: &PError) -> GatewayError {
             GatewayError::CrmUnavailable("connection closed or reset")
         }
         _ => GatewayError::CrmUnavailable("connection failed"),
+    }
+}
+
+/// The CRM-side TLS files must be usable as configured: a PEM that cannot be read or
+/// parsed, a key that does not match its certificate, or an expired certificate is an
+/// error naming the key, at `cardgate check` and at startup (never a silent fallback to a
+/// connection without a client certificate).
+pub fn check_tls(cfg: &crate::config::UpstreamSection) -> Result<(), ConfigError> {
+    use crate::tls::{certs, check_validity, private_key};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(ca) = &cfg.ca_file {
+        let cas = certs(ca, "upstream.ca_file").map_err(ConfigError)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in cas {
+            roots
+                .add(c)
+                .map_err(|e| ConfigError(format!("upstream.ca_file: {ca}: not a CA certificate: {e}")))?;
+        }
+    }
+    match (&cfg.client_cert, &cfg.client_key) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(ConfigError("upstream.client_key: is required with upstream.client_cert".into())),
+        (None, Some(_)) => Err(ConfigError("upstream.client_cert: is required with upstream.client_key".into())),
+        (Some(cert), Some(key)) => {
+            let chain = certs(cert, "upstream.client_cert").map_err(ConfigError)?;
+            check_validity(&chain, "upstream.client_cert", cert).map_err(ConfigError)?;
+            let der = private_key(key, "upstream.client_key").map_err(ConfigError)?;
+            let signing = rustls::crypto::ring::default_provider()
+                .key_provider
+                .load_private_key(der)
+                .map_err(|e| ConfigError(format!("upstream.client_key: {key}: not a usable key: {e}")))?;
+            rustls::sign::CertifiedKey::new(chain, signing)
+                .keys_match()
+                .map_err(|e| {
+                    ConfigError(format!(
+                        "upstream.client_key: {key} does not match the certificate in {cert}: {e}"
+                    ))
+                })
+        }
     }
 }
