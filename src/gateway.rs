@@ -133,12 +133,14 @@ impl Gateway {
         };
         let chat_gate = Gate::new(
             cfg.server.allow.clone(),
+            cfg.server.proxy_protocol,
             cfg.limits.max_connections,
             metrics.connections_open.clone(),
             refused("chat"),
         );
         let admin_gate = Gate::new(
             cfg.admin.allow.clone(),
+            false,
             usize::MAX,
             metrics.admin_connections_open.clone(),
             refused("admin"),

@@ -171,6 +171,16 @@ pub fn run(
     }
     // Allowlist and connection bound, at accept (before any TLS or HTTP).
     listener.set_connection_filter(gw.chat_gate());
+    if gw.config().server.proxy_protocol {
+        // On the TLS listener the PROXY header comes before the handshake; the plain
+        // listener reads it itself.
+        listener
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(crate::edge::proxy::BeforeTls {
+                gate: gw.chat_gate(),
+                limit: gw.config().server.client_timeout,
+            }));
+    }
 
     let mut admin = Service::new(
         "cardgate admin".to_string(),

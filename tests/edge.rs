@@ -237,3 +237,70 @@ fn the_admin_secret_guards_every_endpoint_but_health() {
     assert_eq!(open.admin("POST", "/cache/clear", &[]).status, 401);
     let _ = request("GET", &open.url("/healthz"), &[], None);
 }
+
+/// Send raw bytes on a new connection and read what comes back (None: closed unanswered).
+fn exchange(addr: &str, bytes: &[u8]) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.starts_with("HTTP/1.1").then_some(text)
+}
+
+#[test]
+fn behind_a_balancer_the_proxy_header_names_the_client_for_allowlist_limits_and_logs() {
+    let mock = Mock::start();
+    let gw = Gateway::start(
+        &mock.url(),
+        &[(
+            "server",
+            "proxy_protocol = true\nallow = [\"192.0.2.7\", \"2001:db8::7\"]",
+        )],
+    );
+    let refused = |reason: &str| {
+        gw.metric_now(&format!(
+            "cardgate_connections_refused_total{{listener=\"chat\",reason=\"{reason}\"}}"
+        ))
+    };
+    let (bad_before, denied_before) = (refused("proxy_header"), refused("not_allowed"));
+    let req =
+        |t: &str| format!("GET /rest/chat/client/id/{t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+
+    let t1 = token("pp1");
+    let v1 = format!("PROXY TCP4 192.0.2.7 127.0.0.1 40000 8080\r\n{}", req(&t1));
+    let answer = exchange(&gw.addr, v1.as_bytes()).expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let t2 = token("pp2");
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x21, 0x00, 0x24]);
+    let src: std::net::Ipv6Addr = "2001:db8::7".parse().unwrap();
+    let dst: std::net::Ipv6Addr = "::1".parse().unwrap();
+    v2.extend_from_slice(&src.octets());
+    v2.extend_from_slice(&dst.octets());
+    v2.extend_from_slice(&[0x9c, 0x40, 0x1f, 0x90]);
+    v2.extend_from_slice(req(&t2).as_bytes());
+    let answer = exchange(&gw.addr, &v2).expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A source the list does not take, and no header at all: closed unanswered.
+    let v1_other = format!(
+        "PROXY TCP4 192.0.2.8 127.0.0.1 40000 8080\r\n{}",
+        req("pp-denied")
+    );
+    assert!(exchange(&gw.addr, v1_other.as_bytes()).is_none());
+    assert!(exchange(&gw.addr, req("pp-none").as_bytes()).is_none());
+    assert!(eventually(Duration::from_secs(5), || refused("not_allowed")
+        == denied_before + 1.0));
+    assert!(eventually(Duration::from_secs(5), || refused("proxy_header")
+        >= bad_before + 1.0));
+    assert!(mock.calls_for("pp-denied").is_empty() && mock.calls_for("pp-none").is_empty());
+
+    // The logs show the client, not the balancer.
+    assert!(eventually(Duration::from_secs(5), || {
+        let out = gw.proc.output();
+        out.contains("\"peer\":\"192.0.2.7\"") && out.contains("\"peer\":\"2001:db8::7\"")
+    }));
+}

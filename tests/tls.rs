@@ -67,6 +67,17 @@ fn get(
     client: Option<&(String, String)>,
     path: &str,
 ) -> Result<(String, Vec<u8>), String> {
+    get_after(b"", addr, server_ca, client, path)
+}
+
+/// [`get`], with `prefix` (a PROXY header) sent on the connection before the handshake.
+fn get_after(
+    prefix: &[u8],
+    addr: &str,
+    server_ca: &Ca,
+    client: Option<&(String, String)>,
+    path: &str,
+) -> Result<(String, Vec<u8>), String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server_ca.cert.der().clone()).unwrap();
     let builder =
@@ -84,7 +95,8 @@ fn get(
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let conn = rustls::ClientConnection::new(Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
-    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.write_all(prefix).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
@@ -363,4 +375,44 @@ fn misconfigured_tls_is_refused_where_it_is_made_naming_the_key() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn the_proxy_header_comes_before_the_tls_handshake() {
+    let mock = Mock::start();
+    let s = Setup::new();
+    let tls_addr = format!("127.0.0.1:{}", free_port());
+    let lines = format!(
+        "proxy_protocol = true\nallow = [\"192.0.2.7\"]\n{}",
+        s.tls_lines(&tls_addr, false)
+    );
+    let gw = Gateway::start(&mock.url(), &[("server", &lines)]);
+    let header = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8443\r\n";
+    let (status, _) = get_after(
+        header,
+        &tls_addr,
+        &s.server_ca,
+        None,
+        "/rest/chat/client/id/pp-tls",
+    )
+    .unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(eventually(Duration::from_secs(5), || gw
+        .proc
+        .output()
+        .contains("\"peer\":\"192.0.2.7\"")));
+    let other = b"PROXY TCP4 192.0.2.8 127.0.0.1 40000 8443\r\n";
+    assert!(get_after(
+        other,
+        &tls_addr,
+        &s.server_ca,
+        None,
+        "/rest/chat/client/id/pp-tls-2"
+    )
+    .is_err());
+    assert!(
+        get(&tls_addr, &s.server_ca, None, "/rest/chat/client/id/pp-tls-3").is_err(),
+        "no header"
+    );
+    assert!(mock.calls_for("pp-tls-2").is_empty() && mock.calls_for("pp-tls-3").is_empty());
 }

@@ -118,6 +118,7 @@ impl Config {
             server.threads,
             server.upgrade_sock,
             server.runtime_dir,
+            server.proxy_protocol,
             admin.listen,
             upstream.dialect,
             upstream.url,

@@ -46,6 +46,9 @@ pub struct ServerSection {
     pub allow: Vec<IpNet>,
     /// The chat-server listener over TLS, beside or instead of the plain one.
     pub tls: Option<TlsSection>,
+    /// Every chat-server connection starts with a PROXY protocol header (v1 or v2) from a
+    /// TCP load balancer: its address is the client's.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerSection {
@@ -61,6 +64,7 @@ impl Default for ServerSection {
             client_timeout: Duration::from_secs(10),
             allow: Vec::new(),
             tls: None,
+            proxy_protocol: false,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! source address may ask once connected (requests per second, unknown tokens per
 //! minute). Everything here changes in place on a reload.
 
+pub mod proxy;
 pub mod sources;
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +23,7 @@ use prometheus::{IntCounter, IntGauge};
 /// The `listener` label values.
 pub const LISTENERS: [&str; 2] = ["chat", "admin"];
 /// The `reason` label values of refused connections.
-pub const REFUSALS: [&str; 2] = ["not_allowed", "max_connections"];
+pub const REFUSALS: [&str; 3] = ["not_allowed", "max_connections", "proxy_header"];
 
 /// An address as the allowlists see it: an IPv4 client on an IPv6 socket is IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
@@ -41,11 +42,14 @@ pub fn allowed(allow: &[IpNet], ip: IpAddr) -> bool {
 /// The accept-time filter of one listener.
 pub struct Gate {
     allow: ArcSwap<Vec<IpNet>>,
+    /// The allowlist is checked at accept, unless the source comes in a PROXY header.
+    allow_at_accept: bool,
     /// Open connections at most (chat listener; `usize::MAX`: no bound).
     max_open: AtomicUsize,
     open: IntGauge,
     not_allowed: IntCounter,
     too_many: IntCounter,
+    bad_proxy_header: IntCounter,
 }
 
 impl std::fmt::Debug for Gate {
@@ -60,10 +64,18 @@ impl std::fmt::Debug for Gate {
 impl Gate {
     /// `open` counts the listener's open connections; `refused` gives the counters of
     /// its two refusal reasons, in [`REFUSALS`] order.
-    pub fn new(allow: Vec<IpNet>, max_open: usize, open: IntGauge, refused: [IntCounter; 2]) -> Arc<Self> {
-        let [not_allowed, too_many] = refused;
+    pub fn new(
+        allow: Vec<IpNet>,
+        proxy_protocol: bool,
+        max_open: usize,
+        open: IntGauge,
+        refused: [IntCounter; 3],
+    ) -> Arc<Self> {
+        let [not_allowed, too_many, bad_proxy_header] = refused;
         Arc::new(Gate {
             allow: ArcSwap::from_pointee(allow),
+            allow_at_accept: !proxy_protocol,
+            bad_proxy_header,
             max_open: AtomicUsize::new(max_open),
             open,
             not_allowed,
@@ -79,9 +91,8 @@ impl Gate {
 
     /// Whether a connection from `ip` is admitted now (counting it as refused if not).
     pub fn admits(&self, ip: Option<IpAddr>) -> bool {
-        if let Some(ip) = ip {
-            if !allowed(&self.allow.load(), ip) {
-                self.not_allowed.inc();
+        if let Some(ip) = ip.filter(|_| self.allow_at_accept) {
+            if !self.allows_source(ip) {
                 return false;
             }
         }
@@ -91,6 +102,21 @@ impl Gate {
             return false;
         }
         true
+    }
+
+    /// Whether the allowlist takes this source (counting it as refused if not): at
+    /// accept, or once a PROXY header named it.
+    pub fn allows_source(&self, ip: IpAddr) -> bool {
+        let ok = allowed(&self.allow.load(), ip);
+        if !ok {
+            self.not_allowed.inc();
+        }
+        ok
+    }
+
+    /// Count a connection closed for a missing or invalid PROXY header.
+    pub fn refuse_proxy_header(&self) {
+        self.bad_proxy_header.inc();
     }
 
     /// Count a connection as open until the returned guard is dropped.
@@ -145,7 +171,7 @@ mod tests {
     fn a_gate_counts_what_it_refuses_and_bounds_open_connections() {
         let c = || IntCounter::new("c", "c").unwrap();
         let open = IntGauge::new("o", "o").unwrap();
-        let gate = Gate::new(nets(&["127.0.0.0/8"]), 2, open.clone(), [c(), c()]);
+        let gate = Gate::new(nets(&["127.0.0.0/8"]), false, 2, open.clone(), [c(), c(), c()]);
         assert!(!gate.admits(Some("192.0.2.1".parse().unwrap())));
         assert_eq!(gate.not_allowed.get(), 1);
         let a = gate.opened();

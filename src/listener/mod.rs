@@ -89,10 +89,31 @@ impl Listener {
 
 #[async_trait]
 impl ServerApp for Listener {
-    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let peer = io
+    async fn process_new(self: &Arc<Self>, mut io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut peer = io
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let mut initial = Vec::new();
+        // Behind a TCP balancer the plain listener reads the PROXY header itself (the TLS
+        // listener read it before the handshake, and its peer address is the header's).
+        if self.gateway.config().server.proxy_protocol && io.get_ssl_digest().is_none() {
+            let limit = self.gateway.config().server.client_timeout;
+            match crate::edge::proxy::read_header(&mut io, limit).await {
+                Ok((source, rest)) => {
+                    if let Some(source) = source {
+                        if !self.gate.allows_source(source.ip()) {
+                            return None;
+                        }
+                        peer = Some(source.ip());
+                    }
+                    initial = rest;
+                }
+                Err(_) => {
+                    self.gate.refuse_proxy_header();
+                    return None;
+                }
+            }
+        }
         let handshake = io
             .get_ssl_digest()
             .and_then(|d| d.extension.get::<crate::tls::Handshake>().cloned());
@@ -115,7 +136,7 @@ impl ServerApp for Listener {
         let open = self.gate.opened();
         crate::trim::opened();
         tokio::spawn(async move {
-            app.serve(io, peer, handshake, shutdown).await;
+            app.serve(io, peer, handshake, initial, shutdown).await;
             drop(open);
             crate::trim::closed();
         });
@@ -130,6 +151,7 @@ impl Listener {
         io: S,
         peer: Option<IpAddr>,
         handshake: Option<crate::tls::Handshake>,
+        initial: Vec<u8>,
         shutdown: ShutdownWatch,
     ) {
         let settings = Settings::of(&self.gateway);
@@ -138,7 +160,12 @@ impl Listener {
             app: self,
             settings,
             io,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: {
+                // What arrived behind a PROXY header is the start of the first request.
+                let mut buf = BytesMut::with_capacity(READ_CHUNK.max(initial.len()));
+                buf.extend_from_slice(&initial);
+                buf
+            },
             out: Vec::with_capacity(1024),
             chunked: ChunkedDecoder::default(),
             head: None,

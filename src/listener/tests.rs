@@ -31,7 +31,7 @@ async fn serve(reads: Mock, capacity: usize, shutdown: ShutdownWatch) -> (String
     let (ours, mut theirs) = tokio::io::duplex(capacity);
     let start = Instant::now();
     listener()
-        .serve(tokio::io::join(reads, ours), None, None, shutdown)
+        .serve(tokio::io::join(reads, ours), None, None, Vec::new(), shutdown)
         .await;
     let took = start.elapsed();
     let mut out = Vec::new();
@@ -234,7 +234,7 @@ async fn closing_a_connection_has_a_deadline_too() {
         let (ours, _theirs) = tokio::io::duplex(64 * 1024);
         let io = StuckClose(tokio::io::join(Builder::new().read(input).build(), ours));
         let start = Instant::now();
-        listener().serve(io, None, None, running()).await;
+        listener().serve(io, None, None, Vec::new(), running()).await;
         assert!(start.elapsed() <= 2 * CLIENT_TIMEOUT, "{:?}", start.elapsed());
     }
 }

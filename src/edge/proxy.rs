@@ -1,0 +1,157 @@
+//! PROXY protocol v1 and v2 (`server.proxy_protocol`), parsed by the `ppp` crate: behind
+//! a TCP load balancer, the address the header carries is the client for the allowlist,
+//! the per-source limits and the logs. A connection without a valid header within
+//! `server.client_timeout` is closed (`cardgate_connections_refused_total{reason="proxy_header"}`).
+//!
+//! The header is read before anything else: before the TLS handshake on the TLS listener
+//! (Pingora's pre-TLS step), before the first request on the plain one. Bytes read past
+//! the header are given back to what follows.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::listeners::PreTlsProcess;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::{Error as PError, ErrorType};
+use ppp::{HeaderResult, PartialResult};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::edge::Gate;
+
+/// Bytes read at most while looking for a header (a v2 header with TLVs fits).
+const MAX_HEADER: usize = 4096;
+
+/// The source a PROXY header names (None: a LOCAL or UNKNOWN header, as a balancer's
+/// own health check sends: the connection's own peer stands), and the bytes read past it.
+pub async fn read_header<S: AsyncRead + Unpin>(
+    io: &mut S,
+    limit: Duration,
+) -> Result<(Option<SocketAddr>, Vec<u8>), &'static str> {
+    let mut buf = Vec::with_capacity(256);
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 512];
+            let room = MAX_HEADER.saturating_sub(buf.len()).min(chunk.len());
+            let Some(chunk) = chunk.get_mut(..room) else {
+                return Err("no PROXY header within the first bytes");
+            };
+            let n = io.read(chunk).await.map_err(|_| "the connection failed")?;
+            if n == 0 {
+                return Err("the connection closed before a PROXY header");
+            }
+            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            match parse(&buf) {
+                Parsed::Incomplete if buf.len() < MAX_HEADER => continue,
+                Parsed::Incomplete | Parsed::Invalid => return Err("no valid PROXY header"),
+                Parsed::Header(addr, len) => {
+                    let rest = buf.get(len..).unwrap_or_default().to_vec();
+                    return Ok((addr, rest));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .unwrap_or(Err("no PROXY header in time"))
+}
+
+enum Parsed {
+    Incomplete,
+    Invalid,
+    /// The source, and the header's length.
+    Header(Option<SocketAddr>, usize),
+}
+
+fn parse(buf: &[u8]) -> Parsed {
+    let result = HeaderResult::parse(buf);
+    if result.is_incomplete() {
+        return Parsed::Incomplete;
+    }
+    match result {
+        HeaderResult::V1(Ok(h)) => {
+            let addr = match h.addresses {
+                ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
+                ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
+                ppp::v1::Addresses::Unknown => None,
+            };
+            Parsed::Header(addr, h.header.len())
+        }
+        HeaderResult::V2(Ok(h)) => {
+            let addr = match (h.command, &h.addresses) {
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
+                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+                }
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
+                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+                }
+                _ => None,
+            };
+            Parsed::Header(addr, h.len())
+        }
+        HeaderResult::V1(Err(_)) | HeaderResult::V2(Err(_)) => Parsed::Invalid,
+    }
+}
+
+/// The TLS listener's pre-TLS step: read the header, check the source, and make it the
+/// connection's peer address.
+pub struct BeforeTls {
+    pub gate: Arc<Gate>,
+    pub limit: Duration,
+}
+
+#[async_trait]
+impl PreTlsProcess for BeforeTls {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let refuse = |why: &'static str| PError::explain(ErrorType::AcceptError, why);
+        let (addr, rest) = match read_header(stream, self.limit).await {
+            Ok(found) => found,
+            Err(why) => {
+                self.gate.refuse_proxy_header();
+                return Err(refuse(why));
+            }
+        };
+        stream.rewind(&rest);
+        if let Some(addr) = addr {
+            if !self.gate.allows_source(addr.ip()) {
+                return Err(refuse("source not allowed"));
+            }
+            let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+            let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(addr)));
+            stream.set_socket_digest(digest);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn v1_and_v2_headers_name_the_source_and_keep_what_follows() {
+        let v1 = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 8080\r\nGET / HTTP/1.1\r\n".to_vec();
+        let (addr, rest) = read_header(&mut &v1[..], Duration::from_secs(1)).await.unwrap();
+        assert_eq!(addr, Some("192.0.2.7:5555".parse().unwrap()));
+        assert_eq!(rest, b"GET / HTTP/1.1\r\n");
+
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        v2.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c, 192, 0, 2, 9, 127, 0, 0, 1, 0x15, 0xb3, 0x1f, 0x90]);
+        v2.extend_from_slice(b"\x16\x03\x01");
+        let (addr, rest) = read_header(&mut &v2[..], Duration::from_secs(1)).await.unwrap();
+        assert_eq!(addr, Some("192.0.2.9:5555".parse().unwrap()));
+        assert_eq!(rest, b"\x16\x03\x01");
+
+        let local = b"PROXY UNKNOWN\r\nrest".to_vec();
+        let (addr, rest) = read_header(&mut &local[..], Duration::from_secs(1)).await.unwrap();
+        assert_eq!((addr, rest.as_slice()), (None, &b"rest"[..]));
+
+        for bad in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], b"PROXY TCP4 999.0.0.1 1.1.1.1 1 2\r\n", b"PROX"] {
+            assert!(read_header(&mut &bad[..], Duration::from_secs(1)).await.is_err(), "{bad:?}");
+        }
+    }
+}
