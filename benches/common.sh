@@ -14,7 +14,8 @@ cleanup() {
 trap cleanup EXIT
 
 # gateway NAME LISTEN ADMIN CRM_URL TTL [ENV=VALUE...]: start cardgate ($bin), access log
-# off unless LOG_ACCESS=true (its lines go to $work/NAME.log).
+# off unless LOG_ACCESS=true (its lines go to $work/NAME.log); with TLS_LISTEN, TLS_CERT
+# and TLS_KEY set, a TLS listener too.
 gateway() {
   local name=$1 listen=$2 admin=$3 url=$4 ttl=$5
   shift 5
@@ -33,6 +34,14 @@ ttl = "$ttl"
 [log]
 access = ${LOG_ACCESS:-false}
 TOML
+  if [ -n "${TLS_LISTEN:-}" ]; then
+    cat >>"$work/$name.toml" <<TOML
+[server.tls]
+listen = "$TLS_LISTEN"
+cert_file = "$TLS_CERT"
+key_file = "$TLS_KEY"
+TOML
+  fi
   env "$@" "$bin" --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
   pids+=($!)
   eval "pid_$name=$!"

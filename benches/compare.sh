@@ -13,6 +13,10 @@
 # Paths:  hit     = one token, cached after the first request
 #         miss    = a new token on every request (nginx: /nocache/, cardgate: ttl 0)
 #         ceiling = the CRM's own `return 200` (the fastest one HTTP/1.1 worker gets here)
+#         tls_hit = the hit over TLS (keep-alive): cardgate's [server.tls] listener on :18094
+#                   against the same nginx proxy with `listen ssl` on :18084 (benches/nginx-tls.conf),
+#                   one ECDSA P-256 certificate made for the run
+#         tls_handshake = the same with `Connection: close`: a full TLS handshake per request
 # In the anchor, proxy and CRM share one nginx worker, so nginx's miss path never wakes
 # another process (and its CPU column includes the CRM's work); cardgate's always does.
 # `nginx_miss_xproc` is the same nginx proxy (benches/nginx-proxy.conf) in a process of
@@ -39,17 +43,30 @@ sed -e "s/CRM_PORT/18081/" -e "s/PROXY_PORT/18082/" benches/nginx-proxy.conf >"$
 nginx -p "$work/proxy" -c "$work/proxy/nginx.conf"
 cleanup_hooks+=("kill \$(cat $work/proxy/nginx.pid)")
 
+# TLS: one certificate (ECDSA P-256) for nginx and cardgate alike.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+  -keyout "$work/tls-key.pem" -out "$work/tls-cert.pem" 2>/dev/null
+mkdir -p "$work/tls"
+sed -e "s/CRM_PORT/18081/" -e "s/PROXY_PORT/18084/" -e "s|CERT_FILE|$work/tls-cert.pem|" \
+  -e "s|KEY_FILE|$work/tls-key.pem|" benches/nginx-tls.conf >"$work/tls/nginx.conf"
+nginx -p "$work/tls" -c "$work/tls/nginx.conf"
+cleanup_hooks+=("kill \$(cat $work/tls/nginx.pid)")
+TLS_LISTEN=127.0.0.1:18094 TLS_CERT=$work/tls-cert.pem TLS_KEY=$work/tls-key.pem \
+  gateway tls 127.0.0.1:18095 127.0.0.1:18096 http://127.0.0.1:18081 60s
 gateway cached 127.0.0.1:18090 127.0.0.1:18091 http://127.0.0.1:18081 60s
 gateway nocache 127.0.0.1:18092 127.0.0.1:18093 http://127.0.0.1:18081 0s
-wait_ports 127.0.0.1:18080 127.0.0.1:18081 127.0.0.1:18082 127.0.0.1:18090 127.0.0.1:18092
+wait_ports 127.0.0.1:18080 127.0.0.1:18081 127.0.0.1:18082 127.0.0.1:18084 127.0.0.1:18090 127.0.0.1:18092 127.0.0.1:18094
 # The nginx worker processes (not the cache manager and loader, which come and go).
 workers() { pgrep -P "$(cat "$1")" -f 'worker process' | tr '\n' ' '; }
 anchor_workers=$(workers "$work/anchor/nginx.pid")
 proxy_workers=$(workers "$work/proxy/nginx.pid")
+tls_workers=$(workers "$work/tls/nginx.pid")
 
 tok=bench-token-1
 curl -s -o /dev/null "http://127.0.0.1:18080/rest/chat/client/id/$tok"
 curl -s -o /dev/null "http://127.0.0.1:18090/rest/chat/client/id/$tok"
+curl -sk -o /dev/null "https://127.0.0.1:18084/rest/chat/client/id/$tok"
+curl -sk -o /dev/null "https://127.0.0.1:18094/rest/chat/client/id/$tok"
 results=()
 results+=("$(run nginx_hit "$anchor_workers" "http://127.0.0.1:18080/rest/chat/client/id/$tok")")
 results+=("$(run cardgate_hit "$pid_cached" "http://127.0.0.1:18090/rest/chat/client/id/$tok")")
@@ -57,6 +74,11 @@ results+=("$(PREFIX=/nocache/ run nginx_miss "$anchor_workers" http://127.0.0.1:
 results+=("$(PREFIX=/nocache/ run nginx_miss_xproc "$proxy_workers" http://127.0.0.1:18082 -s benches/unique.lua)")
 results+=("$(run cardgate_miss "$pid_nocache" http://127.0.0.1:18092 -s benches/unique.lua)")
 results+=("$(run ceiling "$anchor_workers" "http://127.0.0.1:18081/rest/chat/client/id/" -H "token: $tok")")
+results+=("$(run nginx_tls_hit "$tls_workers" "https://127.0.0.1:18084/rest/chat/client/id/$tok")")
+results+=("$(run cardgate_tls_hit "$pid_tls" "https://127.0.0.1:18094/rest/chat/client/id/$tok")")
+# A new TLS connection (full handshake, no resumption) per request.
+results+=("$(run nginx_tls_handshake "$tls_workers" "https://127.0.0.1:18084/rest/chat/client/id/$tok" -H "Connection: close")")
+results+=("$(run cardgate_tls_handshake "$pid_tls" "https://127.0.0.1:18094/rest/chat/client/id/$tok" -H "Connection: close")")
 
 declare -A RPS P99 CPU
 printf '%-17s %12s %10s %10s %8s\n' path req/s p50 p99 cpu_us
@@ -72,6 +94,11 @@ echo "cache hit : cardgate/nginx req/s $(ratio "${RPS[cardgate_hit]}" "${RPS[ngi
   "cpu cardgate/nginx $(ratio "${CPU[cardgate_hit]}" "${CPU[nginx_hit]}")"
 echo "miss path : cardgate/nginx req/s $(ratio "${RPS[cardgate_miss]}" "${RPS[nginx_miss]}")," \
   "p99 cardgate/nginx $(ratio "${P99[cardgate_miss]}" "${P99[nginx_miss]}")"
+echo "TLS hit  : cardgate/nginx req/s $(ratio "${RPS[cardgate_tls_hit]}" "${RPS[nginx_tls_hit]}")," \
+  "p99 cardgate/nginx $(ratio "${P99[cardgate_tls_hit]}" "${P99[nginx_tls_hit]}")," \
+  "cpu cardgate/nginx $(ratio "${CPU[cardgate_tls_hit]}" "${CPU[nginx_tls_hit]}")"
+echo "TLS handshakes/s: cardgate/nginx $(ratio "${RPS[cardgate_tls_handshake]}" "${RPS[nginx_tls_handshake]}")," \
+  "cpu per handshake cardgate/nginx $(ratio "${CPU[cardgate_tls_handshake]}" "${CPU[nginx_tls_handshake]}")"
 echo "miss path, nginx proxy in its own process: cardgate/nginx req/s" \
   "$(ratio "${RPS[cardgate_miss]}" "${RPS[nginx_miss_xproc]}"), p99 $(ratio "${P99[cardgate_miss]}" "${P99[nginx_miss_xproc]}")," \
   "cpu $(ratio "${CPU[cardgate_miss]}" "${CPU[nginx_miss_xproc]}")"
