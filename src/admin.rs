@@ -2,8 +2,10 @@
 //!
 //! It listens on loopback by default and is never the chat-server-facing port.
 //! `GET /metrics` (Prometheus text; `HEAD` too), `GET /healthz`, `GET /readyz` (503 while
-//! draining), `POST /cache/purge` with the token in header `token`, `POST /cache/clear`.
-//! Every purge and clear is logged with the caller's address (a purge with the token's
+//! draining), `POST /cache/purge` with the token in header `token`, `POST /cache/clear`,
+//! `POST /tls/reload`. With `admin.token_env` set, all but `/healthz` and `/readyz` (and
+//! `/metrics` when `admin.metrics_public`) need `Authorization: Bearer <secret>`. Every
+//! purge, clear and reload is logged with the caller's address (a purge with the token's
 //! fingerprint, never the token).
 
 use std::sync::Arc;
