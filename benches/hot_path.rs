@@ -25,6 +25,7 @@ fn cache_with_card(hasher: &TokenHasher, rt: &tokio::runtime::Runtime) -> CardCa
             ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(600),
+            refresh_ahead: 0.2,
             max_size: 256 << 20,
             hash_key_env: None,
         },

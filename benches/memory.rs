@@ -76,6 +76,7 @@ fn main() {
             ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(600),
+            refresh_ahead: 0.2,
             max_size: 64 << 30,
             hash_key_env: None,
         },

@@ -415,7 +415,7 @@ impl Gateway {
         error_answer(e, body, ctx.cache.map(CacheResult::header))
     }
 
-    async fn card(&self, ctx: &mut Ctx, token: Token) -> Result<Answer, GatewayError> {
+    async fn card(self: &Arc<Self>, ctx: &mut Ctx, token: Token) -> Result<Answer, GatewayError> {
         let logged = self.config().log.access;
         let key = self.hasher.cache_key(token.as_bytes());
         if logged {
@@ -431,6 +431,9 @@ impl Gateway {
             Err(e) => e.is_negative(),
         };
         let stored = result?;
+        if how == CacheResult::Hit && stored.refresh_due(Instant::now()) {
+            self.refresh_ahead(key, token, stored.clone());
+        }
         if logged {
             ctx.error_code = stored.error_code().map(|c| loggable_code(&c, stored.status()));
         }
@@ -513,6 +516,20 @@ impl Gateway {
             _ => {}
         }
         Ok(answer.body)
+    }
+
+    /// A hot card near the end of its TTL: fetch it again in the background (one call per
+    /// token at a time), so that no request ever waits for the CRM for it.
+    fn refresh_ahead(self: &Arc<Self>, key: CacheKey, token: Token, existing: crate::cache::Stored) {
+        let gw = self.clone();
+        tokio::spawn(async move {
+            let record = CallRecord::default();
+            let fetch = || gw.dialect.fetch_card(&gw.upstream, &token, &record);
+            if let Some(result) = gw.cache.refresh(key, existing, fetch).await {
+                let outcome = if result.is_ok() { "ok" } else { "error" };
+                gw.metrics.refreshes.with_label_values(&[outcome]).inc();
+            }
+        });
     }
 
     /// Fetch a token's card in the background so the chat server's next Auth API call is a

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub search_steps: IntCounterVec,
     pub search_refusals: IntCounterVec,
     pub prewarms: IntCounterVec,
+    pub refreshes: IntCounterVec,
     pub reloads: IntCounterVec,
     pub connections_refused: IntCounterVec,
     pub connections_open: IntGauge,
@@ -173,6 +174,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("metric");
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "cardgate_refresh_ahead_total",
+                "Background refreshes of cards requested near the end of their TTL (cache.refresh_ahead)",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "cardgate_config_reloads_total",
@@ -252,6 +261,7 @@ impl Metrics {
             Box::new(search_refusals.clone()),
             Box::new(prewarms.clone()),
             Box::new(reloads.clone()),
+            Box::new(refreshes.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connections_open.clone()),
             Box::new(source_refusals.clone()),
@@ -300,6 +310,7 @@ impl Metrics {
         for (vec, values) in [
             (&search_refusals, &GUARD_REASONS[..]),
             (&prewarms, &PREWARM_OUTCOMES[..]),
+            (&refreshes, &PREWARM_OUTCOMES[..]),
             (&reloads, &RELOAD_RESULTS[..]),
             (&source_refusals, &crate::edge::sources::REFUSALS[..]),
             (&tls_client_refused, &crate::tls::CLIENT_REFUSALS[..]),
@@ -326,6 +337,7 @@ impl Metrics {
             search_steps,
             search_refusals,
             prewarms,
+            refreshes,
             reloads,
             connections_refused,
             connections_open,

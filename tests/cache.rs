@@ -261,3 +261,31 @@ fn instances_with_one_hash_key_agree_on_fingerprints() {
         gw.assert_never_shown(&[&t, env[0].1]);
     }
 }
+
+#[test]
+fn a_hot_card_near_its_ttl_is_refreshed_once_in_the_background_and_nobody_waits() {
+    let mock = Mock::start();
+    let gw = Arc::new(Gateway::start(
+        &mock.url(),
+        &[("cache", "ttl = \"3s\"\nrefresh_ahead = 0.5")],
+    ));
+    let tok = token("refresh");
+    assert_eq!(gw.get_card(&tok).header("x-cache"), Some("MISS"));
+    // Keep asking, ten at a time, until the CRM has been asked a second time: from half
+    // the TTL on, a hit starts one background refresh; every answer stays a hit.
+    let mut answers = 0;
+    let refreshed = common::eventually(Duration::from_secs(10), || {
+        for r in concurrent(&gw, &tok, 10) {
+            assert_eq!((r.status, r.header("x-cache")), (200, Some("HIT")), "{}", r.body);
+            answers += 1;
+        }
+        mock.calls_for(&tok).len() == 2
+    });
+    assert!(refreshed, "no refresh after {answers} hits");
+    for r in concurrent(&gw, &tok, 10) {
+        assert_eq!(r.header("x-cache"), Some("HIT"));
+    }
+    assert_eq!(mock.calls_for(&tok).len(), 2, "exactly one background call");
+    assert_eq!(gw.metric("cardgate_refresh_ahead_total{outcome=\"ok\"}"), 1.0);
+    assert_eq!(lookups(&gw, "miss"), 1.0);
+}

@@ -108,6 +108,7 @@ struct Ttls {
     ttl: Duration,
     negative: Duration,
     stale_if_error: Duration,
+    refresh_ahead: f64,
 }
 
 impl Ttls {
@@ -116,6 +117,7 @@ impl Ttls {
             ttl: cfg.ttl,
             negative: cfg.negative_ttl,
             stale_if_error: cfg.stale_if_error,
+            refresh_ahead: cfg.refresh_ahead,
         }
     }
 }
@@ -224,7 +226,8 @@ impl CardCache {
             Ok(card) => {
                 let ttl = card.max_age.map_or(ttls.ttl, |age| age.min(ttls.ttl));
                 // One allocation, exact size: the answer was read into a larger buffer.
-                let stored = Stored::new(200, &card.body, false, now, ttl, ttls.stale_if_error);
+                let lead = ttl.mul_f64(ttls.refresh_ahead);
+                let stored = Stored::refreshing(&card.body, now, ttl, ttls.stale_if_error, lead);
                 if !card.no_store && !ttl.is_zero() {
                     self.cards.insert(key, stored.clone());
                 }
@@ -245,6 +248,46 @@ impl CardCache {
                 _ => Err(e),
             },
         }
+    }
+
+    /// Refresh a card a hit found due for it, in the background: one call per key at a
+    /// time (a lookup under way for the key makes this a no-op); the chat server's requests
+    /// go on being answered from the cache. `None`: another fetch was under way.
+    pub async fn refresh<F, Fut>(
+        &self,
+        key: CacheKey,
+        existing: Stored,
+        fetch: F,
+    ) -> Option<Result<(), GatewayError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Card, GatewayError>>,
+    {
+        let cell = {
+            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            // Another fetch is under way, or one already replaced the card.
+            let replaced = self.cards.get(&key).is_none_or(|e| !e.same_entry(&existing));
+            if map.contains_key(&key) || replaced {
+                return None;
+            }
+            map.entry(key).or_default().clone()
+        };
+        let outcome = cell
+            .get_or_init(|| self.lead(key, Some(existing), fetch))
+            .await
+            .clone();
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            map.remove(&key);
+        }
+        // A failed refresh leaves the old card in place (`stale`): an error all the same.
+        Some(outcome.and_then(|(_, stale)| {
+            if stale {
+                Err(GatewayError::CrmUnavailable("the refresh failed"))
+            } else {
+                Ok(())
+            }
+        }))
     }
 
     /// Keep a card a dialect built itself (a logged-in session) for `ttl`, with no stale
@@ -290,6 +333,7 @@ mod tests {
             ttl: Duration::from_millis(ttl_ms),
             negative_ttl: Duration::from_millis(neg_ms),
             stale_if_error: Duration::from_millis(stale_ms),
+            refresh_ahead: 0.0,
             max_size: 1 << 20,
             hash_key_env: None,
         }

@@ -25,6 +25,9 @@ struct Meta {
     /// When the last refresh failed, in milliseconds after `fresh_until` ([`NEVER`]: no
     /// failure yet). Refreshes are only tried once the entry is no longer fresh.
     last_failed_refresh: AtomicU32,
+    /// Refresh-ahead: how long before `fresh_until` a hit starts a background refresh, in
+    /// milliseconds (0: never).
+    refresh_lead: u32,
     status: u16,
     negative: bool,
 }
@@ -61,10 +64,39 @@ impl Stored {
             fresh_until: clock_ms(now).saturating_add(u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX)),
             stale_for: millis_u32(stale),
             last_failed_refresh: AtomicU32::new(NEVER),
+            refresh_lead: 0,
             status,
             negative,
         };
         Stored(ThinArc::from_header_and_slice(meta, body))
+    }
+
+    /// A card that a hit refreshes in the background once it is within `lead` of the end of
+    /// its freshness (`cache.refresh_ahead` of its TTL).
+    pub(super) fn refreshing(
+        body: &[u8],
+        now: Instant,
+        fresh: Duration,
+        stale: Duration,
+        lead: Duration,
+    ) -> Self {
+        let meta = Meta {
+            fresh_until: clock_ms(now).saturating_add(u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX)),
+            stale_for: millis_u32(stale),
+            last_failed_refresh: AtomicU32::new(NEVER),
+            refresh_lead: millis_u32(lead.min(fresh)),
+            status: 200,
+            negative: false,
+        };
+        Stored(ThinArc::from_header_and_slice(meta, body))
+    }
+
+    /// Still fresh, and within its refresh-ahead lead of the end of freshness.
+    pub fn refresh_due(&self, now: Instant) -> bool {
+        let m = self.meta();
+        m.refresh_lead > 0
+            && clock_ms(now).saturating_add(u64::from(m.refresh_lead)) >= m.fresh_until
+            && self.is_fresh(now)
     }
 
     fn meta(&self) -> &Meta {

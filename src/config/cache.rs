@@ -19,6 +19,9 @@ pub struct CacheSection {
     /// How long past its TTL a card may still be served while the CRM fails.
     #[serde(deserialize_with = "de_duration")]
     pub stale_if_error: Duration,
+    /// A card requested within this last fraction of its TTL is answered from the cache
+    /// and refreshed in the background, once (0 turns it off).
+    pub refresh_ahead: f64,
     /// Memory bound: bytes of stored answers plus per-entry overhead.
     #[serde(deserialize_with = "de_size")]
     pub max_size: u64,
@@ -33,6 +36,7 @@ impl Default for CacheSection {
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(600),
+            refresh_ahead: 0.2,
             max_size: 256 * 1024 * 1024,
             hash_key_env: None,
         }
@@ -41,6 +45,9 @@ impl Default for CacheSection {
 
 impl CacheSection {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..1.0).contains(&self.refresh_ahead) {
+            return Err(err("cache.refresh_ahead", "must be at least 0 and less than 1"));
+        }
         if self.max_size < 4096 {
             return Err(err("cache.max_size", "must be at least 4KiB"));
         }

@@ -291,10 +291,17 @@ impl Gateway {
             std::fs::write(&path, text).unwrap();
             let mut proc = Proc::spawn(&["--config", path.to_str().unwrap()], envs);
             let ready_url = format!("http://{admin}/readyz");
+            // Its own pid file first: a port another process holds must not pass for ours.
+            let pid_file = dir
+                .path()
+                .join("run")
+                .join(format!("cardgate-{}.pid", addr.rsplit(':').next().unwrap_or("0")));
+            let pid = proc.child.id().to_string();
             let ready = wait_until(
                 Duration::from_secs(15),
                 || {
-                    TcpStream::connect(&addr).is_ok()
+                    std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == pid)
+                        && TcpStream::connect(&addr).is_ok()
                         && ureq::get(&ready_url)
                             .timeout(Duration::from_secs(2))
                             .call()
