@@ -133,14 +133,14 @@ impl Gateway {
         };
         let chat_gate = Gate::new(
             cfg.server.allow.clone(),
-            cfg.server.proxy_protocol,
+            cfg.server.proxy_protocol.then(|| cfg.server.proxy_from.clone()),
             cfg.limits.max_connections,
             metrics.connections_open.clone(),
             refused("chat"),
         );
         let admin_gate = Gate::new(
             cfg.admin.allow.clone(),
-            false,
+            None,
             usize::MAX,
             metrics.admin_connections_open.clone(),
             refused("admin"),
@@ -195,9 +195,13 @@ impl Gateway {
         self.admin_token.store(Arc::new(
             admin_token.map(|t| *blake3::hash(t.as_bytes()).as_bytes()),
         ));
-        self.chat_gate
-            .apply(next.server.allow.clone(), next.limits.max_connections);
-        self.admin_gate.apply(next.admin.allow.clone(), usize::MAX);
+        self.chat_gate.apply(
+            next.server.allow.clone(),
+            next.server.proxy_from.clone(),
+            next.limits.max_connections,
+        );
+        self.admin_gate
+            .apply(next.admin.allow.clone(), Vec::new(), usize::MAX);
         self.sources.apply(&next.limits);
         // A bad TLS file is reported on its own and keeps the old certificate; the rest
         // of the reload stands.

@@ -292,15 +292,38 @@ fn behind_a_balancer_the_proxy_header_names_the_client_for_allowlist_limits_and_
     );
     assert!(exchange(&gw.addr, v1_other.as_bytes()).is_none());
     assert!(exchange(&gw.addr, req("pp-none").as_bytes()).is_none());
+    // A header without an address leaves the connection's own (127.0.0.1: not allowed).
+    let unknown = format!("PROXY UNKNOWN\r\n{}", req("pp-unknown"));
+    assert!(exchange(&gw.addr, unknown.as_bytes()).is_none());
     assert!(eventually(Duration::from_secs(5), || refused("not_allowed")
-        == denied_before + 1.0));
+        == denied_before + 2.0));
     assert!(eventually(Duration::from_secs(5), || refused("proxy_header")
         >= bad_before + 1.0));
     assert!(mock.calls_for("pp-denied").is_empty() && mock.calls_for("pp-none").is_empty());
+    assert!(mock.calls_for("pp-unknown").is_empty());
 
     // The logs show the client, not the balancer.
     assert!(eventually(Duration::from_secs(5), || {
         let out = gw.proc.output();
         out.contains("\"peer\":\"192.0.2.7\"") && out.contains("\"peer\":\"2001:db8::7\"")
     }));
+}
+
+#[test]
+fn only_the_balancers_in_proxy_from_may_send_proxy_headers() {
+    let mock = Mock::start();
+    let gw = Gateway::start(
+        &mock.url(),
+        &[(
+            "server",
+            "proxy_protocol = true\nproxy_from = [\"127.0.0.1\", \"127.0.0.2\"]\nallow = [\"192.0.2.7\"]",
+        )],
+    );
+    let send = |source: &str| {
+        let mut c = Raw::connect_from(source, &gw.addr);
+        c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8080\r\n");
+        c.get("/rest/chat/client/id/pp-from").map(|r| r.status)
+    };
+    assert_eq!(send("127.0.0.2"), Some(200));
+    assert!(refused("127.0.0.3", &gw.addr), "not a balancer: closed at accept");
 }

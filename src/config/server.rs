@@ -49,6 +49,10 @@ pub struct ServerSection {
     /// Every chat-server connection starts with a PROXY protocol header (v1 or v2) from a
     /// TCP load balancer: its address is the client's.
     pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the balancers that may send PROXY headers (empty: any
+    /// address that reaches the port); others are closed at accept.
+    #[serde(deserialize_with = "de_cidrs")]
+    pub proxy_from: Vec<IpNet>,
 }
 
 impl Default for ServerSection {
@@ -65,6 +69,7 @@ impl Default for ServerSection {
             allow: Vec::new(),
             tls: None,
             proxy_protocol: false,
+            proxy_from: Vec::new(),
         }
     }
 }

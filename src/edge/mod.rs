@@ -42,8 +42,9 @@ pub fn allowed(allow: &[IpNet], ip: IpAddr) -> bool {
 /// The accept-time filter of one listener.
 pub struct Gate {
     allow: ArcSwap<Vec<IpNet>>,
-    /// The allowlist is checked at accept, unless the source comes in a PROXY header.
-    allow_at_accept: bool,
+    /// Behind a balancer (PROXY protocol): who may send the headers, checked at accept
+    /// (empty: anyone); the allowlist then applies to the address a header names.
+    proxy_from: Option<ArcSwap<Vec<IpNet>>>,
     /// Open connections at most (chat listener; `usize::MAX`: no bound).
     max_open: AtomicUsize,
     open: IntGauge,
@@ -66,7 +67,7 @@ impl Gate {
     /// its two refusal reasons, in [`REFUSALS`] order.
     pub fn new(
         allow: Vec<IpNet>,
-        proxy_protocol: bool,
+        proxy_from: Option<Vec<IpNet>>,
         max_open: usize,
         open: IntGauge,
         refused: [IntCounter; 3],
@@ -74,7 +75,7 @@ impl Gate {
         let [not_allowed, too_many, bad_proxy_header] = refused;
         Arc::new(Gate {
             allow: ArcSwap::from_pointee(allow),
-            allow_at_accept: !proxy_protocol,
+            proxy_from: proxy_from.map(ArcSwap::from_pointee),
             bad_proxy_header,
             max_open: AtomicUsize::new(max_open),
             open,
@@ -84,15 +85,23 @@ impl Gate {
     }
 
     /// New settings for the connections accepted from now on.
-    pub fn apply(&self, allow: Vec<IpNet>, max_open: usize) {
+    pub fn apply(&self, allow: Vec<IpNet>, proxy_from: Vec<IpNet>, max_open: usize) {
         self.allow.store(Arc::new(allow));
+        if let Some(from) = &self.proxy_from {
+            from.store(Arc::new(proxy_from));
+        }
         self.max_open.store(max_open, Ordering::Relaxed);
     }
 
     /// Whether a connection from `ip` is admitted now (counting it as refused if not).
     pub fn admits(&self, ip: Option<IpAddr>) -> bool {
-        if let Some(ip) = ip.filter(|_| self.allow_at_accept) {
-            if !self.allows_source(ip) {
+        if let Some(ip) = ip {
+            let admitted = match &self.proxy_from {
+                None => allowed(&self.allow.load(), ip),
+                Some(from) => allowed(&from.load(), ip),
+            };
+            if !admitted {
+                self.not_allowed.inc();
                 return false;
             }
         }
@@ -171,7 +180,7 @@ mod tests {
     fn a_gate_counts_what_it_refuses_and_bounds_open_connections() {
         let c = || IntCounter::new("c", "c").unwrap();
         let open = IntGauge::new("o", "o").unwrap();
-        let gate = Gate::new(nets(&["127.0.0.0/8"]), false, 2, open.clone(), [c(), c(), c()]);
+        let gate = Gate::new(nets(&["127.0.0.0/8"]), None, 2, open.clone(), [c(), c(), c()]);
         assert!(!gate.admits(Some("192.0.2.1".parse().unwrap())));
         assert_eq!(gate.not_allowed.get(), 1);
         let a = gate.opened();
@@ -180,7 +189,7 @@ mod tests {
         assert_eq!(gate.too_many.get(), 1);
         drop(a);
         assert!(gate.admits(Some("127.0.0.1".parse().unwrap())));
-        gate.apply(Vec::new(), 10);
+        gate.apply(Vec::new(), Vec::new(), 10);
         assert!(gate.admits(Some("192.0.2.1".parse().unwrap())));
     }
 }

@@ -116,10 +116,17 @@ impl PreTlsProcess for BeforeTls {
             }
         };
         stream.rewind(&rest);
-        if let Some(addr) = addr {
-            if !self.gate.allows_source(addr.ip()) {
+        // A header without an address (LOCAL, UNKNOWN: a balancer's own check) leaves the
+        // connection's peer, which the allowlist then judges.
+        let tcp_peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        if let Some(ip) = addr.map(|a| a.ip()).or(tcp_peer) {
+            if !self.gate.allows_source(ip) {
                 return Err(refuse("source not allowed"));
             }
+        }
+        if let Some(addr) = addr {
             let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
             let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(addr)));
             stream.set_socket_digest(digest);

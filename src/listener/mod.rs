@@ -100,11 +100,12 @@ impl ServerApp for Listener {
             let limit = self.gateway.config().server.client_timeout;
             match crate::edge::proxy::read_header(&mut io, limit).await {
                 Ok((source, rest)) => {
+                    // Without an address (LOCAL, UNKNOWN) the connection's peer stands.
                     if let Some(source) = source {
-                        if !self.gate.allows_source(source.ip()) {
-                            return None;
-                        }
                         peer = Some(source.ip());
+                    }
+                    if peer.is_some_and(|ip| !self.gate.allows_source(ip)) {
+                        return None;
                     }
                     initial = rest;
                 }
