@@ -41,31 +41,14 @@ pub struct Material {
 
 /// Read and check the files; errors name the key.
 pub fn load(cfg: &TlsSection) -> Result<Material, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let chain = certs(&cfg.cert_file, "server.tls.cert_file")?;
-    let key = private_key(&cfg.key_file, "server.tls.key_file")?;
-    let provider = rustls::crypto::ring::default_provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| format!("server.tls.key_file: {}: not a usable key: {e}", cfg.key_file))?;
-    let days_left = check_validity(&chain, "server.tls.cert_file", &cfg.cert_file)?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "server.tls.key_file: {} does not match the certificate in {}: {e}",
-            cfg.key_file, cfg.cert_file
-        )
-    })?;
+    let (certified, days_left) = key_pair(
+        ("server.tls.cert_file", &cfg.cert_file),
+        ("server.tls.key_file", &cfg.key_file),
+    )?;
     let client = match &cfg.client_ca_file {
         None => None,
         Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for ca in certs(path, "server.tls.client_ca_file")? {
-                roots
-                    .add(ca)
-                    .map_err(|e| format!("server.tls.client_ca_file: {path}: not a CA certificate: {e}"))?;
-            }
+            let roots = roots(path, "server.tls.client_ca_file")?;
             let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
                 .build()
                 .map_err(|e| format!("server.tls.client_ca_file: {path}: {e}"))?;
@@ -77,6 +60,36 @@ pub fn load(cfg: &TlsSection) -> Result<Material, String> {
         client,
         days_left,
     })
+}
+
+/// A certificate chain and its private key, checked: readable PEM, a usable key that
+/// matches the leaf, a leaf valid now. The days the leaf has left come with it. Each pair
+/// is (config key, path), so that errors name the key.
+pub fn key_pair(cert: (&str, &str), key: (&str, &str)) -> Result<(CertifiedKey, i64), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ((cert_key, cert_path), (key_key, key_path)) = (cert, key);
+    let chain = certs(cert_path, cert_key)?;
+    let days_left = check_validity(&chain, cert_key, cert_path)?;
+    let signing = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(private_key(key_path, key_key)?)
+        .map_err(|e| format!("{key_key}: {key_path}: not a usable key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("{key_key}: {key_path} does not match the certificate in {cert_path}: {e}"))?;
+    Ok((certified, days_left))
+}
+
+/// The CA certificates of a PEM file, as trust roots.
+pub fn roots(path: &str, key: &str) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for ca in certs(path, key)? {
+        roots
+            .add(ca)
+            .map_err(|e| format!("{key}: {path}: not a CA certificate: {e}"))?;
+    }
+    Ok(roots)
 }
 
 /// Every certificate of a PEM file (at least one).

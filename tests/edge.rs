@@ -12,19 +12,9 @@ use common::{eventually, request, token, Gateway, Mock, Raw};
 /// Connect from `source` and send a request: true when the connection is closed with no
 /// answer (refused at accept).
 fn refused(source: &str, addr: &str) -> bool {
-    let to: std::net::SocketAddr = addr.parse().unwrap();
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(
-        &format!("{source}:0")
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    if s.connect(&to.into()).is_err() {
+    let Ok(mut s) = common::connect_from(source, addr) else {
         return true;
-    }
-    let mut s: std::net::TcpStream = s.into();
+    };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut buf = [0u8; 64];

@@ -60,15 +60,7 @@ impl Stored {
         fresh: Duration,
         stale: Duration,
     ) -> Self {
-        let meta = Meta {
-            fresh_until: clock_ms(now).saturating_add(u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX)),
-            stale_for: millis_u32(stale),
-            last_failed_refresh: AtomicU32::new(NEVER),
-            refresh_lead: 0,
-            status,
-            negative,
-        };
-        Stored(ThinArc::from_header_and_slice(meta, body))
+        Self::build(status, body, negative, now, fresh, stale, Duration::ZERO)
     }
 
     /// A card that a hit refreshes in the background once it is within `lead` of the end of
@@ -80,13 +72,26 @@ impl Stored {
         stale: Duration,
         lead: Duration,
     ) -> Self {
+        Self::build(200, body, false, now, fresh, stale, lead.min(fresh))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        status: u16,
+        body: &[u8],
+        negative: bool,
+        now: Instant,
+        fresh: Duration,
+        stale: Duration,
+        lead: Duration,
+    ) -> Self {
         let meta = Meta {
             fresh_until: clock_ms(now).saturating_add(u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX)),
             stale_for: millis_u32(stale),
             last_failed_refresh: AtomicU32::new(NEVER),
-            refresh_lead: millis_u32(lead.min(fresh)),
-            status: 200,
-            negative: false,
+            refresh_lead: millis_u32(lead),
+            status,
+            negative,
         };
         Stored(ThinArc::from_header_and_slice(meta, body))
     }

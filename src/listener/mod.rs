@@ -96,8 +96,11 @@ impl ServerApp for Listener {
         let mut initial = Vec::new();
         // Behind a TCP balancer the plain listener reads the PROXY header itself (the TLS
         // listener read it before the handshake, and its peer address is the header's).
-        if self.gateway.config().server.proxy_protocol && io.get_ssl_digest().is_none() {
-            let limit = self.gateway.config().server.client_timeout;
+        let (proxy_protocol, limit) = {
+            let cfg = self.gateway.config();
+            (cfg.server.proxy_protocol, cfg.server.client_timeout)
+        };
+        if proxy_protocol && io.get_ssl_digest().is_none() {
             match crate::edge::proxy::read_header(&mut io, limit).await {
                 Ok((source, rest)) => {
                     // Without an address (LOCAL, UNKNOWN) the connection's peer stands.

@@ -40,25 +40,20 @@ impl Line<'_> {
         out.reserve(384);
         out.extend_from_slice(b"{\"ts\":\"");
         out.extend_from_slice(&self.ts.0);
-        // Labels from fixed sets, hex digits and addresses need no escaping; the two
-        // fields that come from outside (a CRM's code, a chat server's id) are checked
-        // when they are read, and escaped here all the same.
-        plain(out, b"\",\"api\":\"", self.api);
-        plain(out, b"\",\"method\":\"", self.method);
-        out.extend_from_slice(b"\",\"status\":");
+        out.push(b'"');
+        // Labels from fixed sets, hex digits and addresses need no escaping; the three
+        // fields that come from outside (a CRM's code, a chat server's id, a client
+        // certificate's subject) are checked when they are read, and escaped here all the same.
+        plain(out, b",\"api\":\"", self.api);
+        plain(out, b",\"method\":\"", self.method);
+        out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
-        if let Some(code) = self.error_code {
-            out.extend_from_slice(b",\"errorCode\":\"");
-            escaped(out, code);
-            out.push(b'"');
-        }
+        escaped(out, b",\"errorCode\":\"", self.error_code);
         if let Some(cache) = self.cache {
             plain(out, b",\"cache\":\"", cache);
-            out.push(b'"');
         }
         if let Some(step) = self.step {
             plain(out, b",\"step\":\"", step);
-            out.push(b'"');
         }
         if let Some(s) = self.upstream_status {
             out.extend_from_slice(b",\"upstreamStatus\":");
@@ -72,58 +67,53 @@ impl Line<'_> {
         millis(out, self.duration);
         if let Some(fp) = self.token_fp {
             plain(out, b",\"tokenFp\":\"", fp);
-            out.push(b'"');
         }
-        if let Some(id) = self.request_id {
-            out.extend_from_slice(b",\"requestId\":\"");
-            escaped(out, id);
-            out.push(b'"');
-        }
+        escaped(out, b",\"requestId\":\"", self.request_id);
         if let Some(peer) = self.peer {
             plain(out, b",\"peer\":\"", peer);
-            out.push(b'"');
         }
         if let Some(tls) = self.tls {
             plain(out, b",\"tls\":\"", tls);
-            out.push(b'"');
         }
-        if let Some(subject) = self.client_cert {
-            out.extend_from_slice(b",\"clientCert\":\"");
-            escaped(out, subject);
-            out.push(b'"');
-        }
+        escaped(out, b",\"clientCert\":\"", self.client_cert);
         out.push(b'}');
     }
 }
 
-/// `prefix` (the field's name and opening quote, or the previous field's closing quote
-/// too), then a value known to hold only characters JSON strings take as they are.
+/// `prefix` (`,"name":"`), a value known to hold only characters JSON strings take as
+/// they are, and the closing quote.
 fn plain(out: &mut Vec<u8>, prefix: &[u8], value: &str) {
     debug_assert!(value
         .bytes()
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'));
     out.extend_from_slice(prefix);
     out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
 }
 
-/// A string value, escaped as JSON requires (the values are checked ASCII, so this is a
-/// copy in practice).
-fn escaped(out: &mut Vec<u8>, value: &str) {
+/// `prefix`, a string value escaped as JSON requires (the values are checked ASCII, so
+/// this is a copy in practice) and the closing quote; nothing when there is no value.
+fn escaped(out: &mut Vec<u8>, prefix: &[u8], value: Option<&str>) {
+    let Some(value) = value else {
+        return;
+    };
+    out.extend_from_slice(prefix);
     if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.extend_from_slice(value.as_bytes());
-        return;
-    }
-    for c in value.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+    } else {
+        for c in value.chars() {
+            match c {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+                c => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
             }
         }
     }
+    out.push(b'"');
 }
 
 /// A duration in milliseconds with three decimals (microsecond resolution).

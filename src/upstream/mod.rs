@@ -436,36 +436,17 @@ fn connect_error(e: &PError) -> GatewayError {
 /// error naming the key, at `cardgate check` and at startup (never a silent fallback to a
 /// connection without a client certificate).
 pub fn check_tls(cfg: &crate::config::UpstreamSection) -> Result<(), ConfigError> {
-    use crate::tls::{certs, check_validity, private_key};
-    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Some(ca) = &cfg.ca_file {
-        let cas = certs(ca, "upstream.ca_file").map_err(ConfigError)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in cas {
-            roots
-                .add(c)
-                .map_err(|e| ConfigError(format!("upstream.ca_file: {ca}: not a CA certificate: {e}")))?;
-        }
+        crate::tls::roots(ca, "upstream.ca_file").map_err(ConfigError)?;
     }
     match (&cfg.client_cert, &cfg.client_key) {
         (None, None) => Ok(()),
         (Some(_), None) => Err(ConfigError("upstream.client_key: is required with upstream.client_cert".into())),
         (None, Some(_)) => Err(ConfigError("upstream.client_cert: is required with upstream.client_key".into())),
         (Some(cert), Some(key)) => {
-            let chain = certs(cert, "upstream.client_cert").map_err(ConfigError)?;
-            check_validity(&chain, "upstream.client_cert", cert).map_err(ConfigError)?;
-            let der = private_key(key, "upstream.client_key").map_err(ConfigError)?;
-            let signing = rustls::crypto::ring::default_provider()
-                .key_provider
-                .load_private_key(der)
-                .map_err(|e| ConfigError(format!("upstream.client_key: {key}: not a usable key: {e}")))?;
-            rustls::sign::CertifiedKey::new(chain, signing)
-                .keys_match()
-                .map_err(|e| {
-                    ConfigError(format!(
-                        "upstream.client_key: {key} does not match the certificate in {cert}: {e}"
-                    ))
-                })
+            crate::tls::key_pair(("upstream.client_cert", cert), ("upstream.client_key", key))
+                .map(|_| ())
+                .map_err(ConfigError)
         }
     }
 }

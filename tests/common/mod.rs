@@ -490,6 +490,17 @@ pub fn eventually(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// A TCP connection from a given loopback source address (127.0.0.2, 127.0.0.3, ... are
+/// all this machine's on Linux).
+pub fn connect_from(source: &str, addr: &str) -> std::io::Result<TcpStream> {
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&from.into())?;
+    s.connect(&to.into())?;
+    Ok(s.into())
+}
+
 /// A raw HTTP/1.1 connection, to control framing and check connection reuse.
 pub struct Raw {
     stream: BufReader<TcpStream>,
@@ -507,12 +518,7 @@ impl Raw {
     /// Connect from a given loopback source address (127.0.0.2, 127.0.0.3, ... are all
     /// this machine's on Linux).
     pub fn connect_from(source: &str, addr: &str) -> Raw {
-        let to: std::net::SocketAddr = addr.parse().unwrap();
-        let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.bind(&from.into()).unwrap();
-        s.connect(&to.into()).unwrap();
-        let s: TcpStream = s.into();
+        let s = connect_from(source, addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Raw {
             stream: BufReader::new(s),
