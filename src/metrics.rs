@@ -26,7 +26,7 @@ const OTHER_5XX: &str = "5xx";
 pub const CACHE_RESULTS: [&str; 5] = ["hit", "negative_hit", "miss", "stale", "coalesced"];
 
 /// The `outcome` label values of upstream calls.
-pub const UPSTREAM_OUTCOMES: [&str; 7] = [
+pub const UPSTREAM_OUTCOMES: [&str; 9] = [
     "ok",
     "rejected",
     "error_5xx",
@@ -34,6 +34,8 @@ pub const UPSTREAM_OUTCOMES: [&str; 7] = [
     "invalid",
     "unavailable",
     "overloaded",
+    "tls",
+    "circuit_open",
 ];
 
 /// The `step` and `outcome` label values of search steps.
@@ -349,6 +351,11 @@ impl Metrics {
             last_reload,
             last_reload_ok,
         }
+    }
+
+    /// Register a collector of another module (the CRM side's per-node series).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(c).expect("unique metric names");
     }
 
     /// Count a reload and its result.

@@ -16,6 +16,7 @@ use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
+use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
 use serde_json::json;
@@ -200,6 +201,11 @@ pub fn run(
         Shutdown::OnlyForUpgrade,
         upgrading.clone(),
     )));
+    // Re-resolution and health checks of the CRM's nodes; it ends with the process.
+    server.add_service(GenBackgroundService::new(
+        "cardgate CRM nodes".to_string(),
+        gw.crm_watch(),
+    ));
     for service in extra {
         server.add_boxed_service(service);
     }
@@ -227,7 +233,9 @@ pub fn run(
 /// What `cardgate check` adds to reading the file: the CRM's host resolves now, exactly as
 /// it must at startup.
 pub fn check(cfg: &Config) -> Result<(), ConfigError> {
-    crate::upstream::resolve(&cfg.upstream_url()?)?;
+    for url in cfg.upstream_urls()? {
+        crate::upstream::resolve(&url)?;
+    }
     if let Some(tls) = &cfg.server.tls {
         crate::tls::load(tls).map_err(ConfigError)?;
     }

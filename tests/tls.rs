@@ -7,58 +7,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::certs::{ca, der_certs, leaf, write, Ca};
 use common::{eventually, free_port, token, Gateway, Mock, BIN};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SerialNumber};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(rcgen::DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let key = KeyPair::generate().unwrap();
-    Ca {
-        cert: p.self_signed(&key).unwrap(),
-        key,
-    }
-}
-
-/// A leaf for `names`, signed by `ca`: (cert PEM, key PEM).
-fn leaf(ca: &Ca, names: &[&str], serial: u64, expired: bool) -> (String, String) {
-    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    p.serial_number = Some(SerialNumber::from(serial));
-    if let Some(first) = names.first() {
-        p.distinguished_name.push(rcgen::DnType::CommonName, *first);
-    }
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn der_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
-        .map(Result::unwrap)
-        .collect()
-}
+use rustls::pki_types::PrivateKeyDer;
 
 /// A GET over TLS: Ok((status line, the server certificate's serial)) or the failure.
 fn get(

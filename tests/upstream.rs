@@ -121,8 +121,15 @@ fn script(token: &str) -> (Vec<u8>, bool) {
 }
 
 fn gateway(crm: &Scripted) -> Gateway {
-    // No cache: every request below reaches the scripted system.
-    Gateway::start(&crm.url, &[("cache", "ttl = \"0s\"\nnegative_ttl = \"0s\"")])
+    // No cache: every request below reaches the scripted system; no health check's
+    // connection counts among the ones it sees.
+    Gateway::start(
+        &crm.url,
+        &[
+            ("cache", "ttl = \"0s\"\nnegative_ttl = \"0s\""),
+            ("upstream", "health = { interval = \"1h\" }"),
+        ],
+    )
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub use server::{AdminSection, ServerSection};
 pub use tls::TlsSection;
 #[cfg(test)]
 pub use units::Rate;
-pub use upstream::{AuthMethod, DialectKind, SearchEncoding, UpstreamSection, UpstreamUrl};
+pub use upstream::{AuthMethod, DialectKind, HealthSection, SearchEncoding, UpstreamSection, UpstreamUrl};
 
 /// A configuration mistake, with the key it concerns when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +122,9 @@ impl Config {
             admin.listen,
             upstream.dialect,
             upstream.url,
+            upstream.urls,
+            upstream.resolve_interval,
+            upstream.health,
             upstream.connect_timeout,
             upstream.token_header,
             upstream.auth_method,
@@ -170,9 +173,9 @@ impl Config {
             .collect()
     }
 
-    /// The parsed `upstream.url`.
-    pub fn upstream_url(&self) -> Result<UpstreamUrl, ConfigError> {
-        UpstreamUrl::parse(&self.upstream.url)
+    /// The parsed `upstream.url`, or each of `upstream.urls`.
+    pub fn upstream_urls(&self) -> Result<Vec<UpstreamUrl>, ConfigError> {
+        self.upstream.parsed_urls()
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::{de_duration, de_size};
+use super::units::{de_duration, de_opt_duration, de_size};
 use super::{err, ConfigError};
 
 /// The internal system's dialect.
@@ -45,8 +45,30 @@ pub enum AuthMethod {
 pub struct UpstreamSection {
     #[serde(default = "default_dialect")]
     pub dialect: DialectKind,
-    /// Base URL of the internal system, `http://` or `https://`.
+    /// Base URL of the internal system (one node), `http://` or `https://`.
+    #[serde(default)]
     pub url: String,
+    /// Base URLs of several nodes, all `http://` or all `https://` (instead of `url`).
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// How often the nodes' host names are resolved again.
+    #[serde(default = "default_resolve_interval", deserialize_with = "de_duration")]
+    pub resolve_interval: Duration,
+    /// Active health checks of every node.
+    #[serde(default)]
+    pub health: HealthSection,
+    /// Consecutive transport failures or timeouts that take a node out (0: never).
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
+    /// How long an ejected node stays out at first; doubled while it keeps failing.
+    #[serde(default = "default_eject_for", deserialize_with = "de_duration")]
+    pub eject_for: Duration,
+    /// Further nodes a failed idempotent call is sent to within `timeout`.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// A card lookup not answered after this is also sent to a second node (off if unset).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub hedge_after: Option<Duration>,
     #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
     /// The whole upstream exchange.
@@ -89,6 +111,66 @@ pub struct UpstreamSection {
     /// Settings of the `bearer` dialect.
     #[serde(default)]
     pub bearer: BearerSection,
+}
+
+/// `[upstream.health]`: active checks. Without `path` a check is a TCP connect (and the
+/// TLS handshake, for https); with it, `GET path` must answer 2xx or 3xx.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    pub path: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring a node back.
+    pub healthy_after: usize,
+    /// Consecutive failed checks that take a node out.
+    pub unhealthy_after: usize,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            path: None,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_after: 2,
+            unhealthy_after: 3,
+        }
+    }
+}
+
+impl HealthSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.path {
+            if !path.starts_with('/') || http::uri::PathAndQuery::from_maybe_shared(path.clone()).is_err() {
+                return Err(err(
+                    "upstream.health.path",
+                    format!("{path:?} must be a path starting with /"),
+                ));
+            }
+        }
+        if self.interval.is_zero() || self.timeout.is_zero() {
+            return Err(err(
+                "upstream.health",
+                "interval and timeout must be greater than 0",
+            ));
+        }
+        if self.timeout > self.interval {
+            return Err(err(
+                "upstream.health.timeout",
+                "must not exceed upstream.health.interval",
+            ));
+        }
+        if self.healthy_after == 0 || self.unhealthy_after == 0 {
+            return Err(err(
+                "upstream.health",
+                "healthy_after and unhealthy_after must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -175,6 +257,18 @@ fn default_max_inflight() -> usize {
 fn default_queue_timeout() -> Duration {
     Duration::from_millis(100)
 }
+fn default_resolve_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_eject_after() -> u32 {
+    5
+}
+fn default_eject_for() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retries() -> u32 {
+    1
+}
 fn default_pool_size() -> usize {
     128
 }
@@ -183,9 +277,58 @@ fn default_max_response() -> u64 {
 }
 
 impl UpstreamSection {
-    /// Check the section; `url` is its parsed `url`.
-    pub fn validate(&self) -> Result<UpstreamUrl, ConfigError> {
-        let url = UpstreamUrl::parse(&self.url)?;
+    /// The parsed `url`, or every one of `urls`.
+    pub fn parsed_urls(&self) -> Result<Vec<UpstreamUrl>, ConfigError> {
+        match (self.url.is_empty(), self.urls.is_empty()) {
+            (true, true) => Err(err(
+                "upstream.url",
+                "is required (the base URL of the internal system; or upstream.urls for several nodes)",
+            )),
+            (false, false) => Err(err(
+                "upstream.urls",
+                "give either upstream.url or upstream.urls, not both",
+            )),
+            (false, true) => Ok(vec![UpstreamUrl::parse(&self.url)?]),
+            (true, false) => {
+                if self.urls.len() > MAX_URLS {
+                    return Err(err("upstream.urls", format!("at most {MAX_URLS} URLs")));
+                }
+                let urls = self
+                    .urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| UpstreamUrl::parse_as(u, &format!("upstream.urls[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if urls.iter().any(|u| u.tls != urls[0].tls) {
+                    return Err(err("upstream.urls", "must all be http:// or all https://"));
+                }
+                Ok(urls)
+            }
+        }
+    }
+
+    /// Check the section; the result is its parsed URLs.
+    pub fn validate(&self) -> Result<Vec<UpstreamUrl>, ConfigError> {
+        let urls = self.parsed_urls()?;
+        let tls = urls[0].tls;
+        self.health.validate()?;
+        if self.resolve_interval < Duration::from_millis(100) {
+            return Err(err("upstream.resolve_interval", "must be at least 100ms"));
+        }
+        if self.eject_for.is_zero() {
+            return Err(err("upstream.eject_for", "must be greater than 0"));
+        }
+        if self.retries > 8 {
+            return Err(err("upstream.retries", "must be between 0 and 8"));
+        }
+        if let Some(h) = self.hedge_after {
+            if h.is_zero() || h >= self.timeout {
+                return Err(err(
+                    "upstream.hedge_after",
+                    "must be greater than 0 and less than upstream.timeout",
+                ));
+            }
+        }
         if self.timeout.is_zero() {
             return Err(err("upstream.timeout", "must be greater than 0"));
         }
@@ -220,7 +363,7 @@ impl UpstreamSection {
         ];
         for (key, value) in tls_keys {
             if let Some(path) = value {
-                if !url.tls {
+                if !tls {
                     return Err(err(key, "only applies to an https:// upstream.url"));
                 }
                 if !Path::new(path).is_file() {
@@ -243,7 +386,7 @@ impl UpstreamSection {
             }
             DialectKind::Iq => {}
         }
-        Ok(url)
+        Ok(urls)
     }
 }
 
@@ -281,9 +424,16 @@ pub struct UpstreamUrl {
     pub base_path: String,
 }
 
+/// The most `upstream.urls` (each may resolve to several nodes).
+pub const MAX_URLS: usize = 16;
+
 impl UpstreamUrl {
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        let key = "upstream.url";
+        Self::parse_as(url, "upstream.url")
+    }
+
+    /// Parse `url`, naming `key` in errors.
+    pub fn parse_as(url: &str, key: &str) -> Result<Self, ConfigError> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("https://") {

@@ -117,6 +117,11 @@ impl Gateway {
         }
     }
 
+    /// The background service that re-resolves and health-checks the CRM's nodes.
+    pub fn crm_watch(&self) -> Arc<crate::upstream::Watch> {
+        self.upstream.watch()
+    }
+
     /// The chat-server listener's accept-time filter.
     pub fn chat_gate(&self) -> Arc<Gate> {
         self.chat_gate.clone()

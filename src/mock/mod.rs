@@ -28,7 +28,8 @@
 //!
 //! For tests it keeps a journal of what it was sent (`GET /__mock/journal`), can be told
 //! to fail every call (`POST /__mock/fail` with body `off`, `500`, `reset` or `slow`) and
-//! to forget (`POST /__mock/reset`). It writes nothing to stdout.
+//! to forget (`POST /__mock/reset`). `GET /health` answers 200 unless it is told to fail
+//! (and is not journaled). It writes nothing to stdout.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -323,6 +324,10 @@ impl MockCrm {
         let path = req.uri.path();
         if path.starts_with("/__mock/") {
             return (None, self.control(method, path, body));
+        }
+        if path == "/health" {
+            let ok = || json_reply(200, json!({"ok": true}));
+            return self.failure(ok).unwrap_or_else(|| (None, ok()));
         }
         self.record(session, body);
         match self.dialect {

@@ -1,37 +1,43 @@
-//! Talk to the internal system: HTTP/1.1 over pooled keep-alive connections.
+//! Talk to the internal system: its nodes, HTTP/1.1 over pooled keep-alive connections.
 //!
+//! Each configured URL resolves to one or more [`node`]s ([`health`] re-resolves them and
+//! checks their health off the request path); [`nodes`] picks the one for each attempt.
 //! Connections come from Pingora's `TransportConnector` (TCP, or TLS via rustls with an
 //! optional custom CA and client certificate, within `upstream.connect_timeout`); idle ones
-//! wait in the [`pool`]. A request is one write of a ready head and body; the answer is read
-//! by [`crate::h1::client`] within `upstream.max_response_bytes`. The whole exchange is
-//! bounded by `upstream.timeout`. A request that met a dead pooled connection is retried
-//! once on a fresh one when it is safe to repeat. This module turns transport failures
-//! into the `CRM_*` errors; [`crate::normalise`] judges the answers that did arrive.
+//! wait in each node's [`pool`]. A call is bounded by `upstream.timeout` as a whole: at
+//! most `upstream.max_inflight` run at once; a failed idempotent call goes to another node
+//! (`upstream.retries`); a card lookup still unanswered after `upstream.hedge_after` is
+//! also sent to a second node, and the first valid answer wins. This module turns
+//! transport failures into the `CRM_*` errors ([`failure`]); [`crate::normalise`] judges
+//! the answers that did arrive.
 
+mod failure;
+mod health;
+mod node;
+mod nodes;
 mod pool;
 mod resolve;
+mod stats;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
-use pingora::protocols::Stream;
-use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error as PError, ErrorType};
-use tokio::io::AsyncWriteExt;
+use pingora::lb::Backends;
 
-use crate::logs;
 use crate::config::{Config, ConfigError};
 use crate::correlation::Correlation;
 use crate::error::GatewayError;
-use crate::h1::client::{read_answer, ReadError};
-use crate::h1::FramingError;
 use crate::metrics::Metrics;
+use failure::Failure;
+use node::{Ejection, Node, Target};
+use nodes::{Nodes, Tried};
 
+pub use health::Watch;
 pub use resolve::resolve;
 
 /// One request to the internal system; `path` is relative to the base URL's path.
@@ -123,31 +129,27 @@ impl CallRecord {
 
 pub struct Upstream {
     connector: TransportConnector,
-    peer: HttpPeer,
-    pool: Arc<pool::Pool>,
+    nodes: Arc<Nodes>,
+    watch: Arc<Watch>,
+    stats: Arc<stats::Stats>,
     /// One permit per call under way (`upstream.max_inflight`).
     slots: tokio::sync::Semaphore,
     /// The limits a reload changes in place.
     limits: ArcSwap<Limits>,
-    /// When a failure's cause was last logged (at most one line a second).
-    last_warning: Mutex<Option<Instant>>,
-    /// `Host`, `User-Agent` and `Accept` lines, the same on every request.
-    fixed_headers: Vec<u8>,
-    base_path: String,
-    /// The `Host` value (also in `fixed_headers`).
-    #[cfg(feature = "alt-http")]
-    authority: String,
     metrics: Arc<Metrics>,
 }
 
-/// `upstream.timeout`, `queue_timeout` and `max_response_bytes`, and the request id's
-/// header name.
+/// `upstream.timeout`, `queue_timeout`, `max_response_bytes`, `retries`, `hedge_after`,
+/// the ejection settings, and the request id's header name.
 #[derive(Debug, Clone)]
 struct Limits {
     timeout: Duration,
     queue_timeout: Duration,
     max_body: usize,
     request_id_header: String,
+    retries: u32,
+    hedge_after: Option<Duration>,
+    ejection: Ejection,
 }
 
 impl Limits {
@@ -157,50 +159,86 @@ impl Limits {
             queue_timeout: cfg.upstream.queue_timeout,
             max_body: usize::try_from(cfg.upstream.max_response_bytes).unwrap_or(usize::MAX),
             request_id_header: cfg.correlation.request_id_header.clone(),
+            retries: cfg.upstream.retries,
+            hedge_after: cfg.upstream.hedge_after,
+            ejection: Ejection::of(cfg),
         }
     }
 }
 
+/// The CA and client certificate of every connection to the internal system.
+fn connector_options(cfg: &Config) -> ConnectorOptions {
+    let mut options = ConnectorOptions::new(0);
+    options.ca_file = cfg.upstream.ca_file.clone();
+    if let (Some(cert), Some(key)) = (&cfg.upstream.client_cert, &cfg.upstream.client_key) {
+        options.cert_key_file = Some((cert.clone(), key.clone()));
+    }
+    options
+}
+
 impl Upstream {
+    /// Resolve every configured URL (blocking: this runs before anything serves) and
+    /// build the nodes.
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         check_tls(&cfg.upstream)?;
-        let url = cfg.upstream_url()?;
-        let addr = resolve(&url)?;
-        let mut options = ConnectorOptions::new(0);
-        options.ca_file = cfg.upstream.ca_file.clone();
-        if let (Some(cert), Some(key)) = (&cfg.upstream.client_cert, &cfg.upstream.client_key) {
-            options.cert_key_file = Some((cert.clone(), key.clone()));
+        let targets: Vec<Arc<Target>> = cfg
+            .upstream_urls()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, url)| Arc::new(Target::new(i, url)))
+            .collect();
+        if targets.iter().any(|t| HeaderValue::from_str(&t.authority).is_err()) {
+            return Err(ConfigError("upstream.url: host is not a valid Host header".into()));
         }
-        let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
-        peer.options.connection_timeout = Some(cfg.upstream.connect_timeout);
-        peer.options.total_connection_timeout = Some(cfg.upstream.connect_timeout.saturating_mul(2));
-        let authority = url.authority();
-        if HeaderValue::from_str(&authority).is_err() {
-            return Err(ConfigError(
-                "upstream.url: host is not a valid Host header".into(),
-            ));
-        }
-        let fixed_headers = format!(
-            "Host: {authority}\r\nUser-Agent: cardgate/{}\r\nAccept: application/json\r\n",
-            env!("CARGO_PKG_VERSION")
-        )
-        .into_bytes();
+        let seed = targets
+            .iter()
+            .map(|t| resolve(&t.url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stats = Arc::new(stats::Stats::new(&metrics));
+        let discovery = health::Discovery::new(targets.clone(), seed, cfg, stats.clone());
+        let mut backends = Backends::new(Box::new(discovery));
+        let check = Arc::new(health::NodeCheck::new(&targets, &cfg.upstream.health, || {
+            connector_options(cfg)
+        }));
+        backends.set_health_check(Box::new(health::Scheduled(check.clone())));
+        let nodes = Arc::new(Nodes::new(Vec::new()));
+        let watch = Arc::new(Watch {
+            backends,
+            check,
+            circuit_open: tokio::sync::Notify::new(),
+            nodes: nodes.clone(),
+            stats: stats.clone(),
+            resolve_every: cfg.upstream.resolve_interval,
+            check_every: cfg.upstream.health.interval,
+        });
+        // The startup resolution, published before the first request (on a thread of its
+        // own: this may be called from within a runtime).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                rt.map(|rt| rt.block_on(watch.refresh()))
+            })
+            .join()
+        })
+        .map_err(|_| ConfigError("upstream: the first resolution failed".into()))?
+        .map_err(|e| ConfigError(format!("upstream: cannot start a resolver: {e}")))?;
         Ok(Upstream {
-            connector: TransportConnector::new(Some(options)),
-            peer,
-            pool: pool::Pool::new(cfg.upstream.pool_size, cfg.upstream.pool_idle_timeout),
+            connector: TransportConnector::new(Some(connector_options(cfg))),
+            nodes,
+            watch,
+            stats,
             slots: tokio::sync::Semaphore::new(cfg.upstream.max_inflight),
             limits: ArcSwap::from_pointee(Limits::of(cfg)),
-            last_warning: Mutex::new(None),
-            fixed_headers,
-            base_path: url.base_path,
-            #[cfg(feature = "alt-http")]
-            authority,
             metrics,
         })
     }
 
-    /// New timeouts and answer limit for the calls made from now on.
+    /// The background service that re-resolves and checks the nodes.
+    pub fn watch(&self) -> Arc<Watch> {
+        self.watch.clone()
+    }
+
+    /// New timeouts, limits and ejection settings for the calls made from now on.
     pub fn apply(&self, cfg: &Config) {
         self.limits.store(Arc::new(Limits::of(cfg)));
     }
@@ -227,85 +265,167 @@ impl Upstream {
             return Err(GatewayError::CrmOverloaded);
         };
         let start = Instant::now();
-        let result = tokio::time::timeout(limits.timeout, self.exchange(req, record, &limits))
-            .await
-            .unwrap_or(Err(GatewayError::CrmTimeout));
+        // (A timeout too large for the clock cannot be configured.)
+        let deadline = start.checked_add(limits.timeout).unwrap_or(start);
+        let result = self.dispatch(req, record, &limits, deadline).await;
         let elapsed = start.elapsed();
         let outcome = match &result {
             Ok(a) if a.status < 400 => "ok",
             Ok(a) if a.status < 500 => "rejected",
             Ok(_) => "error_5xx",
-            Err(GatewayError::CrmTimeout) => "timeout",
-            Err(GatewayError::CrmInvalidResponse(_)) => "invalid",
-            Err(_) => "unavailable",
+            Err(f) => f.outcome,
         };
         self.metrics.observe_upstream(outcome, elapsed.as_secs_f64());
         record.record(result.as_ref().ok().map(|a| a.status), elapsed);
-        result
+        result.map_err(|f| f.error)
     }
 
-    async fn exchange(
+    /// Attempts on one node after another until one answers, the retries are used up,
+    /// or no node may be asked.
+    async fn dispatch(
         &self,
         req: &UpstreamRequest,
         record: &CallRecord,
         limits: &Limits,
-    ) -> Result<UpstreamAnswer, GatewayError> {
-        let max_body = limits.max_body;
+        deadline: Instant,
+    ) -> Result<UpstreamAnswer, Failure> {
+        let mut tried = Tried::default();
+        let mut retries = if req.idempotent { limits.retries } else { 0 };
+        let mut last = None;
+        loop {
+            let Some(node) = self.nodes.pick(&tried) else {
+                return last.unwrap_or_else(|| {
+                    // No node is up: answer now, and have the nodes probed.
+                    self.watch.circuit_open.notify_one();
+                    Err(Failure::circuit_open())
+                });
+            };
+            let first = tried.is_empty();
+            if !first {
+                self.stats.retries.inc();
+            }
+            tried.push(node.id);
+            let result = match limits.hedge_after {
+                Some(after) if first && req.idempotent => {
+                    Box::pin(self.hedged(&node, after, &mut tried, req, record, limits, deadline)).await
+                }
+                _ => self.attempt(&node, req, record, limits, deadline).await,
+            };
+            let again = match &result {
+                Ok(a) => a.status >= 500,
+                Err(f) => f.retry,
+            };
+            if !again || retries == 0 || Instant::now() >= deadline {
+                return result;
+            }
+            retries = retries.saturating_sub(1);
+            last = Some(result);
+        }
+    }
+
+    /// One attempt on one node, within the call's deadline.
+    async fn attempt(
+        &self,
+        node: &Node,
+        req: &UpstreamRequest,
+        record: &CallRecord,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<UpstreamAnswer, Failure> {
+        let _busy = node.busy();
+        let deadline = tokio::time::Instant::from_std(deadline);
         #[cfg(feature = "alt-http")]
         if crate::alt::pingora_client() {
-            return self.exchange_with_pingora(req, max_body).await;
+            let exchange = self.exchange_with_pingora(node, req, limits.max_body);
+            let result = tokio::time::timeout_at(deadline, exchange)
+                .await
+                .unwrap_or_else(|_| Err(Failure::timeout()));
+            node.report(&result, limits.ejection, &self.stats);
+            return result;
         }
-        let wire = self.wire(req, &record.correlation, &limits.request_id_header);
-        let mut retried = false;
-        loop {
-            // A retry goes to a new connection: the pooled ones may all be closing.
-            let (mut io, reused) = self.checkout(retried).await?;
-            match self.once(&mut io, &wire, max_body).await {
-                Ok((answer, reusable)) => {
-                    if reusable {
-                        self.pool.put(io);
-                    }
-                    return Ok(answer);
+        let wire = node.wire(req, &record.correlation, &limits.request_id_header);
+        let exchange = node.exchange(&self.connector, &wire, req.idempotent, limits.max_body);
+        let result = tokio::time::timeout_at(deadline, exchange)
+            .await
+            .unwrap_or_else(|_| Err(Failure::timeout()));
+        node.report(&result, limits.ejection, &self.stats);
+        result
+    }
+
+    /// The first attempt of a card lookup, and after `after` a second one on another node
+    /// (if one is up and a `max_inflight` slot is free): the first valid answer wins.
+    #[allow(clippy::too_many_arguments)]
+    async fn hedged(
+        &self,
+        node: &Node,
+        after: Duration,
+        tried: &mut Tried,
+        req: &UpstreamRequest,
+        record: &CallRecord,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<UpstreamAnswer, Failure> {
+        let mut first = std::pin::pin!(self.attempt(node, req, record, limits, deadline));
+        tokio::select! {
+            r = &mut first => return r,
+            () = tokio::time::sleep(after) => {}
+        }
+        let Some(second) = self.nodes.pick(tried) else {
+            return first.await;
+        };
+        let Ok(_slot) = self.slots.try_acquire() else {
+            return first.await;
+        };
+        tried.push(second.id);
+        self.stats.hedges_sent.inc();
+        let mut hedge = std::pin::pin!(self.attempt(&second, req, record, limits, deadline));
+        let valid = |r: &Result<UpstreamAnswer, Failure>| matches!(r, Ok(a) if a.status < 500);
+        tokio::select! {
+            r = &mut first => {
+                if valid(&r) {
+                    return r;
                 }
-                Err(e) => {
-                    let stale_connection = reused && matches!(e, ReadError::Io { answered: false, .. });
-                    if stale_connection && req.idempotent && !retried {
-                        retried = true;
-                        continue;
-                    }
-                    self.warn("CRM exchange failed", &e);
-                    return Err(answer_error(&e));
+                let h = hedge.await;
+                if valid(&h) {
+                    self.stats.hedges_won.inc();
+                    return h;
                 }
+                r
+            }
+            h = &mut hedge => {
+                if valid(&h) {
+                    self.stats.hedges_won.inc();
+                    return h;
+                }
+                let r = first.await;
+                if valid(&r) { r } else { h }
             }
         }
     }
 
-    /// Log why a call failed (the cause the chat server's error leaves out), rate-limited.
-    fn warn(&self, what: &str, cause: &dyn std::fmt::Display) {
-        logs::warn(what, cause, &self.last_warning, Duration::from_secs(1));
-    }
-
-    /// [`Upstream::exchange`] through Pingora's client session (see [`crate::alt`]).
+    /// [`Node::exchange`] through Pingora's client session (see [`crate::alt`]).
     #[cfg(feature = "alt-http")]
     async fn exchange_with_pingora(
         &self,
+        node: &Node,
         req: &UpstreamRequest,
         max_body: usize,
-    ) -> Result<UpstreamAnswer, GatewayError> {
+    ) -> Result<UpstreamAnswer, Failure> {
+        use crate::h1::client::ReadError;
         let mut retried = false;
         loop {
-            let (io, reused) = self.checkout(retried).await?;
+            let (io, reused) = node.checkout(&self.connector, retried).await?;
             let sent = crate::alt::pingora_client::exchange(
                 io,
                 req,
-                &self.authority,
-                &self.base_path,
+                &node.target.authority,
+                &node.target.url.base_path,
                 max_body,
             );
             match sent.await {
                 Ok((answer, back)) => {
                     if let Some(io) = back {
-                        self.pool.put(io);
+                        node.put_back(io);
                     }
                     return Ok(answer);
                 }
@@ -317,117 +437,9 @@ impl Upstream {
                 {
                     retried = true;
                 }
-                Err(e) => return Err(answer_error(&e)),
+                Err(e) => return Err(Failure::read(&e, node.target.url.tls)),
             }
         }
-    }
-
-    /// The request as bytes on the wire: request line, headers, body.
-    fn wire(&self, req: &UpstreamRequest, correlation: &Correlation, id_header: &str) -> Vec<u8> {
-        let mut w = Vec::with_capacity(req.body.len().saturating_add(256));
-        w.extend_from_slice(req.method.as_bytes());
-        w.push(b' ');
-        w.extend_from_slice(self.base_path.as_bytes());
-        w.extend_from_slice(req.path.as_bytes());
-        w.extend_from_slice(b" HTTP/1.1\r\n");
-        w.extend_from_slice(&self.fixed_headers);
-        // Both were checked for header-safe characters when they were read or made.
-        if let Some(id) = &correlation.request_id {
-            for part in [id_header, ": ", id, "\r\n"] {
-                w.extend_from_slice(part.as_bytes());
-            }
-        }
-        if let Some(tp) = &correlation.traceparent {
-            for part in ["traceparent: ", tp, "\r\n"] {
-                w.extend_from_slice(part.as_bytes());
-            }
-        }
-        for (name, value) in &req.headers {
-            w.extend_from_slice(name.as_str().as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
-            w.extend_from_slice(b"\r\n");
-        }
-        if req.method != "GET" || !req.body.is_empty() {
-            w.extend_from_slice(b"Content-Length: ");
-            w.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
-            w.extend_from_slice(b"\r\n");
-        }
-        w.extend_from_slice(b"\r\n");
-        w.extend_from_slice(&req.body);
-        w
-    }
-
-    /// A pooled connection that is still open (true), or a new one (false; always when
-    /// `fresh`).
-    async fn checkout(&self, fresh: bool) -> Result<(Stream, bool), GatewayError> {
-        if !fresh {
-            if let Some(io) = self.pool.take().await {
-                return Ok((io, true));
-            }
-        }
-        // Boxed: the connect future (TCP, TLS handshake) is large and rarely needed; kept
-        // inline it would make every exchange future as large, and costly to move.
-        let io = Box::pin(self.connector.new_stream(&self.peer))
-            .await
-            .map_err(|e| {
-                self.warn("cannot connect to the CRM", &e);
-                connect_error(&e)
-            })?;
-        Ok((io, false))
-    }
-
-    /// One exchange on one connection: the answer, and whether the connection may be reused.
-    async fn once(
-        &self,
-        io: &mut Stream,
-        wire: &[u8],
-        max_body: usize,
-    ) -> Result<(UpstreamAnswer, bool), ReadError> {
-        let unanswered = |cause| ReadError::Io {
-            cause,
-            answered: false,
-        };
-        io.write_all(wire).await.map_err(unanswered)?;
-        io.flush().await.map_err(unanswered)?;
-        let (head, body, reusable) = read_answer(io, max_body).await?;
-        let answer = UpstreamAnswer {
-            status: head.status,
-            cache_control: head.cache_control,
-            body,
-        };
-        Ok((answer, reusable))
-    }
-}
-
-/// An answer that could not be read, as the chat server's error.
-fn answer_error(e: &ReadError) -> GatewayError {
-    match e {
-        ReadError::Io { cause, .. } => match cause.kind() {
-            std::io::ErrorKind::UnexpectedEof
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::BrokenPipe => GatewayError::CrmUnavailable("connection closed or reset"),
-            _ => GatewayError::CrmUnavailable("connection failed"),
-        },
-        ReadError::Framing(FramingError::BodyTooLarge) => GatewayError::CrmInvalidResponse("body too large"),
-        ReadError::Framing(f) => GatewayError::CrmInvalidResponse(f.reason()),
-    }
-}
-
-/// A Pingora connect error as the chat server's error.
-fn connect_error(e: &PError) -> GatewayError {
-    match &e.etype {
-        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => GatewayError::CrmTimeout,
-        ErrorType::ConnectRefused => GatewayError::CrmUnavailable("connection refused"),
-        ErrorType::ConnectNoRoute => GatewayError::CrmUnavailable("no route to the CRM"),
-        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
-            GatewayError::CrmUnavailable("TLS handshake failed")
-        }
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-            GatewayError::CrmUnavailable("connection closed or reset")
-        }
-        _ => GatewayError::CrmUnavailable("connection failed"),
     }
 }
 

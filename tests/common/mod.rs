@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod certs;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_cardgate");
 
 /// A port that was free a moment ago (a clash is retried by the starters below).
@@ -202,16 +204,31 @@ impl Mock {
     pub fn start_dialect(dialect: &str, envs: &[(&str, &str)]) -> Mock {
         for _ in 0..5 {
             let addr = format!("127.0.0.1:{}", free_port());
-            let mut proc = Proc::spawn(&["mock-crm", "--listen", &addr, "--dialect", dialect], envs);
-            if wait_until(
-                Duration::from_secs(10),
-                || TcpStream::connect(&addr).is_ok(),
-                &mut proc,
-            ) {
-                return Mock { addr, proc };
+            if let Some(mock) = Self::start_at(&addr, dialect, envs) {
+                return mock;
             }
         }
         panic!("mock CRM did not start");
+    }
+
+    /// A mock on `addr` (a node brought back where it was), if it could listen there.
+    pub fn start_at(addr: &str, dialect: &str, envs: &[(&str, &str)]) -> Option<Mock> {
+        let mut proc = Proc::spawn(&["mock-crm", "--listen", addr, "--dialect", dialect], envs);
+        wait_until(
+            Duration::from_secs(10),
+            || TcpStream::connect(addr).is_ok(),
+            &mut proc,
+        )
+        .then(|| Mock {
+            addr: addr.to_string(),
+            proc,
+        })
+    }
+
+    /// Stop it for good (a node that died).
+    pub fn kill(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
     }
 
     pub fn url(&self) -> String {
@@ -277,9 +294,13 @@ impl Gateway {
             let text = format!(
                 "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\nruntime_dir = \"{run}\"\n{server}\
                  [admin]\nlisten = \"{admin}\"\n{admin_extra}\
-                 [upstream]\nurl = \"{crm_url}\"\ntimeout = \"1s\"\n{upstream}\
+                 [upstream]\n{url}{timeout}{upstream}\
                  [cache]\n{cache}[limits]\n{limits}[log]\n{log}[search]\n{search}",
                 run = dir.path().join("run").display(),
+                // No URL: the test gives `upstream.urls` itself.
+                url = if crm_url.is_empty() { String::new() } else { format!("url = \"{crm_url}\"\n") },
+                // A test that sets its own timeout replaces this one.
+                timeout = if section("upstream").lines().any(|l| l.starts_with("timeout")) { "" } else { "timeout = \"1s\"\n" },
                 server = section("server"),
                 admin_extra = section("admin"),
                 upstream = section("upstream"),
