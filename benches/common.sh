@@ -15,7 +15,8 @@ trap cleanup EXIT
 
 # gateway NAME LISTEN ADMIN CRM_URL TTL [ENV=VALUE...]: start cardgate ($bin), access log
 # off unless LOG_ACCESS=true (its lines go to $work/NAME.log); with TLS_LISTEN, TLS_CERT
-# and TLS_KEY set, a TLS listener too.
+# and TLS_KEY set, a TLS listener too; with CRM_URLS (a TOML list) several nodes instead
+# of CRM_URL.
 gateway() {
   local name=$1 listen=$2 admin=$3 url=$4 ttl=$5
   shift 5
@@ -28,7 +29,7 @@ upgrade_sock = "$work/$name.sock"
 [admin]
 listen = "$admin"
 [upstream]
-url = "$url"
+$(if [ -n "${CRM_URLS:-}" ]; then echo "urls = $CRM_URLS"; else echo "url = \"$url\""; fi)
 [cache]
 ttl = "$ttl"
 [log]

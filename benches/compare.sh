@@ -17,6 +17,12 @@
 #                   against the same nginx proxy with `listen ssl` on :18084 (benches/nginx-tls.conf),
 #                   one ECDSA P-256 certificate made for the run
 #         tls_handshake = the same with `Connection: close`: a full TLS handshake per request
+#         haproxy_miss = HAProxy (../shared/bench/haproxy-anchor.cfg, nbthread 1, moved to
+#                   :18086) doing the miss path its way: set-method POST, set-header token,
+#                   set-path, keep-alive to the same CRM
+#         cardgate_miss_nodes = cardgate's miss path with the CRM side switched on: two node
+#                   entries for the same CRM (127.0.0.1 and localhost), health checks,
+#                   max_inflight, retries (the defaults)
 # In the anchor, proxy and CRM share one nginx worker, so nginx's miss path never wakes
 # another process (and its CPU column includes the CRM's work); cardgate's always does.
 # `nginx_miss_xproc` is the same nginx proxy (benches/nginx-proxy.conf) in a process of
@@ -27,9 +33,11 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 [ "$secs" -ge 1 ] && [ "$secs" -le 120 ] || { echo "seconds must be 1..120" >&2; exit 2; }
 anchor=${ANCHOR_SH:-../shared/bench/nginx-anchor.sh}
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx-light wrk)" >&2; exit 2; }
+for tool in nginx wrk haproxy openssl curl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx-light wrk haproxy openssl curl)" >&2; exit 2; }
 done
+haproxy_cfg=${HAPROXY_CFG:-../shared/bench/haproxy-anchor.cfg}
+[ -r "$haproxy_cfg" ] || { echo "needs the HAProxy anchor at $haproxy_cfg (set HAPROXY_CFG)" >&2; exit 2; }
 [ -x "$anchor" ] || { echo "needs the nginx anchor script at $anchor (set ANCHOR_SH)" >&2; exit 2; }
 
 cargo build --release --quiet
@@ -55,7 +63,14 @@ TLS_LISTEN=127.0.0.1:18094 TLS_CERT=$work/tls-cert.pem TLS_KEY=$work/tls-key.pem
   gateway tls 127.0.0.1:18095 127.0.0.1:18096 http://127.0.0.1:18081 60s
 gateway cached 127.0.0.1:18090 127.0.0.1:18091 http://127.0.0.1:18081 60s
 gateway nocache 127.0.0.1:18092 127.0.0.1:18093 http://127.0.0.1:18081 0s
-wait_ports 127.0.0.1:18080 127.0.0.1:18081 127.0.0.1:18082 127.0.0.1:18084 127.0.0.1:18090 127.0.0.1:18092 127.0.0.1:18094
+CRM_URLS='["http://127.0.0.1:18081", "http://localhost:18081"]' \
+  gateway nodes 127.0.0.1:18097 127.0.0.1:18098 - 0s
+sed -e "s/127.0.0.1:18084/127.0.0.1:18086/" "$haproxy_cfg" >"$work/haproxy.cfg"
+haproxy -f "$work/haproxy.cfg" -D -p "$work/haproxy.pid"
+cleanup_hooks+=("kill \$(cat $work/haproxy.pid)")
+wait_ports 127.0.0.1:18080 127.0.0.1:18081 127.0.0.1:18082 127.0.0.1:18084 127.0.0.1:18086 127.0.0.1:18090 \
+  127.0.0.1:18092 127.0.0.1:18094 127.0.0.1:18097
+haproxy_pid=$(cat "$work/haproxy.pid")
 # The nginx worker processes (not the cache manager and loader, which come and go).
 workers() { pgrep -P "$(cat "$1")" -f 'worker process' | tr '\n' ' '; }
 anchor_workers=$(workers "$work/anchor/nginx.pid")
@@ -73,6 +88,8 @@ results+=("$(run cardgate_hit "$pid_cached" "http://127.0.0.1:18090/rest/chat/cl
 results+=("$(PREFIX=/nocache/ run nginx_miss "$anchor_workers" http://127.0.0.1:18080 -s benches/unique.lua)")
 results+=("$(PREFIX=/nocache/ run nginx_miss_xproc "$proxy_workers" http://127.0.0.1:18082 -s benches/unique.lua)")
 results+=("$(run cardgate_miss "$pid_nocache" http://127.0.0.1:18092 -s benches/unique.lua)")
+results+=("$(run haproxy_miss "$haproxy_pid" http://127.0.0.1:18086 -s benches/unique.lua)")
+results+=("$(run cardgate_miss_nodes "$pid_nodes" http://127.0.0.1:18097 -s benches/unique.lua)")
 results+=("$(run ceiling "$anchor_workers" "http://127.0.0.1:18081/rest/chat/client/id/" -H "token: $tok")")
 results+=("$(run nginx_tls_hit "$tls_workers" "https://127.0.0.1:18084/rest/chat/client/id/$tok")")
 results+=("$(run cardgate_tls_hit "$pid_tls" "https://127.0.0.1:18094/rest/chat/client/id/$tok")")
@@ -81,11 +98,11 @@ results+=("$(run nginx_tls_handshake "$tls_workers" "https://127.0.0.1:18084/res
 results+=("$(run cardgate_tls_handshake "$pid_tls" "https://127.0.0.1:18094/rest/chat/client/id/$tok" -H "Connection: close")")
 
 declare -A RPS P99 CPU
-printf '%-17s %12s %10s %10s %8s\n' path req/s p50 p99 cpu_us
+printf '%-20s %12s %10s %10s %8s\n' path req/s p50 p99 cpu_us
 for line in "${results[@]}"; do
   read -r name rps p50 p99 cpu <<<"$line"
   RPS[$name]=$rps; P99[$name]=$(us "$p99"); CPU[$name]=$cpu
-  printf '%-17s %12s %10s %10s %8s\n' "$name" "$rps" "$(us "$p50")" "${P99[$name]}" "$cpu"
+  printf '%-20s %12s %10s %10s %8s\n' "$name" "$rps" "$(us "$p50")" "${P99[$name]}" "$cpu"
 done
 echo
 echo "cache hit : cardgate/nginx req/s $(ratio "${RPS[cardgate_hit]}" "${RPS[nginx_hit]}")," \
@@ -102,3 +119,7 @@ echo "TLS handshakes/s: cardgate/nginx $(ratio "${RPS[cardgate_tls_handshake]}" 
 echo "miss path, nginx proxy in its own process: cardgate/nginx req/s" \
   "$(ratio "${RPS[cardgate_miss]}" "${RPS[nginx_miss_xproc]}"), p99 $(ratio "${P99[cardgate_miss]}" "${P99[nginx_miss_xproc]}")," \
   "cpu $(ratio "${CPU[cardgate_miss]}" "${CPU[nginx_miss_xproc]}")"
+echo "miss path vs HAProxy: cardgate/haproxy req/s $(ratio "${RPS[cardgate_miss]}" "${RPS[haproxy_miss]}")," \
+  "cpu $(ratio "${CPU[cardgate_miss]}" "${CPU[haproxy_miss]}"); with two nodes, health checks, max_inflight:" \
+  "req/s $(ratio "${RPS[cardgate_miss_nodes]}" "${RPS[haproxy_miss]}"), cpu $(ratio "${CPU[cardgate_miss_nodes]}" "${CPU[haproxy_miss]}")," \
+  "p99 $(ratio "${P99[cardgate_miss_nodes]}" "${P99[haproxy_miss]}")"

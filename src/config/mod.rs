@@ -275,11 +275,66 @@ mod tests {
                 "[upstream]\nurl = \"http://x:1\"\ntoken_header = \"bad header\"\n",
                 "upstream.token_header",
             ),
+            ("[upstream]\ntimeout = \"1s\"\n", "upstream.url: is required"),
+            (
+                "[upstream]\nurl = \"http://x:1\"\nurls = [\"http://y:1\"]\n",
+                "upstream.urls",
+            ),
+            (
+                "[upstream]\nurls = [\"http://x:1\", \"https://y:1\"]\n",
+                "upstream.urls",
+            ),
+            (
+                "[upstream]\nurls = [\"http://x:1\", \"http://x:1/other\"]\n",
+                "upstream.urls[1]",
+            ),
+            (
+                "[upstream]\nurls = [\"http://x:1\", \"ftp://y\"]\n",
+                "upstream.urls[1]",
+            ),
+            (
+                "[upstream]\nurl = \"http://x:1\"\nhedge_after = \"5s\"\n",
+                "upstream.hedge_after",
+            ),
+            (
+                "[upstream]\nurl = \"http://x:1\"\nhealth = { path = \"health\" }\n",
+                "upstream.health.path",
+            ),
+            (
+                "[upstream]\nurl = \"http://x:1\"\nhealth = { interval = \"1s\", timeout = \"2s\" }\n",
+                "upstream.health.timeout",
+            ),
+            (
+                "[upstream]\nurl = \"http://x:1\"\nretries = 99\n",
+                "upstream.retries",
+            ),
         ];
         for (text, key) in cases {
             let e = Config::from_toml(text).unwrap_err();
             assert!(e.0.starts_with(key), "expected {key} in {e}");
         }
+    }
+
+    #[test]
+    fn several_urls_with_their_defaults() {
+        let c =
+            Config::from_toml("[upstream]\nurls = [\"https://a:8443\", \"https://b:8443/api\"]\n").unwrap();
+        let urls = c.upstream_urls().unwrap();
+        assert_eq!((urls.len(), urls[1].base_path.as_str()), (2, "/api"));
+        let u = &c.upstream;
+        assert_eq!((u.retries, u.eject_after, u.hedge_after), (1, 5, None));
+        assert_eq!(
+            (u.eject_for, u.resolve_interval),
+            (Duration::from_secs(10), Duration::from_secs(30))
+        );
+        assert_eq!(
+            (
+                u.health.interval,
+                u.health.healthy_after,
+                u.health.unhealthy_after
+            ),
+            (Duration::from_secs(5), 2, 3)
+        );
     }
 
     #[test]

@@ -302,6 +302,14 @@ impl UpstreamSection {
                 if urls.iter().any(|u| u.tls != urls[0].tls) {
                     return Err(err("upstream.urls", "must all be http:// or all https://"));
                 }
+                for (i, u) in urls.iter().enumerate() {
+                    if urls[..i].iter().any(|v| (&v.host, v.port) == (&u.host, u.port)) {
+                        return Err(err(
+                            &format!("upstream.urls[{i}]"),
+                            "names a host and port listed before",
+                        ));
+                    }
+                }
                 Ok(urls)
             }
         }
