@@ -62,6 +62,7 @@ pub(crate) mod mock;
 pub(crate) mod reload;
 pub(crate) mod rundir;
 pub(crate) mod server;
+pub(crate) mod shared;
 pub(crate) mod signals;
 pub(crate) mod supervise;
 pub mod testkit;

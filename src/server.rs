@@ -206,6 +206,12 @@ pub fn run(
         "cardgate CRM nodes".to_string(),
         gw.crm_watch(),
     ));
+    if let Some(watch) = gw.shared_watch() {
+        server.add_service(GenBackgroundService::new(
+            "cardgate shared".to_string(),
+            Arc::new(watch),
+        ));
+    }
     for service in extra {
         server.add_boxed_service(service);
     }

@@ -20,6 +20,8 @@ use moka::sync::Cache;
 use moka::Expiry;
 use tokio::sync::OnceCell;
 
+use crate::shared::Shared;
+
 mod stored;
 
 pub use stored::Stored;
@@ -100,6 +102,9 @@ pub struct CardCache {
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>, KeyHashBuilder>>,
     /// The lifetimes of new entries (changed in place by a reload).
     ttls: ArcSwap<Ttls>,
+    /// The second level in Redis, and how long a replica's lock on a miss may last
+    /// (`upstream.timeout`).
+    l2: Option<(Arc<Shared>, Duration)>,
 }
 
 /// How long new entries live: `cache.ttl`, `negative_ttl`, `stale_if_error`.
@@ -144,6 +149,22 @@ impl CardCache {
             cards,
             inflight: Mutex::new(HashMap::with_hasher(KeyHashBuilder)),
             ttls: ArcSwap::from_pointee(Ttls::of(cfg)),
+            l2: None,
+        }
+    }
+
+    /// Read and write cards through `shared` as well (`shared.cards`); a miss holds the
+    /// replicas' lock at most `hold`.
+    pub fn with_shared(mut self, shared: Arc<Shared>, hold: Duration) -> Self {
+        self.l2 = Some((shared, hold));
+        self
+    }
+
+    /// Drop this replica's copy of one card, or of all (another replica purged them).
+    pub fn drop_local(&self, key: Option<CacheKey>) {
+        match key {
+            Some(key) => self.cards.invalidate(&key),
+            None => self.cards.invalidate_all(),
         }
     }
 
@@ -207,7 +228,8 @@ impl CardCache {
         }
     }
 
-    /// The leader's work: one upstream call, and what to keep of its result.
+    /// The leader's work: one upstream call (or another replica's, through Redis), and
+    /// what to keep of its result.
     async fn lead<F, Fut>(&self, key: CacheKey, existing: Option<Stored>, fetch: F) -> Outcome
     where
         F: FnOnce() -> Fut,
@@ -219,6 +241,56 @@ impl CardCache {
                 return Ok((e, false));
             }
         }
+        // A refresh-ahead (the card is still fresh here) goes to the CRM: Redis has the
+        // same card, or one as old.
+        let refreshing = existing.as_ref().is_some_and(|e| e.is_fresh(Instant::now()));
+        let Some((l2, hold)) = self.l2.as_ref().filter(|_| !refreshing) else {
+            return self.fetch_and_keep(key, existing, fetch).await;
+        };
+        if let Some(found) = self.adopt_from_l2(key, l2.card_get(&key).await) {
+            return Ok((found, false));
+        }
+        let locked = match l2.card_lock(&key, *hold).await {
+            Some(true) => true,
+            Some(false) => {
+                let until = Instant::now().checked_add(*hold).unwrap_or_else(Instant::now);
+                if let Some(found) = self.adopt_from_l2(key, l2.card_wait(&key, until).await) {
+                    return Ok((found, false));
+                }
+                false
+            }
+            None => false,
+        };
+        let outcome = self.fetch_and_keep(key, existing, fetch).await;
+        if let Ok((stored, false)) = &outcome {
+            if self.cards.get(&key).is_some_and(|e| e.same_entry(stored)) {
+                let (record, keep) = stored.to_shared(Instant::now());
+                l2.card_put(&key, &record, keep).await;
+            }
+        }
+        if locked {
+            l2.card_unlock(&key).await;
+        }
+        outcome
+    }
+
+    /// A fresh card from Redis, now also in this replica's cache.
+    fn adopt_from_l2(&self, key: CacheKey, record: Option<Vec<u8>>) -> Option<Stored> {
+        let now = Instant::now();
+        let stored = Stored::from_shared(&record?, now)?;
+        if !stored.is_fresh(now) {
+            return None;
+        }
+        self.cards.insert(key, stored.clone());
+        Some(stored)
+    }
+
+    /// One upstream call, and what to keep of its result.
+    async fn fetch_and_keep<F, Fut>(&self, key: CacheKey, existing: Option<Stored>, fetch: F) -> Outcome
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Card, GatewayError>>,
+    {
         let result = fetch().await;
         let now = Instant::now();
         let ttls = **self.ttls.load();

@@ -12,6 +12,7 @@ mod limits;
 mod log;
 mod search;
 mod server;
+mod shared;
 mod tls;
 mod units;
 mod upstream;
@@ -26,6 +27,7 @@ pub use limits::LimitsSection;
 pub use log::{CorrelationSection, LogLevel, LogSection};
 pub use search::SearchSection;
 pub use server::{AdminSection, ServerSection};
+pub use shared::SharedSection;
 pub use tls::TlsSection;
 #[cfg(test)]
 pub use units::Rate;
@@ -65,6 +67,9 @@ pub struct Config {
     pub search: SearchSection,
     #[serde(default)]
     pub correlation: CorrelationSection,
+    /// Several replicas share state through Redis (absent: a single instance).
+    #[serde(default)]
+    pub shared: Option<SharedSection>,
 }
 
 impl Config {
@@ -90,6 +95,9 @@ impl Config {
         self.limits.validate()?;
         self.log.validate()?;
         self.correlation.validate()?;
+        if let Some(shared) = &self.shared {
+            shared.validate(self.upstream.dialect == DialectKind::Gigma)?;
+        }
         let id = &self.correlation.request_id_header;
         if !id.is_empty() && id.eq_ignore_ascii_case(&self.upstream.token_header) {
             return Err(err(
@@ -143,6 +151,10 @@ impl Config {
             search.max_tracked,
             search.max_memory,
         );
+        if self.shared != running.shared {
+            self.shared.clone_from(&running.shared);
+            kept.push("shared");
+        }
         // TLS material changes in place; whether there is a TLS listener, where it
         // listens and whether it asks for client certificates need a restart.
         let shape =
@@ -165,6 +177,7 @@ impl Config {
             ("log", self.log != other.log),
             ("search", self.search != other.search),
             ("correlation", self.correlation != other.correlation),
+            ("shared", self.shared != other.shared),
         ];
         changed
             .into_iter()

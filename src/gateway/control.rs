@@ -122,6 +122,22 @@ impl Gateway {
         self.upstream.watch()
     }
 
+    /// The background service of `[shared]`: the Redis connection, and the invalidations
+    /// that drop this replica's copies.
+    pub fn shared_watch(self: &Arc<Self>) -> Option<crate::shared::Watch> {
+        let shared = self.shared.clone()?;
+        let gw = Arc::downgrade(self);
+        Some(crate::shared::Watch {
+            shared,
+            invalidate: Box::new(move |key| {
+                if let Some(gw) = gw.upgrade() {
+                    gw.cache.drop_local(key);
+                }
+            }),
+            connected_once: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
     /// The chat-server listener's accept-time filter.
     pub fn chat_gate(&self) -> Arc<Gate> {
         self.chat_gate.clone()
@@ -183,7 +199,11 @@ impl Gateway {
     /// sessions. `Err`: the token is not one the chat server could have sent.
     pub async fn purge(&self, raw_token: &[u8]) -> Result<Purge, GatewayError> {
         let token = parse::token(raw_token, self.config().limits.max_token_bytes)?;
-        let purged = self.cache.purge(&self.hasher.cache_key(token.as_bytes())).await;
+        let key = self.hasher.cache_key(token.as_bytes());
+        let purged = self.cache.purge(&key).await;
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.cards) {
+            shared.purge(&key).await;
+        }
         let session_ended = self
             .dialect
             .end_session(&self.upstream, &token, &CallRecord::default())
@@ -197,6 +217,9 @@ impl Gateway {
 
     /// Drop every cached card; how many there were.
     pub async fn clear(&self) -> u64 {
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.cards) {
+            shared.clear().await;
+        }
         self.cache.clear().await
     }
 }

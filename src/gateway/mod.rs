@@ -37,6 +37,7 @@ use crate::logs::{self, access};
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
 use crate::respond::{Answer, Body};
+use crate::shared::Shared;
 use crate::tls::Tls;
 use crate::upstream::{CallRecord, Upstream};
 
@@ -50,6 +51,8 @@ pub struct Gateway {
     cache: CardCache,
     dialect: Box<dyn Dialect>,
     upstream: Upstream,
+    /// The Redis several replicas share, when `[shared]` is set.
+    shared: Option<Arc<Shared>>,
     metrics: Arc<Metrics>,
     hasher: TokenHasher,
     guard: SearchGuard,
@@ -105,14 +108,28 @@ impl Gateway {
         metrics
             .cache_max_bytes
             .set(i64::try_from(cfg.cache.max_size).unwrap_or(i64::MAX));
-        let cache = CardCache::new(&cfg.cache, move || evictions.inc());
-        let hasher = match &cfg.cache.hash_key_env {
-            Some(var) => TokenHasher::from_secret(
+        let mut cache = CardCache::new(&cfg.cache, move || evictions.inc());
+        let shared = match &cfg.shared {
+            Some(section) => Some(Shared::new(section, &metrics)?),
+            None => None,
+        };
+        if let Some(shared) = shared.as_ref().filter(|s| s.cards) {
+            cache = cache.with_shared(shared.clone(), cfg.upstream.timeout);
+        }
+        let hasher = match (&cfg.cache.hash_key_env, &cfg.shared) {
+            (Some(var), _) => TokenHasher::from_secret(
                 std::env::var(var)
                     .map_err(|_| ConfigError(format!("cache.hash_key_env: {var} is not set")))?
                     .as_bytes(),
             ),
-            None => TokenHasher::random(),
+            // Replicas must agree on the keys they share: derived from the shared secret.
+            (None, Some(section)) => match section.secret() {
+                Ok(secret) => {
+                    TokenHasher::from_secret(&blake3::derive_key("cardgate cache keys v1", &secret))
+                }
+                Err(_) => TokenHasher::random(),
+            },
+            (None, None) => TokenHasher::random(),
         };
         let refused = |listener: &str| {
             crate::edge::REFUSALS.map(|r| metrics.connections_refused.with_label_values(&[listener, r]))
@@ -161,6 +178,7 @@ impl Gateway {
             cache,
             metrics,
             hasher,
+            shared,
         }))
     }
 

@@ -295,7 +295,7 @@ impl Gateway {
                 "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\nruntime_dir = \"{run}\"\n{server}\
                  [admin]\nlisten = \"{admin}\"\n{admin_extra}\
                  [upstream]\n{url}{timeout}{upstream}\
-                 [cache]\n{cache}[limits]\n{limits}[log]\n{log}[search]\n{search}",
+                 [cache]\n{cache}[limits]\n{limits}[log]\n{log}[search]\n{search}{shared}",
                 run = dir.path().join("run").display(),
                 // No URL: the test gives `upstream.urls` itself.
                 url = if crm_url.is_empty() { String::new() } else { format!("url = \"{crm_url}\"\n") },
@@ -308,6 +308,10 @@ impl Gateway {
                 limits = section("limits"),
                 log = section("log"),
                 search = section("search"),
+                shared = match section("shared") {
+                    s if s.is_empty() => s,
+                    s => format!("[shared]\n{s}"),
+                },
             );
             std::fs::write(&path, text).unwrap();
             let mut proc = Proc::spawn(&["--config", path.to_str().unwrap()], envs);

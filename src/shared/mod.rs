@@ -1,0 +1,386 @@
+//! State that several replicas share through Redis (or Valkey): `[shared]`.
+//!
+//! [`Shared`] is the client: a `redis` connection manager (it reconnects by itself), every
+//! command bounded by `shared.timeout`, every failure counted in
+//! `cardgate_shared_errors_total{op}` and logged at most once per 10 s; a request that meets
+//! one goes on without Redis (a card from this replica's cache or the CRM). [`Watch`], a
+//! background service, connects (also when Redis was down at start), pings once a second
+//! for `cardgate_shared_up`, and listens on the invalidation channel: a purge or clear on
+//! any replica drops the copies in every replica's own cache. Keys are
+//! `<key_prefix><kind>:<hex of the keyed token hash>`, never a token; values are sealed
+//! ([`seal`]). [`cards`] is the second-level card cache.
+
+pub mod cards;
+mod seal;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::{ConfigError, SharedSection};
+use crate::keys::CacheKey;
+use crate::logs;
+use crate::metrics::Metrics;
+pub use seal::Seal;
+
+/// The `op` label values of `cardgate_shared_errors_total`.
+pub const OPS: [&str; 6] = [
+    "connect",
+    "card_get",
+    "card_put",
+    "card_lock",
+    "invalidate",
+    "subscribe",
+];
+
+pub struct Shared {
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    prefix: String,
+    timeout: Duration,
+    seal: Seal,
+    /// The second-level card cache is on.
+    pub cards: bool,
+    stats: Stats,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+struct Stats {
+    up: IntGauge,
+    errors: IntCounterVec,
+    seconds: Histogram,
+    l2: IntCounterVec,
+    lock_waits: IntCounter,
+    invalidations: IntCounter,
+    undecryptable: IntCounter,
+}
+
+impl Stats {
+    // Built once from constant names and help texts: registering cannot fail.
+    #[allow(clippy::expect_used)]
+    fn new(metrics: &Metrics) -> Self {
+        let up = IntGauge::new("cardgate_shared_up", "1 while Redis answers this replica").expect("metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "cardgate_shared_errors_total",
+                "Redis commands that failed or timed out; the request went on without Redis",
+            ),
+            &["op"],
+        )
+        .expect("metric");
+        let seconds = Histogram::with_opts(
+            HistogramOpts::new("cardgate_shared_command_duration_seconds", "Redis round trips")
+                .buckets(vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1]),
+        )
+        .expect("metric");
+        let l2 = IntCounterVec::new(
+            Opts::new(
+                "cardgate_shared_cards_total",
+                "Second-level (Redis) card lookups by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let lock_waits = IntCounter::new(
+            "cardgate_shared_lock_waits_total",
+            "Misses that waited for another replica's CRM call instead of making their own",
+        )
+        .expect("metric");
+        let invalidations = IntCounter::new(
+            "cardgate_shared_invalidations_total",
+            "Purges and clears received from the invalidation channel",
+        )
+        .expect("metric");
+        let undecryptable = IntCounter::new(
+            "cardgate_shared_undecryptable_total",
+            "Values in Redis that did not open with this secret (treated as misses)",
+        )
+        .expect("metric");
+        for op in OPS {
+            errors.with_label_values(&[op]);
+        }
+        for r in ["hit", "miss", "waited"] {
+            l2.with_label_values(&[r]);
+        }
+        for c in [
+            Box::new(up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(seconds.clone()),
+            Box::new(l2.clone()),
+            Box::new(lock_waits.clone()),
+            Box::new(invalidations.clone()),
+            Box::new(undecryptable.clone()),
+        ] {
+            metrics.register(c);
+        }
+        Stats {
+            up,
+            errors,
+            seconds,
+            l2,
+            lock_waits,
+            invalidations,
+            undecryptable,
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(cfg: &SharedSection, metrics: &Metrics) -> Result<Arc<Self>, ConfigError> {
+        let client =
+            redis::Client::open(cfg.url.as_str()).map_err(|e| ConfigError(format!("shared.url: {e}")))?;
+        let seal = match cfg.secret() {
+            Ok(secret) => Seal::new(&secret),
+            // Validated: without cards and gigma, nothing sealed is stored.
+            Err(_) => Seal::new(&random_secret()),
+        };
+        Ok(Arc::new(Shared {
+            client,
+            conn: ArcSwapOption::empty(),
+            prefix: cfg.key_prefix.clone(),
+            timeout: cfg.timeout,
+            seal,
+            cards: cfg.cards,
+            stats: Stats::new(metrics),
+            last_warning: Mutex::new(None),
+        }))
+    }
+
+    /// `<prefix><kind>:<hex>` of a keyed hash.
+    fn key(&self, kind: &str, id: &CacheKey) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + kind.len() + 65);
+        k.push_str(&self.prefix);
+        k.push_str(kind);
+        k.push(':');
+        for b in id {
+            k.push(char::from(HEX[usize::from(b >> 4)]));
+            k.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        k
+    }
+
+    fn channel(&self) -> String {
+        format!("{}invalidate", self.prefix)
+    }
+
+    /// Run one command (or pipeline) within `shared.timeout`; None (counted, logged) if
+    /// Redis is not there, fails or is slow.
+    async fn query<T: redis::FromRedisValue>(&self, op: &'static str, cmd: Query<'_>) -> Option<T> {
+        let Some(conn) = self.conn.load_full() else {
+            self.failed(op, &"not connected");
+            return None;
+        };
+        let mut conn = (*conn).clone();
+        let start = Instant::now();
+        let sent = async {
+            match cmd {
+                Query::Cmd(c) => c.query_async::<T>(&mut conn).await,
+                Query::Pipe(p) => p.query_async::<T>(&mut conn).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(v)) => {
+                self.stats.seconds.observe(start.elapsed().as_secs_f64());
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.failed(op, &e);
+                None
+            }
+            Err(_) => {
+                self.failed(op, &"no answer within shared.timeout");
+                None
+            }
+        }
+    }
+
+    fn failed(&self, op: &'static str, cause: &dyn std::fmt::Display) {
+        self.stats.errors.with_label_values(&[op]).inc();
+        logs::warn(
+            "Redis unavailable: going on without it",
+            &format_args!("{op}: {cause}"),
+            &self.last_warning,
+            Duration::from_secs(10),
+        );
+    }
+
+    /// Drop one card everywhere: from Redis, and (through the channel) from every
+    /// replica's own cache.
+    pub async fn purge(&self, id: &CacheKey) {
+        let key = self.key("card", id);
+        let mut hex = key.clone();
+        hex.replace_range(..self.prefix.len() + "card:".len(), "");
+        let mut pipe = redis::pipe();
+        pipe.del(&key).ignore().publish(self.channel(), hex).ignore();
+        let _: Option<()> = self.query("invalidate", Query::Pipe(&pipe)).await;
+    }
+
+    /// Drop every card everywhere.
+    pub async fn clear(&self) {
+        let pattern = format!("{}card:*", self.prefix);
+        let mut cursor: u64 = 0;
+        // Bounded: at most 10 000 rounds of 1 000 keys.
+        for _ in 0..10_000 {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let Some((next, keys)) = self
+                .query::<(u64, Vec<String>)>("invalidate", Query::Cmd(&scan))
+                .await
+            else {
+                break;
+            };
+            if !keys.is_empty() {
+                let mut del = redis::cmd("DEL");
+                del.arg(&keys);
+                let _: Option<()> = self.query("invalidate", Query::Cmd(&del)).await;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.channel()).arg("*");
+        let _: Option<()> = self.query("invalidate", Query::Cmd(&publish)).await;
+    }
+}
+
+/// A command or a pipeline.
+enum Query<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn random_secret() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    getrandom::getrandom(&mut s).unwrap_or_default();
+    s
+}
+
+/// A cache key from its hex form on the channel.
+fn parse_key(hex: &[u8]) -> Option<CacheKey> {
+    let mut key = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (out, pair) in key.iter_mut().zip(hex.chunks(2)) {
+        let digit = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+        *out = digit(*pair.first()?)?
+            .checked_mul(16)?
+            .checked_add(digit(*pair.get(1)?)?)?;
+    }
+    Some(key)
+}
+
+/// What to drop from this replica's cache: one card, or all (None).
+pub type Invalidate = Box<dyn Fn(Option<CacheKey>) + Send + Sync>;
+
+/// The background service: connection, liveness, invalidations.
+pub struct Watch {
+    pub shared: Arc<Shared>,
+    pub invalidate: Invalidate,
+    /// Set once connected the first time (for the log line).
+    pub connected_once: AtomicBool,
+}
+
+impl Watch {
+    async fn keep_connected(&self) {
+        let shared = &self.shared;
+        loop {
+            if shared.conn.load().is_none() {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(shared.timeout))
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_number_of_retries(1);
+                let made = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    ConnectionManager::new_with_config(shared.client.clone(), config),
+                )
+                .await;
+                match made {
+                    Ok(Ok(conn)) => {
+                        shared.conn.store(Some(Arc::new(conn)));
+                        if !self.connected_once.swap(true, Ordering::Relaxed) {
+                            logs::event_with(
+                                crate::config::LogLevel::Info,
+                                "connected to Redis",
+                                serde_json::json!({}),
+                            );
+                        }
+                    }
+                    Ok(Err(e)) => shared.failed("connect", &e),
+                    Err(_) => shared.failed("connect", &"timed out"),
+                }
+            }
+            let up = shared
+                .query::<String>("connect", Query::Cmd(&redis::cmd("PING")))
+                .await
+                .is_some();
+            shared.stats.up.set(i64::from(up));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn listen(&self) {
+        let shared = &self.shared;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), shared.client.get_async_pubsub()).await {
+                Ok(Ok(mut pubsub)) => {
+                    if pubsub.subscribe(shared.channel()).await.is_ok() {
+                        // Copies kept while the channel was down may be stale: drop them all.
+                        (self.invalidate)(None);
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            let payload: Vec<u8> = msg.get_payload().unwrap_or_default();
+                            shared.stats.invalidations.inc();
+                            if payload == b"*" {
+                                (self.invalidate)(None);
+                            } else if let Some(key) = parse_key(&payload) {
+                                (self.invalidate)(Some(key));
+                            }
+                        }
+                    }
+                    shared.failed("subscribe", &"the invalidation channel closed");
+                }
+                Ok(Err(e)) => shared.failed("subscribe", &e),
+                Err(_) => shared.failed("subscribe", &"timed out"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Watch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            () = self.keep_connected() => {}
+            () = self.listen() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_keys_round_trip() {
+        let key = [0xa5u8; 32];
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(parse_key(hex.as_bytes()), Some(key));
+        assert_eq!(parse_key(b"*"), None);
+        assert_eq!(parse_key(&[b'z'; 64]), None);
+    }
+}
