@@ -7,6 +7,9 @@
 //! written canonically so that `+7 (999) 123-45-67` and `89991234567` are one phone) at most
 //! `search.max_starts_per_hour` first steps go through, so nobody floods a client with SMS
 //! or calls. State lives in bounded, expiring moka caches and holds no identifier in clear.
+//! With `[shared]` the counters and validators live in Redis ([`crate::shared::search`]),
+//! so that every replica counts against the same limits; while Redis cannot answer, each
+//! replica counts locally.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,7 @@ use crate::error::GatewayError;
 use crate::keys::{CacheKey, TokenHasher};
 use crate::normalise::SearchAnswer;
 use crate::parse::SearchRequest;
+use crate::shared::Shared;
 
 /// Compiled validators are bounded in size (the regex crate matches in linear time).
 const VALIDATOR_SIZE_LIMIT: usize = 256 * 1024;
@@ -61,6 +65,8 @@ struct Step {
 enum Held {
     Step(Arc<Step>),
     Start(Arc<AtomicU32>),
+    /// A unit of a counter in Redis: its kind ("step" or "start") and key.
+    Shared(Arc<Shared>, &'static str, CacheKey),
 }
 
 /// One admitted attempt (or first step). [`Admission::settle`] gives it back when the
@@ -73,7 +79,21 @@ impl Admission {
     /// step was evicted and tracked anew meanwhile).
     pub fn settle(self, req: &SearchRequest, answer: &Result<SearchAnswer, GatewayError>) {
         let gateway_side = matches!(answer, Err(e) if !matches!(e, GatewayError::CrmRejected { .. }));
+        let failed_attempt = |answer: &Result<SearchAnswer, GatewayError>| match answer {
+            // The system's own verdict on this step: a wrong code, an unknown step...
+            Err(GatewayError::CrmRejected { .. }) => true,
+            // "Try again" on the same step after a secret word is a failed attempt too.
+            Ok(a) => a.answer_type == 1 && req.secret_word.is_some() && a.step_id == req.step_id,
+            // Gateway-side failures say nothing about the code.
+            Err(_) => false,
+        };
         match self.0 {
+            Held::Shared(shared, kind, key) => {
+                let give_back = if kind == "start" { gateway_side } else { !failed_attempt(answer) };
+                if give_back {
+                    tokio::spawn(async move { shared.release(kind, &key).await });
+                }
+            }
             // A first step that never reached the client is given back.
             Held::Start(count) if gateway_side => release(&count),
             Held::Start(_) => {}
@@ -108,6 +128,8 @@ pub struct SearchGuard {
     /// `search.max_attempts` and `max_starts_per_hour` (changed in place by a reload).
     max_attempts: AtomicU32,
     max_starts: AtomicU32,
+    step_ttl: Duration,
+    shared: Option<Arc<Shared>>,
 }
 
 impl SearchGuard {
@@ -127,7 +149,15 @@ impl SearchGuard {
             patterns: Cache::builder().max_capacity(MAX_PATTERNS).build(),
             max_attempts: AtomicU32::new(cfg.max_attempts),
             max_starts: AtomicU32::new(cfg.max_starts_per_hour),
+            step_ttl: cfg.step_ttl,
+            shared: None,
         }
+    }
+
+    /// Count in Redis, shared by every replica (locally while it cannot answer).
+    pub fn with_shared(mut self, shared: Arc<Shared>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// New limits for the attempts and starts admitted from now on.
@@ -145,6 +175,11 @@ impl SearchGuard {
     /// [`Admission`] gives it back when the outcome says nothing about the client. A
     /// local refusal counts as a failed attempt.
     pub async fn admit(&self, keys: &TokenHasher, req: &SearchRequest) -> Result<Admission, Refusal> {
+        if let Some(shared) = &self.shared {
+            if let Some(admitted) = self.admit_shared(shared, req).await {
+                return admitted;
+            }
+        }
         let Some(step_id) = &req.step_id else {
             let count = self
                 .starts
@@ -170,6 +205,38 @@ impl SearchGuard {
         Ok(Admission(Held::Step(step)))
     }
 
+    /// [`SearchGuard::admit`] on the counters in Redis; None if Redis cannot say.
+    async fn admit_shared(&self, shared: &Arc<Shared>, req: &SearchRequest) -> Option<Result<Admission, Refusal>> {
+        let hour = Duration::from_secs(3600);
+        let Some(step_id) = &req.step_id else {
+            let key = shared.id("search client", canonical_identifier(&req.client).as_bytes());
+            let max = self.max_starts.load(Ordering::Relaxed);
+            let (admitted, _) = shared.reserve("start", &key, max, hour, false).await?;
+            return Some(if admitted {
+                Ok(Admission(Held::Shared(shared.clone(), "start", key)))
+            } else {
+                Err(Refusal::Starts)
+            });
+        };
+        let key = shared.id("search step", step_id.as_bytes());
+        let max = self.max_attempts.load(Ordering::Relaxed);
+        let (admitted, pattern) = shared.reserve("step", &key, max, self.step_ttl, true).await?;
+        if !admitted {
+            return Some(Err(Refusal::Attempts));
+        }
+        let validator = match &pattern {
+            Some(p) => self.compiled(p).await,
+            None => None,
+        };
+        if let (Some(v), Some(word)) = (validator, &req.secret_word) {
+            if !v.is_match(word.expose()) {
+                // Counted as a failed attempt: the unit stays taken.
+                return Some(Err(Refusal::SecretWord));
+            }
+        }
+        Some(Ok(Admission(Held::Shared(shared.clone(), "step", key))))
+    }
+
     /// Learn from the internal system's answer: a finished step is forgotten, a next step
     /// gets its validator.
     pub async fn record(
@@ -182,6 +249,9 @@ impl SearchGuard {
             self.steps
                 .invalidate(&keys.id_key("search step", id.as_bytes()))
                 .await;
+            if let Some(shared) = &self.shared {
+                shared.forget("step", &shared.id("search step", id.as_bytes())).await;
+            }
         }
         if let Ok(SearchAnswer {
             answer_type: 1,
@@ -190,6 +260,11 @@ impl SearchGuard {
             ..
         }) = answer
         {
+            if let Some(shared) = &self.shared {
+                let id = shared.id("search step", next.as_bytes());
+                let pattern = validator.as_deref().filter(|p| p.len() <= MAX_PATTERN_BYTES);
+                shared.set_validator(&id, pattern, self.step_ttl).await;
+            }
             let key = keys.id_key("search step", next.as_bytes());
             let validator = match validator {
                 Some(pattern) => self.compiled(pattern).await,

@@ -35,15 +35,21 @@ fn run(tool: &str, args: &[&str], dir: &Path) -> Option<(bool, String)> {
 #[test]
 fn alert_rules_are_valid_and_their_unit_tests_pass() {
     let dir = deploy("prometheus");
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    let count = rules
+        .lines()
+        .filter(|l| l.trim().starts_with("- alert: "))
+        .count();
+    assert!(count >= 11, "{count} alerts");
     if let Some((ok, out)) = run("promtool", &["check", "rules", "alerts.yml"], &dir) {
         assert!(ok, "{out}");
-        assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+        // promtool parsed every rule the file declares.
+        assert!(out.contains(&format!("SUCCESS: {count} rules found")), "{out}");
     }
     if let Some((ok, out)) = run("promtool", &["test", "rules", "alerts_test.yml"], &dir) {
         assert!(ok, "{out}");
     }
     // Every alert has a unit test.
-    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
     let tests = std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap();
     for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
         assert!(

@@ -133,15 +133,27 @@ fn read_value(r: &mut impl BufRead, out: &mut Vec<Vec<u8>>) -> Option<()> {
 }
 
 fn replica(mock: &Mock, redis: &Redis) -> Gateway {
+    replica_with(mock, redis, true, &[], &[])
+}
+
+/// A replica on `redis`; `cards`: the second-level card cache; `extra` sections and
+/// `env` as for [`Gateway::start_with_env`].
+fn replica_with(
+    mock: &Mock,
+    redis: &Redis,
+    cards: bool,
+    extra: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> Gateway {
     let shared = format!(
-        "url = \"redis://{}/0\"\ncards = true\nencryption_key_env = \"{}\"\ntimeout = \"200ms\"",
+        "url = \"redis://{}/0\"\ncards = {cards}\nencryption_key_env = \"{}\"\ntimeout = \"200ms\"",
         redis.addr, KEY_ENV.0
     );
-    let gw = Gateway::start_with_env(
-        &mock.url(),
-        &[("shared", &shared), ("upstream", "timeout = \"3s\"")],
-        &[KEY_ENV],
-    );
+    let mut sections = vec![("shared", shared.as_str()), ("upstream", "timeout = \"3s\"")];
+    sections.extend_from_slice(extra);
+    let mut envs = vec![KEY_ENV];
+    envs.extend_from_slice(env);
+    let gw = Gateway::start_with_env(&mock.url(), &sections, &envs);
     let connected = eventually(Duration::from_secs(10), || {
         gw.metric_now("cardgate_shared_up") == 1.0
     });
@@ -248,4 +260,125 @@ fn without_redis_every_request_is_answered_and_it_is_shared_again_when_back() {
     assert_eq!(a.get_card(&t).status, 200);
     assert_eq!(b.get_card(&t).status, 200);
     assert_eq!(mock.calls_for(&t).len(), 1, "shared again");
+}
+
+const SEARCH: &str = "/rest/chat/client/search/";
+
+fn searches(mock: &Mock) -> Vec<serde_json::Value> {
+    mock.journal()
+        .into_iter()
+        .filter(|e| e["path"] == SEARCH)
+        .collect()
+}
+
+#[test]
+fn the_guard_allows_exactly_its_limits_across_replicas_also_at_once() {
+    let mock = Mock::start();
+    let redis = Redis::start();
+    let limits = [("search", "max_attempts = 3\nmax_starts_per_hour = 4")];
+    let replicas = [
+        replica_with(&mock, &redis, false, &limits, &[]),
+        replica_with(&mock, &redis, false, &limits, &[]),
+    ];
+    // First steps for one client, in several notations, over both replicas at once.
+    let notations = ["+7 (999) 555-66-77", "8 999 555 66 77", "79995556677"];
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let (gw, client) = (&replicas[i % 2], notations[i % 3]);
+                s.spawn(move || gw.search(SEARCH, &[("client", client)], false).status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 4, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 8, "{statuses:?}");
+    assert_eq!(searches(&mock).len(), 4, "first steps that reached the CRM");
+
+    // Wrong codes for one step, at once over both replicas: exactly max_attempts reach it.
+    let client = "someone@example.org";
+    let step = replicas[0].search(SEARCH, &[("client", client)], false).json()["stepId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = searches(&mock).len();
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let (gw, step) = (&replicas[i % 2], &step);
+                s.spawn(move || {
+                    let params = [
+                        ("client", client),
+                        ("stepId", step.as_str()),
+                        ("secretWord", "0000"),
+                    ];
+                    gw.search(SEARCH, &params, false).status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(searches(&mock).len() - before, 3, "{codes:?}");
+    assert_eq!(codes.iter().filter(|s| **s == 429).count(), 7, "{codes:?}");
+    // The validator step 1 set on replica A holds on B too.
+    let r = replicas[1].search(
+        SEARCH,
+        &[("client", client), ("stepId", &step), ("secretWord", "12ab")],
+        false,
+    );
+    assert_ne!(r.status, 200);
+    assert_eq!(searches(&mock).len() - before, 3);
+    // Nothing of the client's in clear in Redis.
+    for (key, value) in redis.dump() {
+        for clear in ["999555", "someone", &step] {
+            assert!(!key.contains(clear), "{key}");
+            assert!(!String::from_utf8_lossy(&value).contains(clear), "{key}");
+        }
+    }
+}
+
+#[test]
+fn a_gigma_search_and_its_session_continue_on_another_replica_and_end_everywhere() {
+    let app = ("GIGMA_APP_TOKEN", "gigma-app-token-for-tests-5b1f");
+    let mock = Mock::start_dialect("gigma", &[app]);
+    let redis = Redis::start();
+    let gigma = [("upstream", "dialect = \"gigma\"")];
+    let a = replica_with(&mock, &redis, false, &gigma, &[app]);
+    let b = replica_with(&mock, &redis, false, &gigma, &[app]);
+    let client = "+7 999 123-45-67";
+
+    // Step 1 on A, step 2 on B.
+    let r = a.search(SEARCH, &[("client", client)], false);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let step = r.json()["stepId"].as_str().unwrap().to_string();
+    let code = cardgate::testkit::mock::GIGMA_PASSWORD;
+    let r = b.search(
+        SEARCH,
+        &[("client", client), ("stepId", &step), ("secretWord", code)],
+        true,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = r.json()["token"].as_str().unwrap().to_string();
+
+    // The session B logged in answers on A.
+    let card = a.get_card(&token);
+    assert_eq!(card.status, 200, "{}", card.body);
+    assert_eq!(b.get_card(&token).json(), card.json());
+
+    // A purge on A ends it everywhere at once.
+    assert_eq!(a.admin("POST", "/cache/purge", &[("token", &token)]).status, 200);
+    let ended = eventually(Duration::from_secs(3), || b.get_card(&token).status == 401);
+    assert!(ended, "B still answers the ended session");
+    assert_eq!(a.get_card(&token).error_code(), "SESSION_UNKNOWN");
+    for gw in [&a, &b] {
+        gw.assert_never_shown(&[&token, &step]);
+    }
+    for (key, value) in redis.dump() {
+        for clear in [token.as_str(), "79991234567", &step] {
+            assert!(
+                !key.contains(clear) && !String::from_utf8_lossy(&value).contains(clear),
+                "{key}"
+            );
+        }
+    }
 }

@@ -365,8 +365,20 @@ impl CardCache {
     /// Keep a card a dialect built itself (a logged-in session) for `ttl`, with no stale
     /// window: when it expires, the session is over.
     pub async fn store_session(&self, key: CacheKey, body: Bytes, ttl: Duration) {
-        let stored = Stored::new(200, &body, false, Instant::now(), ttl, Duration::ZERO);
-        self.cards.insert(key, stored);
+        let now = Instant::now();
+        let stored = Stored::new(200, &body, false, now, ttl, Duration::ZERO);
+        self.cards.insert(key, stored.clone());
+        if let Some((l2, _)) = &self.l2 {
+            // Every replica answers the session; one that remembered "no session" forgets it.
+            let (record, keep) = stored.to_shared(now);
+            l2.card_put(&key, &record, keep).await;
+            l2.announce(&key).await;
+        }
+    }
+
+    /// The Redis this cache's second level is in, if it has one.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.l2.as_ref().map(|(s, _)| s)
     }
 
     /// Drop one entry; true if it was there.

@@ -97,6 +97,12 @@ impl Config {
         self.correlation.validate()?;
         if let Some(shared) = &self.shared {
             shared.validate(self.upstream.dialect == DialectKind::Gigma)?;
+            if shared.encryption_key_env.is_none() && self.cache.hash_key_env.is_none() {
+                return Err(err(
+                    "shared.encryption_key_env",
+                    "replicas must agree on the keyed hashes they share: set it (or cache.hash_key_env)",
+                ));
+            }
         }
         let id = &self.correlation.request_id_header;
         if !id.is_empty() && id.eq_ignore_ascii_case(&self.upstream.token_header) {

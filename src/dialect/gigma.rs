@@ -34,6 +34,7 @@ use crate::config::UpstreamSection;
 use crate::error::GatewayError;
 use crate::normalise::{self, Card, SearchAnswer};
 use crate::parse::{phone_digits, SearchRequest, Token};
+use crate::shared::Shared;
 use crate::upstream::{CallRecord, Upstream, UpstreamAnswer, UpstreamRequest};
 
 /// The code gigma's call-reset login asks for: the last 4 digits of the calling number.
@@ -48,6 +49,9 @@ pub struct Gigma {
     session_ttl: Duration,
     /// Open first steps: stepId → the phone as digits.
     steps: Cache<String, Arc<str>>,
+    step_ttl: Duration,
+    /// With `[shared]`, open steps are in Redis too, so any replica continues a search.
+    shared: Option<Arc<Shared>>,
 }
 
 #[derive(Clone, Copy)]
@@ -72,7 +76,25 @@ impl Gigma {
                 .max_capacity(MAX_STEPS)
                 .time_to_live(g.step_ttl)
                 .build(),
+            step_ttl: g.step_ttl,
+            shared: None,
         }
+    }
+
+    /// Keep open steps in Redis as well (sealed; keyed by a hash of the step id).
+    pub fn with_shared(mut self, shared: Option<Arc<Shared>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The phone of an open step: this replica's, else the one in Redis.
+    async fn step_phone(&self, step_id: &str) -> Option<Arc<str>> {
+        if let Some(phone) = self.steps.get(step_id).await {
+            return Some(phone);
+        }
+        let shared = self.shared.as_ref()?;
+        let sealed = shared.get_sealed("gstep", &shared.id("gigma step", step_id.as_bytes())).await??;
+        String::from_utf8(sealed).ok().map(Arc::from)
     }
 
     fn post(
@@ -121,6 +143,10 @@ impl Gigma {
         self.steps
             .insert(step_id.clone(), Arc::from(phone.as_str()))
             .await;
+        if let Some(shared) = &self.shared {
+            let id = shared.id("gigma step", step_id.as_bytes());
+            shared.put_sealed("gstep", &id, phone.as_bytes(), self.step_ttl).await;
+        }
         let body = json!({
             "answerType": 1,
             "answerText": self.answer_text.replace("{phone}", &mask(&phone)),
@@ -144,7 +170,7 @@ impl Gigma {
         step_id: &str,
         record: &CallRecord,
     ) -> Result<SearchAnswer, GatewayError> {
-        let phone = self.steps.get(step_id).await.ok_or(GatewayError::StepUnknown)?;
+        let phone = self.step_phone(step_id).await.ok_or(GatewayError::StepUnknown)?;
         if phone_digits(&req.client).as_deref() != Some(&*phone) {
             return Err(GatewayError::StepUnknown);
         }
@@ -172,6 +198,9 @@ impl Gigma {
             .to_string();
         let card = card(counterparty, &self.client_type)?;
         self.steps.invalidate(step_id).await;
+        if let Some(shared) = &self.shared {
+            shared.forget("gstep", &shared.id("gigma step", step_id.as_bytes())).await;
+        }
         let body = json!({ "answerType": 2, "token": token });
         Ok(SearchAnswer {
             body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),

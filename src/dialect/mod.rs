@@ -94,10 +94,10 @@ impl Person {
 }
 
 /// The dialect configured in `upstream.dialect`.
-pub fn from_config(cfg: &Config) -> Box<dyn Dialect> {
+pub fn from_config(cfg: &Config, shared: Option<std::sync::Arc<crate::shared::Shared>>) -> Box<dyn Dialect> {
     match cfg.upstream.dialect {
         DialectKind::Iq => Box::new(iq::Iq::new(&cfg.upstream)),
-        DialectKind::Gigma => Box::new(gigma::Gigma::new(&cfg.upstream)),
+        DialectKind::Gigma => Box::new(gigma::Gigma::new(&cfg.upstream).with_shared(shared)),
         DialectKind::Bearer => Box::new(bearer::Bearer::new(&cfg.upstream)),
     }
 }

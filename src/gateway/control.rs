@@ -201,7 +201,7 @@ impl Gateway {
         let token = parse::token(raw_token, self.config().limits.max_token_bytes)?;
         let key = self.hasher.cache_key(token.as_bytes());
         let purged = self.cache.purge(&key).await;
-        if let Some(shared) = self.shared.as_ref().filter(|s| s.cards) {
+        if let Some(shared) = self.cache.shared() {
             shared.purge(&key).await;
         }
         let session_ended = self
@@ -217,7 +217,7 @@ impl Gateway {
 
     /// Drop every cached card; how many there were.
     pub async fn clear(&self) -> u64 {
-        if let Some(shared) = self.shared.as_ref().filter(|s| s.cards) {
+        if let Some(shared) = self.cache.shared() {
             shared.clear().await;
         }
         self.cache.clear().await

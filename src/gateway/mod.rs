@@ -109,12 +109,27 @@ impl Gateway {
             .cache_max_bytes
             .set(i64::try_from(cfg.cache.max_size).unwrap_or(i64::MAX));
         let mut cache = CardCache::new(&cfg.cache, move || evictions.inc());
+        let hash_secret = cfg
+            .cache
+            .hash_key_env
+            .as_ref()
+            .and_then(|v| std::env::var(v).ok());
         let shared = match &cfg.shared {
-            Some(section) => Some(Shared::new(section, &metrics)?),
+            Some(section) => Some(Shared::new(
+                section,
+                hash_secret.as_deref().map(str::as_bytes),
+                &metrics,
+            )?),
             None => None,
         };
-        if let Some(shared) = shared.as_ref().filter(|s| s.cards) {
+        // gigma's cards are its sessions: they live in Redis whenever it is there.
+        let gigma = cfg.upstream.dialect == crate::config::DialectKind::Gigma;
+        if let Some(shared) = shared.as_ref().filter(|s| s.cards || gigma) {
             cache = cache.with_shared(shared.clone(), cfg.upstream.timeout);
+        }
+        let mut guard = SearchGuard::new(&cfg.search);
+        if let Some(shared) = &shared {
+            guard = guard.with_shared(shared.clone());
         }
         let hasher = match (&cfg.cache.hash_key_env, &cfg.shared) {
             (Some(var), _) => TokenHasher::from_secret(
@@ -171,8 +186,8 @@ impl Gateway {
             sources: Sources::new(&cfg.limits),
             admin_token,
             upstream: Upstream::new(&cfg, metrics.clone())?,
-            dialect: dialect::from_config(&cfg),
-            guard: SearchGuard::new(&cfg.search),
+            dialect: dialect::from_config(&cfg, shared.clone()),
+            guard,
             cfg: ArcSwap::from_pointee(cfg),
             draining: AtomicBool::new(false),
             cache,

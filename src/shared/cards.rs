@@ -26,7 +26,7 @@ impl Shared {
         found
     }
 
-    fn open(&self, key: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(super) fn open(&self, key: &str, sealed: &[u8]) -> Option<Vec<u8>> {
         let plain = self.seal.open(key.as_bytes(), sealed);
         if plain.is_none() {
             self.stats.undecryptable.inc();

@@ -12,6 +12,7 @@
 
 pub mod cards;
 mod seal;
+pub mod search;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,13 +33,15 @@ use crate::metrics::Metrics;
 pub use seal::Seal;
 
 /// The `op` label values of `cardgate_shared_errors_total`.
-pub const OPS: [&str; 6] = [
+pub const OPS: [&str; 8] = [
     "connect",
     "card_get",
     "card_put",
     "card_lock",
     "invalidate",
     "subscribe",
+    "guard",
+    "steps",
 ];
 
 pub struct Shared {
@@ -47,6 +50,8 @@ pub struct Shared {
     prefix: String,
     timeout: Duration,
     seal: Seal,
+    /// Keyed hashes of step ids (the same on every replica).
+    hasher: crate::keys::TokenHasher,
     /// The second-level card cache is on.
     pub cards: bool,
     stats: Stats,
@@ -134,20 +139,33 @@ impl Stats {
 }
 
 impl Shared {
-    pub fn new(cfg: &SharedSection, metrics: &Metrics) -> Result<Arc<Self>, ConfigError> {
+    /// `hash_secret`: the secret of `cache.hash_key_env`, if set (keys are hashed with the
+    /// encryption secret when there is one, else with that).
+    pub fn new(
+        cfg: &SharedSection,
+        hash_secret: Option<&[u8]>,
+        metrics: &Metrics,
+    ) -> Result<Arc<Self>, ConfigError> {
         let client =
             redis::Client::open(cfg.url.as_str()).map_err(|e| ConfigError(format!("shared.url: {e}")))?;
-        let seal = match cfg.secret() {
-            Ok(secret) => Seal::new(&secret),
-            // Validated: without cards and gigma, nothing sealed is stored.
-            Err(_) => Seal::new(&random_secret()),
-        };
+        // Validated: without cards and gigma nothing sealed is stored, and the guard's
+        // keys come from the gateway's own hasher.
+        let secret = cfg.secret().ok();
+        let seal = Seal::new(secret.as_deref().unwrap_or(&random_secret()));
+        let id_secret = secret
+            .as_deref()
+            .or(hash_secret)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_else(|| random_secret().to_vec());
+        let hasher =
+            crate::keys::TokenHasher::from_secret(&blake3::derive_key("cardgate shared ids v1", &id_secret));
         Ok(Arc::new(Shared {
             client,
             conn: ArcSwapOption::empty(),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
             seal,
+            hasher,
             cards: cfg.cards,
             stats: Stats::new(metrics),
             last_warning: Mutex::new(None),
@@ -221,6 +239,15 @@ impl Shared {
         let mut pipe = redis::pipe();
         pipe.del(&key).ignore().publish(self.channel(), hex).ignore();
         let _: Option<()> = self.query("invalidate", Query::Pipe(&pipe)).await;
+    }
+
+    /// Have every replica drop its own copy of one card (a newer one is in Redis).
+    pub async fn announce(&self, id: &CacheKey) {
+        let mut key = self.key("card", id);
+        key.replace_range(..self.prefix.len() + "card:".len(), "");
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.channel()).arg(key);
+        let _: Option<()> = self.query("invalidate", Query::Cmd(&publish)).await;
     }
 
     /// Drop every card everywhere.
