@@ -365,6 +365,24 @@ fn a_gigma_search_and_its_session_continue_on_another_replica_and_end_everywhere
     assert_eq!(card.status, 200, "{}", card.body);
     assert_eq!(b.get_card(&token).json(), card.json());
 
+    // Neither a clear nor a replica started afresh (an upgrade) logs anybody out.
+    let heard = a.metric("cardgate_shared_invalidations_total");
+    let hits = a.metric("cardgate_shared_cards_total{result=\"hit\"}");
+    assert_eq!(b.admin("POST", "/cache/clear", &[]).status, 200);
+    let reloaded = eventually(Duration::from_secs(3), || {
+        a.metric_now("cardgate_shared_invalidations_total") > heard
+    });
+    assert!(reloaded, "A heard of the clear");
+    assert_eq!(a.get_card(&token).json(), card.json());
+    assert_eq!(
+        a.metric("cardgate_shared_cards_total{result=\"hit\"}"),
+        hits + 1.0,
+        "A dropped its copy and read the session back from Redis"
+    );
+    assert_eq!(b.get_card(&token).json(), card.json());
+    let c = replica_with(&mock, &redis, false, &gigma, &[app]);
+    assert_eq!(c.get_card(&token).json(), card.json());
+
     // A purge on A ends it everywhere at once.
     assert_eq!(a.admin("POST", "/cache/purge", &[("token", &token)]).status, 200);
     let ended = eventually(Duration::from_secs(3), || b.get_card(&token).status == 401);

@@ -215,10 +215,12 @@ impl Gateway {
         })
     }
 
-    /// Drop every cached card; how many there were.
+    /// Drop every cached card; how many there were. With `[shared]` and gigma, the
+    /// sessions stay in Redis (every replica reads them back), so nobody is logged out.
     pub async fn clear(&self) -> u64 {
         if let Some(shared) = self.cache.shared() {
-            shared.clear().await;
+            let sessions = self.config().upstream.dialect == crate::config::DialectKind::Gigma;
+            shared.clear(sessions).await;
         }
         self.cache.clear().await
     }

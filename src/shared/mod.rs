@@ -250,8 +250,18 @@ impl Shared {
         let _: Option<()> = self.query("invalidate", Query::Cmd(&publish)).await;
     }
 
-    /// Drop every card everywhere.
-    pub async fn clear(&self) {
+    /// Drop every replica's own copies; and every card in Redis unless `keep` (gigma's
+    /// cards are sessions: a clear must not log every user out).
+    pub async fn clear(&self, keep: bool) {
+        if !keep {
+            self.delete_cards().await;
+        }
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.channel()).arg("*");
+        let _: Option<()> = self.query("invalidate", Query::Cmd(&publish)).await;
+    }
+
+    async fn delete_cards(&self) {
         let pattern = format!("{}card:*", self.prefix);
         let mut cursor: u64 = 0;
         // Bounded: at most 10 000 rounds of 1 000 keys.
@@ -274,9 +284,6 @@ impl Shared {
                 break;
             }
         }
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(self.channel()).arg("*");
-        let _: Option<()> = self.query("invalidate", Query::Cmd(&publish)).await;
     }
 }
 
