@@ -16,7 +16,8 @@ trap cleanup EXIT
 # gateway NAME LISTEN ADMIN CRM_URL TTL [ENV=VALUE...]: start cardgate ($bin), access log
 # off unless LOG_ACCESS=true (its lines go to $work/NAME.log); with TLS_LISTEN, TLS_CERT
 # and TLS_KEY set, a TLS listener too; with CRM_URLS (a TOML list) several nodes instead
-# of CRM_URL.
+# of CRM_URL; CACHE_MAX_SIZE sets cache.max_size; SHARED_TOML is the body of a [shared]
+# section.
 gateway() {
   local name=$1 listen=$2 admin=$3 url=$4 ttl=$5
   shift 5
@@ -32,9 +33,13 @@ listen = "$admin"
 $(if [ -n "${CRM_URLS:-}" ]; then echo "urls = $CRM_URLS"; else echo "url = \"$url\""; fi)
 [cache]
 ttl = "$ttl"
+$([ -z "${CACHE_MAX_SIZE:-}" ] || echo "max_size = \"$CACHE_MAX_SIZE\"")
 [log]
 access = ${LOG_ACCESS:-false}
 TOML
+  if [ -n "${SHARED_TOML:-}" ]; then
+    printf '[shared]\n%s\n' "$SHARED_TOML" >>"$work/$name.toml"
+  fi
   if [ -n "${TLS_LISTEN:-}" ]; then
     cat >>"$work/$name.toml" <<TOML
 [server.tls]

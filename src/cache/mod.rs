@@ -20,7 +20,7 @@ use moka::sync::Cache;
 use moka::Expiry;
 use tokio::sync::OnceCell;
 
-use crate::shared::Shared;
+use crate::shared::{InRedis, Shared};
 
 mod stored;
 
@@ -247,12 +247,15 @@ impl CardCache {
         let Some((l2, hold)) = self.l2.as_ref().filter(|_| !refreshing) else {
             return self.fetch_and_keep(key, existing, fetch).await;
         };
-        if let Some(found) = self.adopt_from_l2(key, l2.card_get(&key).await) {
-            return Ok((found, false));
-        }
-        let locked = match l2.card_lock(&key, *hold).await {
-            Some(true) => true,
-            Some(false) => {
+        let locked = match l2.card_lookup(&key, *hold).await {
+            Some(InRedis::Found(record)) => {
+                if let Some(found) = self.adopt_from_l2(key, record) {
+                    return Ok((found, false));
+                }
+                false
+            }
+            Some(InRedis::Lead) => true,
+            Some(InRedis::Follow) => {
                 let until = Instant::now().checked_add(*hold).unwrap_or_else(Instant::now);
                 if let Some(found) = self.adopt_from_l2(key, l2.card_wait(&key, until).await) {
                     return Ok((found, false));
@@ -262,15 +265,18 @@ impl CardCache {
             None => false,
         };
         let outcome = self.fetch_and_keep(key, existing, fetch).await;
-        if let Ok((stored, false)) = &outcome {
-            if self.cards.get(&key).is_some_and(|e| e.same_entry(stored)) {
-                let (record, keep) = stored.to_shared(Instant::now());
-                l2.card_put(&key, &record, keep).await;
+        let record = match &outcome {
+            Ok((stored, false)) if self.cards.get(&key).is_some_and(|e| e.same_entry(stored)) => {
+                Some(stored.to_shared(Instant::now()))
             }
-        }
-        if locked {
-            l2.card_unlock(&key).await;
-        }
+            _ => None,
+        };
+        l2.card_put(
+            &key,
+            record.as_ref().map(|(r, keep)| (r.as_slice(), *keep)),
+            locked,
+        )
+        .await;
         outcome
     }
 
@@ -371,7 +377,7 @@ impl CardCache {
         if let Some((l2, _)) = &self.l2 {
             // Every replica answers the session; one that remembered "no session" forgets it.
             let (record, keep) = stored.to_shared(now);
-            l2.card_put(&key, &record, keep).await;
+            l2.card_put(&key, Some((&record, keep)), false).await;
             l2.announce(&key).await;
         }
     }

@@ -9,28 +9,39 @@
 //! gigma steps (stepId → phone) are sealed values with the step's TTL. Every key is a keyed
 //! hash ([`crate::keys`]), never a step id, phone or token.
 
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use redis::Script;
 
 use super::{Query, Shared};
 use crate::keys::CacheKey;
 
 /// Take a unit if fewer than ARGV[1] are taken; expire after ARGV[2] ms (always when
 /// ARGV[3] is 1, else only when the counter is new). Returns {admitted, validator}.
-const RESERVE: &str = r"
+static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
 local v = redis.call('HGET', KEYS[1], 'v')
 if n >= tonumber(ARGV[1]) then return {0, v} end
 redis.call('HINCRBY', KEYS[1], 'n', 1)
 if ARGV[3] == '1' or n == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {1, v}
-";
+",
+    )
+});
 
 /// Give a unit back (never below 0).
-const RELEASE: &str = r"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
 if n > 0 then redis.call('HINCRBY', KEYS[1], 'n', -1) end
 return 0
-";
+",
+    )
+});
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -47,22 +58,20 @@ impl Shared {
         ttl: Duration,
         idle: bool,
     ) -> Option<(bool, Option<String>)> {
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(RESERVE)
-            .arg(1)
-            .arg(self.key(kind, id))
+        let mut eval = RESERVE.prepare_invoke();
+        eval.key(self.key(kind, id))
             .arg(max)
             .arg(ms(ttl))
             .arg(u8::from(idle));
-        let (admitted, validator): (i64, Option<String>) = self.query("guard", Query::Cmd(&eval)).await?;
+        let (admitted, validator): (i64, Option<String>) = self.query("guard", Query::Script(&eval)).await?;
         Some((admitted == 1, validator))
     }
 
     /// Give back the unit an admission took.
     pub async fn release(&self, kind: &str, id: &CacheKey) {
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(RELEASE).arg(1).arg(self.key(kind, id));
-        let _: Option<i64> = self.query("guard", Query::Cmd(&eval)).await;
+        let mut eval = RELEASE.prepare_invoke();
+        eval.key(self.key(kind, id));
+        let _: Option<i64> = self.query("guard", Query::Script(&eval)).await;
     }
 
     /// Remember the validator of step `id` (its counter kept).
