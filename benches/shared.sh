@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 [ "$secs" -ge 1 ] && [ "$secs" -le 120 ] || { echo "seconds must be 1..120" >&2; exit 2; }
 anchor=${ANCHOR_SH:-../shared/bench/nginx-anchor.sh}
-for tool in nginx wrk redis-server redis-cli; do
+for tool in nginx wrk redis-server curl; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx-light wrk redis-server)" >&2; exit 2; }
 done
 [ -x "$anchor" ] || { echo "needs the nginx anchor script at $anchor (set ANCHOR_SH)" >&2; exit 2; }

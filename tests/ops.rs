@@ -64,6 +64,38 @@ fn check_accepts_the_shipped_config_and_names_bad_keys() {
 }
 
 #[test]
+fn the_shipped_shared_example_is_valid_and_its_secret_is_required() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/cardgate.toml")).unwrap();
+    let (head, example) = shipped.split_once("# [shared]\n").expect("a [shared] example");
+    let example: String = example
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l).to_string() + "\n")
+        .collect();
+    let toml = format!("{head}[shared]\n{example}").replace("cards = false", "cards = true");
+    assert!(toml.contains("cards = true"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let run = |secret: &str| {
+        let out = Command::new(BIN)
+            .args(["check", "--config", path.to_str().unwrap()])
+            .env("CARDGATE_SHARED_KEY", secret)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, text) = run("a-secret-of-at-least-thirty-two-bytes-0123");
+    assert!(ok, "{text}\n{toml}");
+    let (ok, text) = run("too-short");
+    assert!(!ok);
+    assert!(text.contains("shared.encryption_key_env"), "{text}");
+}
+
+#[test]
 fn version_names_the_crate_version() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());

@@ -380,6 +380,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_the_running_shared_section_and_names_it() {
+        // Parsed only: validating would read the secret's variable.
+        let with = |url: &str| {
+            toml::from_str::<Config>(&format!(
+                "{MIN}[cache]\nttl = \"5s\"\n[shared]\nurl = \"{url}\"\n"
+            ))
+            .unwrap()
+        };
+        let running = with("redis://127.0.0.1:6379/0");
+        let mut next = with("redis://10.0.0.9:6379/1");
+        next.cache.ttl = Duration::from_secs(9);
+        assert_eq!(next.keep_restart_only(&running), vec!["shared"]);
+        assert_eq!(next.shared, running.shared);
+        assert_eq!(next.cache.ttl, Duration::from_secs(9), "the rest changes");
+    }
+
+    #[test]
     fn syntax_errors_name_line_and_column() {
         let e = Config::from_toml(&format!("{MIN}[cache\nttl = 1\n")).unwrap_err();
         assert!(e.0.starts_with("TOML error (line 3, column 7): "), "{e}");
