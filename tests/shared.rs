@@ -1,9 +1,13 @@
 //! Several replicas on one real `redis-server` (no persistence, an ephemeral loopback
-//! port): a login storm spread over three replicas makes one CRM call; a card one replica
-//! fetched is served by another without one; a purge on one replica is gone on the
-//! others; Redis killed mid-test fails no request (the fallback is counted, `/readyz`
-//! stays 200, `cardgate_shared_up` says 0), and once it is back it is shared again; what
-//! Redis holds contains neither a token nor a card's names or phone.
+//! port): a login storm spread over three replicas makes one CRM call; a card (or a "not
+//! found") one replica fetched is served by another without one; a purge or clear on one
+//! replica is gone on the others; a value that does not open is a counted miss; Redis
+//! killed mid-test fails no request (cards and the guard go on locally, the fallback is
+//! counted, `/readyz` stays 200, `cardgate_shared_up` says 0), and once it is back it is
+//! shared again; the guard's limits hold exactly across replicas, also at once; a gigma
+//! search and its session continue on another replica, survive a clear and a new replica,
+//! and a purge ends them everywhere; what Redis holds contains neither a token, a step id,
+//! nor a card's names or phone.
 
 mod common;
 
@@ -231,6 +235,49 @@ fn a_card_is_shared_a_purge_reaches_every_replica_and_redis_holds_nothing_in_cle
     });
     assert!(gone, "A still answers the purged card from its cache");
     assert!(a.metric("cardgate_shared_invalidations_total") >= 1.0);
+
+    // A "not found" is shared too, for its negative TTL.
+    let missing = token("missing-shared");
+    assert_eq!(a.get_card(&missing).status, 404);
+    assert_eq!(b.get_card(&missing).status, 404);
+    assert_eq!(mock.calls_for(&missing).len(), 1, "B knew it from Redis");
+
+    // A value that does not open is a miss, counted: a replica asks the CRM instead.
+    let cards = |r: &Redis| -> Vec<String> {
+        r.dump()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.contains(":card:"))
+            .collect()
+    };
+    let before = cards(&redis);
+    let bent = token("bent");
+    assert_eq!(a.get_card(&bent).status, 200);
+    let key = cards(&redis)
+        .into_iter()
+        .find(|k| !before.contains(k))
+        .expect("its key");
+    redis.command(&["SET", &key, "not a sealed value"]).unwrap();
+    let c = replica(&mock, &redis);
+    let r = c.get_card(&bent);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), cardgate::testkit::mock::card(bent.as_bytes()));
+    assert_eq!(c.metric("cardgate_shared_undecryptable_total"), 1.0);
+    assert_eq!(mock.calls_for(&bent).len(), 2);
+
+    // A clear on A: nothing left in Redis, and B's own copies dropped.
+    assert_eq!(b.get_card(&t).status, 200);
+    assert_eq!(
+        b.get_card(&t).header("x-cache"),
+        Some("HIT"),
+        "B holds its own copy"
+    );
+    assert_eq!(a.admin("POST", "/cache/clear", &[]).status, 200);
+    assert!(cards(&redis).is_empty(), "{:?}", cards(&redis));
+    let dropped = eventually(Duration::from_secs(3), || {
+        b.get_card(&t).header("x-cache") == Some("MISS")
+    });
+    assert!(dropped, "B still answers from its cache after a clear");
 }
 
 #[test]
@@ -256,6 +303,10 @@ fn without_redis_every_request_is_answered_and_it_is_shared_again_when_back() {
     assert!(errors >= 10.0, "every fallback counted: {errors}");
     assert_eq!(a.admin("GET", "/readyz", &[]).status, 200, "it can still serve");
     a.wait_event("Redis unavailable");
+    // The guard counts locally meanwhile.
+    let r = a.search(SEARCH, &[("client", "someone@example.org")], false);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(a.metric_now("cardgate_shared_errors_total{op=\"guard\"}") >= 1.0);
 
     // Back on its port: used again without a restart.
     let _redis = Redis::start_at(&addr).expect("the port is free again");
