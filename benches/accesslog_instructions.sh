@@ -37,18 +37,7 @@ url = "http://127.0.0.1:18291"
 access = $access
 file = "$work/access.log"
 TOML
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$access.%p" "$bin" --config "$work/g.toml" \
-    >"$work/g.$access.out" 2>&1 &
-  vg=$!
-  pids+=($vg)
-  for _ in $(seq 100); do curl -s -o /dev/null "$url" && break; sleep 0.3; done
-  callgrind_control -z "$vg" >/dev/null      # count from here: the cache is warm
-  reqs=$(wrk -t1 -c8 -d"${secs}s" "$url" | awk '/requests in/ {print $1}')
-  callgrind_control -d "$vg" >/dev/null
-  sleep 1
-  kill "$vg"; wait "$vg" 2>/dev/null || true
-  ir=$(grep -h '^summary:' "$work"/cg."$access".*.1 | awk '{print $2}')
-  per=$(awk -v i="$ir" -v n="$reqs" 'BEGIN { printf "%.0f", i / n }')
+  read -r reqs ir per < <(callgrind_hits "$access" "$work/g.toml" "$url")
   per_request+=("$per")
   echo "log.access=$access requests=$reqs instructions=$ir per_request=$per"
 done

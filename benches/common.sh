@@ -95,6 +95,25 @@ run() {
   echo "$name $rps $p50 $p99 $cpu"
 }
 
+# callgrind_hits NAME CONFIG URL: run $bin with CONFIG under callgrind, warm URL, count
+# instructions over a wrk run of $secs (8 connections), and print "requests instructions
+# per-request" (user space, every thread of the process).
+callgrind_hits() {
+  local name=$1 config=$2 url=$3 vg reqs ir
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$name.%p" "$bin" --config "$config" \
+    >"$work/cg.$name.out" 2>&1 &
+  vg=$!
+  pids+=($vg)
+  for _ in $(seq 100); do curl -s -o /dev/null "$url" && break; sleep 0.3; done
+  callgrind_control -z "$vg" >/dev/null      # count from here: the card is cached
+  reqs=$(wrk -t1 -c8 -d"${secs}s" "$url" | awk '/requests in/ {print $1}')
+  callgrind_control -d "$vg" >/dev/null
+  sleep 1
+  kill "$vg"; wait "$vg" 2>/dev/null || true
+  ir=$(grep -h '^summary:' "$work"/cg."$name".*.1 | awk '{print $2}')
+  echo "$reqs $ir $(awk -v i="$ir" -v n="$reqs" 'BEGIN { printf "%.0f", i / n }')"
+}
+
 # Latency to microseconds; a ratio of two numbers.
 us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }

@@ -45,18 +45,7 @@ TOML
     printf '[shared]\nurl = "redis://127.0.0.1:18379/0"\ncards = true\nencryption_key_env = "CARDGATE_SHARED_KEY"\n' \
       >>"$work/g.toml"
   fi
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$shared.%p" "$bin" --config "$work/g.toml" \
-    >"$work/g.$shared.out" 2>&1 &
-  vg=$!
-  pids+=($vg)
-  for _ in $(seq 100); do curl -s -o /dev/null "$url" && break; sleep 0.3; done
-  callgrind_control -z "$vg" >/dev/null      # count from here: the card is in L1
-  reqs=$(wrk -t1 -c8 -d"${secs}s" "$url" | awk '/requests in/ {print $1}')
-  callgrind_control -d "$vg" >/dev/null
-  sleep 1
-  kill "$vg"; wait "$vg" 2>/dev/null || true
-  ir=$(grep -h '^summary:' "$work"/cg."$shared".*.1 | awk '{print $2}')
-  per=$(awk -v i="$ir" -v n="$reqs" 'BEGIN { printf "%.0f", i / n }')
+  read -r reqs ir per < <(callgrind_hits "$shared" "$work/g.toml" "$url")
   per_request+=("$per")
   echo "shared=$shared requests=$reqs instructions=$ir per_request=$per"
 done
