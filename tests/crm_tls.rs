@@ -174,7 +174,7 @@ fn an_unknown_ca_a_name_mismatch_and_an_expired_certificate_are_named() {
     assert!(mock.journal().is_empty(), "nothing reached the CRM");
 }
 
-/// A plain HTTP server that answers anything with a 400, as nginx or HAProxy do.
+/// A plain HTTP server in the test (no TLS): it answers anything, a ClientHello too, with a 400.
 fn plain_http() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
