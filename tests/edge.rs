@@ -314,6 +314,17 @@ fn only_the_balancers_in_proxy_from_may_send_proxy_headers() {
         c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8080\r\n");
         c.get("/rest/chat/client/id/pp-from").map(|r| r.status)
     };
+    let count = |reason: &str| {
+        gw.metric_now(&format!(
+            "cardgate_connections_refused_total{{listener=\"chat\",reason=\"{reason}\"}}"
+        ))
+    };
     assert_eq!(send("127.0.0.2"), Some(200));
+    let (denied, bad) = (count("not_allowed"), count("proxy_header"));
+    // A valid header from a peer that is not a balancer: closed at accept, for its peer.
+    assert_eq!(send("127.0.0.3"), None, "not a balancer: its header is not believed");
+    assert!(eventually(Duration::from_secs(5), || count("not_allowed") == denied + 1.0));
+    assert_eq!(count("proxy_header"), bad, "refused for its peer, not for its header");
     assert!(refused("127.0.0.3", &gw.addr), "not a balancer: closed at accept");
+    assert!(mock.calls_for("pp-from").len() == 1, "only the balancer's request arrived");
 }
