@@ -322,9 +322,20 @@ fn only_the_balancers_in_proxy_from_may_send_proxy_headers() {
     assert_eq!(send("127.0.0.2"), Some(200));
     let (denied, bad) = (count("not_allowed"), count("proxy_header"));
     // A valid header from a peer that is not a balancer: closed at accept, for its peer.
-    assert_eq!(send("127.0.0.3"), None, "not a balancer: its header is not believed");
+    assert_eq!(
+        send("127.0.0.3"),
+        None,
+        "not a balancer: its header is not believed"
+    );
     assert!(eventually(Duration::from_secs(5), || count("not_allowed") == denied + 1.0));
-    assert_eq!(count("proxy_header"), bad, "refused for its peer, not for its header");
+    assert_eq!(
+        count("proxy_header"),
+        bad,
+        "refused for its peer, not for its header"
+    );
     assert!(refused("127.0.0.3", &gw.addr), "not a balancer: closed at accept");
-    assert!(mock.calls_for("pp-from").len() == 1, "only the balancer's request arrived");
+    assert!(
+        mock.calls_for("pp-from").len() == 1,
+        "only the balancer's request arrived"
+    );
 }

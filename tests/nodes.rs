@@ -266,3 +266,30 @@ fn host_names_are_resolved_again_and_every_address_is_a_node() {
         assert_eq!(gw.post_card(&token("named")).status, 200);
     }
 }
+
+#[test]
+fn calls_under_way_when_a_node_is_ejected_do_not_eject_it_again() {
+    let a = Mock::start();
+    let gw = Gateway::start(
+        &a.url(),
+        &[(
+            "upstream",
+            "timeout = \"300ms\"\neject_after = 1\neject_for = \"1h\"\nhealth = { interval = \"1h\" }",
+        )],
+    );
+    a.fail("slow");
+    // Eight lookups hang on the node at once and time out together.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| gw.post_card(&token("hang")).status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s >= 500), "{statuses:?}");
+    assert_eq!(up(&gw, &a), 0.0);
+    assert_eq!(
+        gw.metric_now("cardgate_upstream_ejections_total"),
+        1.0,
+        "one ejection, not one per call under way"
+    );
+}

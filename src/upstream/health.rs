@@ -271,7 +271,11 @@ impl Watch {
         });
         if let Err(e) = published.await {
             // Discovery itself never fails (a failed name keeps its addresses).
-            logs::warn("CRM node discovery failed", &e, &Mutex::new(None), Duration::ZERO);
+            logs::event_with(
+                crate::config::LogLevel::Warn,
+                "CRM node discovery failed",
+                serde_json::json!({ "error": e.to_string() }),
+            );
         }
     }
 }

@@ -293,7 +293,8 @@ impl Upstream {
         let mut retries = if req.idempotent { limits.retries } else { 0 };
         let mut last = None;
         loop {
-            let Some(node) = self.nodes.pick(&tried) else {
+            // A probe only where a failure can still be retried on another node.
+            let Some(node) = self.nodes.pick(&tried, retries > 0) else {
                 return last.unwrap_or_else(|| {
                     // No node is up: answer now, and have the nodes probed.
                     self.watch.circuit_open.notify_one();
@@ -332,7 +333,7 @@ impl Upstream {
         limits: &Limits,
         deadline: Instant,
     ) -> Result<UpstreamAnswer, Failure> {
-        let _busy = node.busy();
+        let busy = node.busy();
         let deadline = tokio::time::Instant::from_std(deadline);
         #[cfg(feature = "alt-http")]
         if crate::alt::pingora_client() {
@@ -340,7 +341,7 @@ impl Upstream {
             let result = tokio::time::timeout_at(deadline, exchange)
                 .await
                 .unwrap_or_else(|_| Err(Failure::timeout()));
-            node.report(&result, limits.ejection, &self.stats);
+            node.report(&busy, &result, limits.ejection, &self.stats);
             return result;
         }
         let wire = node.wire(req, &record.correlation, &limits.request_id_header);
@@ -348,7 +349,7 @@ impl Upstream {
         let result = tokio::time::timeout_at(deadline, exchange)
             .await
             .unwrap_or_else(|_| Err(Failure::timeout()));
-        node.report(&result, limits.ejection, &self.stats);
+        node.report(&busy, &result, limits.ejection, &self.stats);
         result
     }
 
@@ -370,7 +371,7 @@ impl Upstream {
             r = &mut first => return r,
             () = tokio::time::sleep(after) => {}
         }
-        let Some(second) = self.nodes.pick(tried) else {
+        let Some(second) = self.nodes.pick(tried, true) else {
             return first.await;
         };
         let Ok(_slot) = self.slots.try_acquire() else {

@@ -155,9 +155,10 @@ impl Node {
         self.outstanding.load(Relaxed)
     }
 
-    /// Ejected, and the ejection is over: the next probe may bring it back.
+    /// Ejected, the ejection is over, and the health checks pass: the next request to it
+    /// is a probe that may bring it back.
     pub fn ejection_over(&self, now: u64) -> bool {
-        self.ejected.load(Relaxed) && now >= self.ejected_until.load(Relaxed)
+        self.ejected.load(Relaxed) && now >= self.ejected_until.load(Relaxed) && self.active_up.load(Relaxed)
     }
 
     /// Take the one probe this node may have this second.
@@ -209,6 +210,7 @@ impl Node {
 
     /// A probe made while no node was up passed: this node is back at once.
     pub fn probe_passed(&self) {
+        self.check_fails.store(0, Relaxed);
         self.set_active(true, "a probe passed while no node was up");
         self.lift("a probe passed while no node was up");
     }
@@ -226,13 +228,14 @@ impl Node {
         }
     }
 
-    fn eject(&self, ejection: Ejection, stats: &Stats) {
-        let again = self.ejected.load(Relaxed);
+    /// Take the node out for `eject_for`, or (`again`: its probe failed) for twice as
+    /// long as last time, at most [`MAX_EJECTION`].
+    fn eject(&self, ejection: Ejection, again: bool, stats: &Stats) {
         let base = ms(ejection.length).max(1);
-        let len = match self.eject_len.load(Relaxed) {
-            0 => base,
-            last if again => last.saturating_mul(2).min(ms(MAX_EJECTION)),
-            _ => base,
+        let len = if again {
+            self.eject_len.load(Relaxed).max(base).saturating_mul(2).min(ms(MAX_EJECTION))
+        } else {
+            base
         };
         let until = now_ms().saturating_add(len);
         self.eject_len.store(len, Relaxed);
@@ -251,14 +254,23 @@ impl Node {
         );
     }
 
-    /// Count the outcome of one attempt on this node.
-    pub fn report(&self, result: &Result<UpstreamAnswer, Failure>, ejection: Ejection, stats: &Stats) {
+    /// Count the outcome of one attempt on this node. While the node is ejected only its
+    /// probe counts: the calls sent before the ejection neither bring it back nor eject
+    /// it again.
+    pub fn report(
+        &self,
+        busy: &Busy<'_>,
+        result: &Result<UpstreamAnswer, Failure>,
+        ejection: Ejection,
+        stats: &Stats,
+    ) {
+        let ejected = self.ejected.load(Relaxed);
         match result {
             Ok(answer) => {
                 if answer.status >= 500 {
                     self.failures.inc();
                 }
-                if self.consecutive_failures.load(Relaxed) != 0 || self.ejected.load(Relaxed) {
+                if (busy.probe || !ejected) && (ejected || self.consecutive_failures.load(Relaxed) != 0) {
                     self.lift("a request succeeded");
                 }
             }
@@ -273,20 +285,31 @@ impl Node {
                 if !f.transport {
                     return;
                 }
+                if ejected {
+                    if busy.probe {
+                        self.eject(ejection, true, stats);
+                    }
+                    return;
+                }
                 let n = self.consecutive_failures.fetch_add(1, Relaxed).saturating_add(1);
-                let probe_failed = self.ejected.load(Relaxed);
-                if probe_failed || (ejection.after > 0 && n >= ejection.after) {
-                    self.eject(ejection, stats);
+                // The one failure that reaches the bound ejects, not those still under way.
+                let reached = ejection.after > 0 && n >= ejection.after;
+                if reached && self.ejected.compare_exchange(false, true, Relaxed, Relaxed).is_ok() {
+                    self.eject(ejection, false, stats);
                 }
             }
         }
     }
 
-    /// Mark one call under way until the guard drops.
+    /// Mark one call under way until the guard drops. A call sent to an ejected node is
+    /// its probe (only [`crate::upstream::nodes::Nodes::pick`]'s claimed probe is).
     pub fn busy(&self) -> Busy<'_> {
         self.outstanding.fetch_add(1, Relaxed);
         self.requests.inc();
-        Busy(self)
+        Busy {
+            node: self,
+            probe: self.ejected.load(Relaxed),
+        }
     }
 
     /// The request as bytes on the wire: request line, headers, body.
@@ -381,11 +404,14 @@ impl Node {
 }
 
 /// A call under way on a node.
-pub struct Busy<'a>(&'a Node);
+pub struct Busy<'a> {
+    node: &'a Node,
+    probe: bool,
+}
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Relaxed);
+        self.node.outstanding.fetch_sub(1, Relaxed);
     }
 }
 

@@ -57,8 +57,9 @@ impl Nodes {
     }
 
     /// The node for the next attempt of a call that has tried `tried`; None when none may
-    /// be asked now.
-    pub fn pick(&self, tried: &Tried) -> Option<Arc<Node>> {
+    /// be asked now. `may_probe`: the attempt may go to an ejected node whose time is up
+    /// (its failure can be retried elsewhere).
+    pub fn pick(&self, tried: &Tried, may_probe: bool) -> Option<Arc<Node>> {
         let list = self.list.load();
         let now = now_ms();
         let start = self.next.fetch_add(1, Relaxed).checked_rem(list.len())?;
@@ -72,7 +73,7 @@ impl Nodes {
                 if best.is_none_or(|b| node.outstanding() < b.outstanding()) {
                     best = Some(node);
                 }
-            } else if probe.is_none() && node.ejection_over(now) {
+            } else if may_probe && probe.is_none() && node.ejection_over(now) {
                 probe = Some(node);
             }
         }
