@@ -71,19 +71,9 @@ pub fn new_id() -> String {
         mix(seed.wrapping_add(n)),
         mix(seed.rotate_left(31) ^ n ^ 0x9e37_79b9_7f4a_7c15),
     ] {
-        push_hex(&mut id, word);
+        crate::keys::push_hex(&mut id, &word.to_be_bytes());
     }
     id
-}
-
-/// Append the 16 hex digits of `word` (without `format!`, which costs a request some
-/// thousand instructions).
-fn push_hex(out: &mut String, word: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
-        let nibble = (word >> (shift * 4)) & 0xf;
-        out.push(char::from(HEX[nibble as usize]));
-    }
 }
 
 /// A child of a valid version-00 `traceparent`: same trace id and flags, new span id.

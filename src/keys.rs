@@ -95,7 +95,6 @@ impl TokenHasher {
         let mut h = siphasher::sip::SipHasher24::new_with_key(&self.fingerprint_key);
         h.write(key);
         let bytes = h.finish().to_le_bytes();
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = [b'0'; 8];
         for (pair, byte) in text.chunks_exact_mut(2).zip(&bytes) {
             pair[0] = HEX[usize::from(byte >> 4)];
@@ -103,6 +102,37 @@ impl TokenHasher {
         }
         Fingerprint(text)
     }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Append the hex digits of `bytes` (without `format!`, which costs a request some
+/// thousand instructions).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+}
+
+/// The hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len().saturating_mul(2));
+    push_hex(&mut s, bytes);
+    s
+}
+
+/// A cache key from its 64 hex digits.
+pub fn key_from_hex(hex: &[u8]) -> Option<CacheKey> {
+    let mut key = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    for (out, pair) in key.iter_mut().zip(hex.chunks_exact(2)) {
+        *out = digit(pair[0])?.checked_mul(16)?.checked_add(digit(pair[1])?)?;
+    }
+    Some(key)
 }
 
 /// A token's fingerprint for the logs: 8 hex digits of a keyed hash, kept on the stack.
@@ -148,5 +178,14 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn hex_round_trips_and_matches_format() {
+        let key = [0xa5u8, 0x0f].repeat(16);
+        assert_eq!(super::hex(&key), hex(&key));
+        assert_eq!(key_from_hex(hex(&key).as_bytes()).map(|k| k.to_vec()), Some(key));
+        assert_eq!(key_from_hex(b"*"), None);
+        assert_eq!(key_from_hex(&[b'z'; 64]), None);
     }
 }

@@ -90,14 +90,17 @@ impl Redis {
         Some(out)
     }
 
-    /// Every key under the gateways' prefix, with its value.
+    /// Every key under the gateways' prefix, with its value (a hash's fields and values
+    /// one after another).
     fn dump(&self) -> Vec<(String, Vec<u8>)> {
         let keys = self.command(&["KEYS", "cardgate:*"]).unwrap();
         keys.into_iter()
             .map(|k| String::from_utf8(k).unwrap())
-            .filter_map(|k| {
-                let v = self.command(&["GET", &k])?.into_iter().next()?;
-                Some((k, v))
+            .map(|k| {
+                let kind = self.command(&["TYPE", &k]).unwrap().concat();
+                let read = if kind == b"hash" { "HGETALL" } else { "GET" };
+                let v = self.command(&[read, &k]).unwrap().concat();
+                (k, v)
             })
             .collect()
     }
@@ -169,20 +172,52 @@ fn replica_with(
 fn a_login_storm_over_three_replicas_makes_one_crm_call() {
     let mock = Mock::start();
     let redis = Redis::start();
-    let replicas: Vec<Gateway> = (0..3).map(|_| replica(&mock, &redis)).collect();
+    let short = [("cache", "ttl = \"1s\"")];
+    let replicas: Vec<Gateway> = (0..3)
+        .map(|_| replica_with(&mock, &redis, true, &short, &[]))
+        .collect();
     // The mock answers `lag` tokens after 500 ms: every request arrives while the first waits.
     let t = token("lag-storm");
-    let answers: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..300)
-            .map(|i| {
-                let (gw, t) = (&replicas[i % 3], &t);
-                s.spawn(move || gw.get_card(t).status)
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let storm = |n: usize| -> Vec<u16> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let (gw, t) = (&replicas[i % 3], &t);
+                    s.spawn(move || gw.get_card(t).status)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let answers = storm(300);
     assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
     assert_eq!(mock.calls_for(&t).len(), 1, "one CRM call for the whole fleet");
+
+    // Past its freshness (on Redis's clock) the card is still in Redis for its stale
+    // window: the next storm takes the lock all the same and makes one call.
+    let card = redis
+        .dump()
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.contains(":card:"))
+        .unwrap();
+    let redis_ms = || {
+        let t = redis.command(&["TIME"]).unwrap();
+        let n = |b: &[u8]| String::from_utf8_lossy(b).parse::<u64>().unwrap();
+        n(&t[0]) * 1000 + n(&t[1]) / 1000
+    };
+    let fresh_until = || {
+        let f = redis.command(&["HGET", &card, "f"]).unwrap().concat();
+        String::from_utf8_lossy(&f).parse::<u64>().unwrap()
+    };
+    assert!(eventually(Duration::from_secs(5), || redis_ms() > fresh_until()));
+    let answers = storm(90);
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    assert_eq!(
+        mock.calls_for(&t).len(),
+        2,
+        "one more CRM call once it went stale"
+    );
     let waited: f64 = replicas
         .iter()
         .map(|g| g.metric("cardgate_shared_lock_waits_total"))
@@ -257,7 +292,7 @@ fn a_card_is_shared_a_purge_reaches_every_replica_and_redis_holds_nothing_in_cle
         .into_iter()
         .find(|k| !before.contains(k))
         .expect("its key");
-    redis.command(&["SET", &key, "not a sealed value"]).unwrap();
+    redis.command(&["HSET", &key, "v", "not a sealed value"]).unwrap();
     let c = replica(&mock, &redis);
     let r = c.get_card(&bent);
     assert_eq!(r.status, 200);

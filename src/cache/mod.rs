@@ -21,6 +21,7 @@ use moka::Expiry;
 use tokio::sync::OnceCell;
 
 use crate::shared::{InRedis, Shared};
+use stored::SharedRecord;
 
 mod stored;
 
@@ -242,41 +243,39 @@ impl CardCache {
             }
         }
         // A refresh-ahead (the card is still fresh here) goes to the CRM: Redis has the
-        // same card, or one as old.
+        // same card, or one as old; its result goes to Redis all the same.
         let refreshing = existing.as_ref().is_some_and(|e| e.is_fresh(Instant::now()));
-        let Some((l2, hold)) = self.l2.as_ref().filter(|_| !refreshing) else {
-            return self.fetch_and_keep(key, existing, fetch).await;
-        };
-        let locked = match l2.card_lookup(&key, *hold).await {
-            Some(InRedis::Found(record)) => {
-                if let Some(found) = self.adopt_from_l2(key, record) {
-                    return Ok((found, false));
+        let mut lock = None;
+        if let Some((l2, hold)) = self.l2.as_ref().filter(|_| !refreshing) {
+            match l2.card_lookup(&key, *hold).await {
+                Some(InRedis::Found(record)) => {
+                    if let Some(found) = self.adopt_from_l2(key, record) {
+                        return Ok((found, false));
+                    }
                 }
-                false
-            }
-            Some(InRedis::Lead) => true,
-            Some(InRedis::Follow) => {
-                let until = Instant::now().checked_add(*hold).unwrap_or_else(Instant::now);
-                if let Some(found) = self.adopt_from_l2(key, l2.card_wait(&key, until).await) {
-                    return Ok((found, false));
+                Some(InRedis::Lead(token)) => lock = Some(token),
+                Some(InRedis::Follow) => {
+                    let until = Instant::now().checked_add(*hold).unwrap_or_else(Instant::now);
+                    if let Some(found) = self.adopt_from_l2(key, l2.card_wait(&key, until).await) {
+                        return Ok((found, false));
+                    }
                 }
-                false
+                None => {}
             }
-            None => false,
-        };
-        let outcome = self.fetch_and_keep(key, existing, fetch).await;
-        let record = match &outcome {
-            Ok((stored, false)) if self.cards.get(&key).is_some_and(|e| e.same_entry(stored)) => {
-                Some(stored.to_shared(Instant::now()))
-            }
-            _ => None,
-        };
-        l2.card_put(
-            &key,
-            record.as_ref().map(|(r, keep)| (r.as_slice(), *keep)),
-            locked,
-        )
-        .await;
+        }
+        let (outcome, kept) = self.fetch_and_keep(key, existing, fetch).await;
+        if let Some((l2, _)) = &self.l2 {
+            let record = match &outcome {
+                Ok((stored, false)) if kept => Some(stored.to_shared(Instant::now())),
+                _ => None,
+            };
+            l2.card_put(
+                &key,
+                record.as_ref().map(SharedRecord::as_record),
+                lock.as_deref(),
+            )
+            .await;
+        }
         outcome
     }
 
@@ -291,8 +290,13 @@ impl CardCache {
         Some(stored)
     }
 
-    /// One upstream call, and what to keep of its result.
-    async fn fetch_and_keep<F, Fut>(&self, key: CacheKey, existing: Option<Stored>, fetch: F) -> Outcome
+    /// One upstream call, and what to keep of its result; whether it is kept in the cache.
+    async fn fetch_and_keep<F, Fut>(
+        &self,
+        key: CacheKey,
+        existing: Option<Stored>,
+        fetch: F,
+    ) -> (Outcome, bool)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Card, GatewayError>>,
@@ -305,25 +309,35 @@ impl CardCache {
                 let ttl = card.max_age.map_or(ttls.ttl, |age| age.min(ttls.ttl));
                 // One allocation, exact size: the answer was read into a larger buffer.
                 let lead = ttl.mul_f64(ttls.refresh_ahead);
-                let stored = Stored::refreshing(&card.body, now, ttl, ttls.stale_if_error, lead);
-                if !card.no_store && !ttl.is_zero() {
+                let stored = Stored::new(200, &card.body, false, now, ttl, ttls.stale_if_error, lead);
+                let keep = !card.no_store && !ttl.is_zero();
+                if keep {
                     self.cards.insert(key, stored.clone());
                 }
-                Ok((stored, false))
+                (Ok((stored, false)), keep)
             }
             Err(e) if e.is_negative() => {
-                let stored = Stored::new(e.status(), &e.body(), true, now, ttls.negative, Duration::ZERO);
-                if !ttls.negative.is_zero() {
+                let stored = Stored::new(
+                    e.status(),
+                    &e.body(),
+                    true,
+                    now,
+                    ttls.negative,
+                    Duration::ZERO,
+                    Duration::ZERO,
+                );
+                let keep = !ttls.negative.is_zero();
+                if keep {
                     self.cards.insert(key, stored.clone());
                 }
-                Ok((stored, false))
+                (Ok((stored, false)), keep)
             }
             Err(e) => match existing {
                 Some(old) if e.is_upstream_failure() && old.may_serve_stale(now) => {
                     old.note_failed_refresh(now);
-                    Ok((old, true))
+                    (Ok((old, true)), false)
                 }
-                _ => Err(e),
+                _ => (Err(e), false),
             },
         }
     }
@@ -372,12 +386,12 @@ impl CardCache {
     /// window: when it expires, the session is over.
     pub async fn store_session(&self, key: CacheKey, body: Bytes, ttl: Duration) {
         let now = Instant::now();
-        let stored = Stored::new(200, &body, false, now, ttl, Duration::ZERO);
+        let stored = Stored::new(200, &body, false, now, ttl, Duration::ZERO, Duration::ZERO);
         self.cards.insert(key, stored.clone());
         if let Some((l2, _)) = &self.l2 {
             // Every replica answers the session; one that remembered "no session" forgets it.
-            let (record, keep) = stored.to_shared(now);
-            l2.card_put(&key, Some((&record, keep)), false).await;
+            l2.card_put(&key, Some(stored.to_shared(now).as_record()), None)
+                .await;
             l2.announce(&key).await;
         }
     }
@@ -447,6 +461,7 @@ mod tests {
             t0,
             Duration::from_secs(10),
             Duration::from_secs(5),
+            Duration::ZERO,
         );
         assert_eq!((s.status(), s.body(), s.error_code()), (200, &b"{}"[..], None));
         assert!(s.is_fresh(t0 + Duration::from_secs(9)));
@@ -466,6 +481,7 @@ mod tests {
             t0,
             Duration::from_secs(10),
             Duration::from_secs(5),
+            Duration::ZERO,
         );
         assert_eq!(n.error_code().as_deref(), Some("1001"));
         assert!(!n.may_serve_stale(t0 + Duration::from_secs(11)));

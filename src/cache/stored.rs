@@ -34,6 +34,24 @@ struct Meta {
 
 const NEVER: u32 = u32::MAX;
 
+/// An entry as [`Stored::to_shared`] gives it: the bytes, how long they are fresh and how
+/// long they are worth keeping.
+pub struct SharedRecord {
+    pub bytes: Vec<u8>,
+    pub fresh: Duration,
+    pub keep: Duration,
+}
+
+impl SharedRecord {
+    pub fn as_record(&self) -> crate::shared::Record<'_> {
+        crate::shared::Record {
+            bytes: &self.bytes,
+            fresh: self.fresh,
+            keep: self.keep,
+        }
+    }
+}
+
 /// The shared record's version byte and head length (see [`Stored::to_shared`]).
 const SHARED_VERSION: u8 = 1;
 const SHARED_HEAD: usize = 20;
@@ -63,31 +81,11 @@ fn millis_u32(d: Duration) -> u32 {
 }
 
 impl Stored {
-    pub(super) fn new(
-        status: u16,
-        body: &[u8],
-        negative: bool,
-        now: Instant,
-        fresh: Duration,
-        stale: Duration,
-    ) -> Self {
-        Self::build(status, body, negative, now, fresh, stale, Duration::ZERO)
-    }
-
-    /// A card that a hit refreshes in the background once it is within `lead` of the end of
-    /// its freshness (`cache.refresh_ahead` of its TTL).
-    pub(super) fn refreshing(
-        body: &[u8],
-        now: Instant,
-        fresh: Duration,
-        stale: Duration,
-        lead: Duration,
-    ) -> Self {
-        Self::build(200, body, false, now, fresh, stale, lead.min(fresh))
-    }
-
+    /// An entry fresh for `fresh` from `now`, then stale for `stale`; a hit refreshes it in
+    /// the background once it is within `lead` of the end of its freshness
+    /// (`cache.refresh_ahead` of its TTL; zero: never).
     #[allow(clippy::too_many_arguments)]
-    fn build(
+    pub(super) fn new(
         status: u16,
         body: &[u8],
         negative: bool,
@@ -100,7 +98,7 @@ impl Stored {
             fresh_until: clock_ms(now).saturating_add(u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX)),
             stale_for: millis_u32(stale),
             last_failed_refresh: AtomicU32::new(NEVER),
-            refresh_lead: millis_u32(lead),
+            refresh_lead: millis_u32(lead.min(fresh)),
             status,
             negative,
         };
@@ -110,7 +108,7 @@ impl Stored {
     /// The entry as replicas exchange it (see [`crate::shared`]): version, status,
     /// negative, the end of freshness in Unix milliseconds, the stale window, the lead,
     /// then the body; and how long it is worth keeping from `now`.
-    pub(super) fn to_shared(&self, now: Instant) -> (Vec<u8>, Duration) {
+    pub(super) fn to_shared(&self, now: Instant) -> SharedRecord {
         let m = self.meta();
         let left = m.fresh_until.saturating_sub(clock_ms(now));
         let fresh_until_unix = unix_ms().saturating_add(left);
@@ -123,7 +121,11 @@ impl Stored {
         out.extend_from_slice(&m.refresh_lead.to_le_bytes());
         out.extend_from_slice(self.body());
         let keep = left.saturating_add(u64::from(m.stale_for));
-        (out, Duration::from_millis(keep))
+        SharedRecord {
+            bytes: out,
+            fresh: Duration::from_millis(left),
+            keep: Duration::from_millis(keep),
+        }
     }
 
     /// An entry another replica stored, as this one keeps it; None if it is malformed or
@@ -161,8 +163,8 @@ impl Stored {
         if fresh.is_zero() && stale.is_zero() {
             return None;
         }
-        let lead = Duration::from_millis(u64::from(lead)).min(fresh);
-        Some(Self::build(status, body, negative, now, fresh, stale, lead))
+        let lead = Duration::from_millis(u64::from(lead));
+        Some(Self::new(status, body, negative, now, fresh, stale, lead))
     }
 
     /// Still fresh, and within its refresh-ahead lead of the end of freshness.

@@ -29,6 +29,7 @@ pub use search::SearchSection;
 pub use server::{AdminSection, ServerSection};
 pub use shared::SharedSection;
 pub use tls::TlsSection;
+pub use units::millis;
 #[cfg(test)]
 pub use units::Rate;
 pub use upstream::{AuthMethod, DialectKind, HealthSection, SearchEncoding, UpstreamSection, UpstreamUrl};

@@ -125,7 +125,9 @@ impl Gateway {
         // gigma's cards are its sessions: they live in Redis whenever it is there.
         let gigma = cfg.upstream.dialect == crate::config::DialectKind::Gigma;
         if let Some(shared) = shared.as_ref().filter(|s| s.cards || gigma) {
-            cache = cache.with_shared(shared.clone(), cfg.upstream.timeout);
+            // The lock outlives the leader's call: its wait for a slot, then its whole budget.
+            let hold = cfg.upstream.queue_timeout.saturating_add(cfg.upstream.timeout);
+            cache = cache.with_shared(shared.clone(), hold);
         }
         let mut guard = SearchGuard::new(&cfg.search);
         if let Some(shared) = &shared {

@@ -1,11 +1,13 @@
 //! The second-level card cache (`shared.cards = true`): an L1 miss reads Redis before the
 //! CRM; what the CRM answered is written to both, for the same time (freshness plus the
-//! stale window). Single flight across replicas: the first replica to miss takes a short
-//! lock (`SET NX PX`, bounded by `upstream.timeout`) in the same script that found no
-//! card, and writes the result and drops the lock in one pipeline; the others poll for its
-//! result every few milliseconds (one pipelined `GET`+`EXISTS`), and call the CRM themselves
-//! only if the lock goes without a result or the time runs out. A miss costs two round
-//! trips, a hit one.
+//! stale window). A card is a hash: `v` the sealed record, `f` the end of its freshness on
+//! Redis's own clock, so that the scripts judge freshness the same for every replica.
+//! Single flight across replicas: the first replica to find no fresh card takes a short
+//! lock (`SET NX PX` with a value of its own, held at most `upstream.timeout` plus
+//! `queue_timeout`) in the same script, then writes the result and drops its own lock in
+//! one more; the others poll every few milliseconds until a fresh card is there, and call
+//! the CRM themselves only if the lock goes without one or the time runs out. A miss costs
+//! two round trips, a hit one.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -18,40 +20,82 @@ use crate::keys::CacheKey;
 /// How often a replica that waits for another one's result looks.
 const POLL: Duration = Duration::from_millis(10);
 
-/// The card KEYS[1] if there is one ({1, card}); else take the lock KEYS[2] for ARGV[1] ms:
-/// {2, nil} taken, {3, nil} another replica holds it.
+/// Redis's clock in milliseconds as `now`; and the card KEYS[1] if it is fresh: {1, card}.
+const FRESH: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fresh = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
+if fresh > now then return {1, redis.call('HGET', KEYS[1], 'v')} end
+";
+
+/// A fresh card, else take the lock KEYS[2] (value ARGV[1]) for ARGV[2] ms: {2, nil}
+/// taken, {3, nil} another replica holds it.
 static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{FRESH}if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{2, false}} end\nreturn {{3, false}}\n"
+    ))
+});
+
+/// A fresh card, else {3, nil} while the lock KEYS[2] is held, {2, nil} once it is gone.
+static POLL_CARD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{FRESH}if redis.call('EXISTS', KEYS[2]) == 1 then return {{3, false}} end\nreturn {{2, false}}\n"
+    ))
+});
+
+/// Keep the sealed card ARGV[1] (unless empty), fresh for ARGV[2] ms and kept for ARGV[3];
+/// drop the lock KEYS[2] if it still holds this replica's value ARGV[4].
+static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local card = redis.call('GET', KEYS[1])
-if card then return {1, card} end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return {2, false} end
-return {3, false}
+if redis.replicate_commands then redis.replicate_commands() end
+if ARGV[1] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', string.format('%.0f', now + tonumber(ARGV[2])))
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+return 0
 ",
     )
 });
 
 /// What Redis holds for a card an L1 missed.
 pub enum InRedis {
-    /// Another replica's record, opened (None: it did not open, a miss).
+    /// Another replica's fresh record, opened (None: it did not open, a miss).
     Found(Option<Vec<u8>>),
-    /// None, and this replica now holds the lock: it calls the CRM and puts the result.
-    Lead,
-    /// None, and another replica is calling the CRM for it.
+    /// None fresh, and this replica now holds the lock (its value): it calls the CRM and
+    /// puts the result.
+    Lead(String),
+    /// None fresh, and another replica is calling the CRM for it.
     Follow,
 }
 
+/// A record to keep: the bytes, how long they are fresh, how long they are kept.
+pub struct Record<'a> {
+    pub bytes: &'a [u8],
+    pub fresh: Duration,
+    pub keep: Duration,
+}
+
 impl Shared {
-    /// Look `id` up, taking its lock if there is no card: None if Redis cannot say.
+    /// Look `id` up, taking its lock if there is no fresh card: None if Redis cannot say.
     pub async fn card_lookup(&self, id: &CacheKey, hold: Duration) -> Option<InRedis> {
         let key = self.key("card", id);
-        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut token = [0u8; 16];
+        getrandom::getrandom(&mut token).ok()?;
+        let token = crate::keys::hex(&token);
         let mut eval = LOOKUP.prepare_invoke();
-        eval.key(&key).key(self.key("lock", id)).arg(ms);
+        eval.key(&key)
+            .key(self.key("lock", id))
+            .arg(&token)
+            .arg(super::ms(hold));
         let (what, sealed): (u8, Option<Vec<u8>>) = self.query("card_get", Query::Script(&eval)).await?;
         let lookup = match (what, sealed) {
             (1, Some(sealed)) => InRedis::Found(self.open(&key, &sealed)),
-            (2, _) => InRedis::Lead,
+            (2, _) => InRedis::Lead(token),
             _ => InRedis::Follow,
         };
         let hit = matches!(lookup, InRedis::Found(Some(_)));
@@ -70,46 +114,48 @@ impl Shared {
         plain
     }
 
-    /// Keep `record` (if any) for `keep`, and drop the lock on `id` if `unlock`: one
+    /// Keep `record` (if any), and drop the lock on `id` if it still holds `lock`: one
     /// round trip.
-    pub async fn card_put(&self, id: &CacheKey, record: Option<(&[u8], Duration)>, unlock: bool) {
+    pub async fn card_put(&self, id: &CacheKey, record: Option<Record<'_>>, lock: Option<&str>) {
         let key = self.key("card", id);
-        let mut pipe = redis::pipe();
-        if let Some((record, keep)) = record {
-            let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
-            if let Some(sealed) = self.seal.seal(key.as_bytes(), record).filter(|_| ms > 0) {
-                pipe.cmd("SET").arg(&key).arg(sealed).arg("PX").arg(ms).ignore();
-            }
-        }
-        if unlock {
-            pipe.del(self.key("lock", id)).ignore();
-        }
-        if pipe.is_empty() {
+        let sealed = match &record {
+            Some(r) if !r.keep.is_zero() => self.seal.seal(key.as_bytes(), r.bytes),
+            _ => None,
+        };
+        if sealed.is_none() && lock.is_none() {
             return;
         }
-        let _: Option<()> = self.query("card_put", Query::Pipe(&pipe)).await;
+        let (fresh, keep) = record.map_or((0, 0), |r| (super::ms(r.fresh), super::ms(r.keep)));
+        let mut eval = PUT.prepare_invoke();
+        eval.key(&key)
+            .key(self.key("lock", id))
+            .arg(sealed.unwrap_or_default())
+            .arg(fresh)
+            .arg(keep)
+            .arg(lock.unwrap_or(""));
+        let _: Option<i64> = self.query("card_put", Query::Script(&eval)).await;
     }
 
-    /// Wait until the replica holding the lock on `id` stored its result (Some), or the
+    /// Wait until the replica holding the lock on `id` stored a fresh card (Some), or the
     /// lock went without one, or `until` (None: call the CRM yourself).
     pub async fn card_wait(&self, id: &CacheKey, until: Instant) -> Option<Vec<u8>> {
         self.stats.lock_waits.inc();
         let (card, lock) = (self.key("card", id), self.key("lock", id));
-        let mut pipe = redis::pipe();
-        pipe.get(&card).exists(&lock);
+        let mut eval = POLL_CARD.prepare_invoke();
+        eval.key(&card).key(&lock);
         while Instant::now() < until {
             tokio::time::sleep(POLL).await;
-            let (sealed, locked): (Option<Vec<u8>>, bool) =
-                self.query("card_get", Query::Pipe(&pipe)).await?;
-            if let Some(sealed) = sealed {
-                let opened = self.open(&card, &sealed);
-                if opened.is_some() {
-                    self.stats.l2.with_label_values(&["waited"]).inc();
+            let (what, sealed): (u8, Option<Vec<u8>>) = self.query("card_get", Query::Script(&eval)).await?;
+            match (what, sealed) {
+                (1, Some(sealed)) => {
+                    let opened = self.open(&card, &sealed);
+                    if opened.is_some() {
+                        self.stats.l2.with_label_values(&["waited"]).inc();
+                    }
+                    return opened;
                 }
-                return opened;
-            }
-            if !locked {
-                return None;
+                (3, _) => {}
+                _ => return None,
             }
         }
         None

@@ -15,7 +15,7 @@
 //! and gigma's open steps.
 
 pub mod cards;
-pub use cards::InRedis;
+pub use cards::{InRedis, Record};
 mod seal;
 pub mod search;
 
@@ -192,10 +192,7 @@ impl Shared {
         k.push_str(&self.prefix);
         k.push_str(kind);
         k.push(':');
-        for b in id {
-            k.push(char::from(HEX[usize::from(b >> 4)]));
-            k.push(char::from(HEX[usize::from(b & 15)]));
-        }
+        crate::keys::push_hex(&mut k, id);
         k
     }
 
@@ -300,20 +297,18 @@ impl Shared {
     /// Drop one card everywhere: from Redis, and (through the channel) from every
     /// replica's own cache.
     pub async fn purge(&self, id: &CacheKey) {
-        let key = self.key("card", id);
-        let mut hex = key.clone();
-        hex.replace_range(..self.prefix.len() + "card:".len(), "");
         let mut pipe = redis::pipe();
-        pipe.del(&key).ignore().publish(self.channel(), hex).ignore();
+        pipe.del(self.key("card", id))
+            .ignore()
+            .publish(self.channel(), crate::keys::hex(id))
+            .ignore();
         let _: Option<()> = self.query("invalidate", Query::Pipe(&pipe)).await;
     }
 
     /// Have every replica drop its own copy of one card (a newer one is in Redis).
     pub async fn announce(&self, id: &CacheKey) {
-        let mut key = self.key("card", id);
-        key.replace_range(..self.prefix.len() + "card:".len(), "");
         let mut publish = redis::cmd("PUBLISH");
-        publish.arg(self.channel()).arg(key);
+        publish.arg(self.channel()).arg(crate::keys::hex(id));
         let _: Option<()> = self.query("invalidate", Query::Cmd(&publish)).await;
     }
 
@@ -361,8 +356,6 @@ enum Query<'a> {
     Script(&'a redis::ScriptInvocation<'a>),
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -373,19 +366,9 @@ fn random_secret() -> [u8; 32] {
     s
 }
 
-/// A cache key from its hex form on the channel.
-fn parse_key(hex: &[u8]) -> Option<CacheKey> {
-    let mut key = [0u8; 32];
-    if hex.len() != 64 {
-        return None;
-    }
-    for (out, pair) in key.iter_mut().zip(hex.chunks(2)) {
-        let digit = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
-        *out = digit(*pair.first()?)?
-            .checked_mul(16)?
-            .checked_add(digit(*pair.get(1)?)?)?;
-    }
-    Some(key)
+/// A Redis PX or PEXPIRE argument: whole milliseconds, at least 1.
+fn ms(d: Duration) -> u64 {
+    crate::config::millis(d).max(1)
 }
 
 /// What to drop from this replica's cache: one card, or all (None).
@@ -453,7 +436,7 @@ impl Watch {
                             shared.stats.invalidations.inc();
                             if payload == b"*" {
                                 (self.invalidate)(None);
-                            } else if let Some(key) = parse_key(&payload) {
+                            } else if let Some(key) = crate::keys::key_from_hex(&payload) {
                                 (self.invalidate)(Some(key));
                             }
                         }
@@ -476,19 +459,5 @@ impl BackgroundService for Watch {
             () = self.keep_connected() => {}
             () = self.listen() => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn channel_keys_round_trip() {
-        let key = [0xa5u8; 32];
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(parse_key(hex.as_bytes()), Some(key));
-        assert_eq!(parse_key(b"*"), None);
-        assert_eq!(parse_key(&[b'z'; 64]), None);
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{Query, Shared};
+use super::{ms, Query, Shared};
 use crate::keys::CacheKey;
 
 /// Take a unit if fewer than ARGV[1] are taken; expire after ARGV[2] ms (always when
@@ -42,10 +42,6 @@ return 0
 ",
     )
 });
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
 
 impl Shared {
     /// Take one unit of the `kind` counter of `id` if fewer than `max` are taken:

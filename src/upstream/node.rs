@@ -111,9 +111,7 @@ pub fn now_ms() -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+use crate::config::millis as ms;
 
 impl Node {
     pub fn new(target: Arc<Target>, addr: SocketAddr, cfg: &Config, stats: &Stats) -> Self {
