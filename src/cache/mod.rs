@@ -493,6 +493,21 @@ mod tests {
         assert_eq!(s.left(t0), Duration::from_secs(15));
     }
 
+    #[test]
+    fn a_refresh_ahead_is_claimed_once_a_second_while_due() {
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let ten = Duration::from_secs(10);
+        let s = Stored::new(200, b"{}", false, t0, ten, ten, Duration::from_secs(4));
+        assert!(!s.claim_refresh(t0 + Duration::from_secs(5)), "not due yet");
+        let due = t0 + Duration::from_secs(7);
+        assert!(s.claim_refresh(due));
+        assert!(!s.claim_refresh(due), "one hit claims it");
+        assert!(!s.claim_refresh(due + Duration::from_millis(999)));
+        // The refresh failed (the entry is still this one): tried again a second later.
+        assert!(s.claim_refresh(due + STALE_RETRY_INTERVAL));
+        assert!(!s.claim_refresh(t0 + ten), "expired: no longer ahead");
+    }
+
     #[tokio::test]
     async fn hit_after_miss_and_max_age_lowers_ttl() {
         let c = CardCache::new(&cfg(60_000, 1000, 0), || {});

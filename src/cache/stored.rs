@@ -22,9 +22,10 @@ struct Meta {
     fresh_until: u64,
     /// Length of the stale window after `fresh_until`, in milliseconds.
     stale_for: u32,
-    /// When the last refresh failed, in milliseconds after `fresh_until` ([`NEVER`]: no
-    /// failure yet). Refreshes are only tried once the entry is no longer fresh.
-    last_failed_refresh: AtomicU32,
+    /// When a refresh was last started ahead of expiry or failed, in milliseconds after
+    /// `fresh_until - refresh_lead` ([`NEVER`]: not yet): at most one a
+    /// [`STALE_RETRY_INTERVAL`], whether the CRM answers or not.
+    last_refresh: AtomicU32,
     /// Refresh-ahead: how long before `fresh_until` a hit starts a background refresh, in
     /// milliseconds (0: never).
     refresh_lead: u32,
@@ -97,7 +98,7 @@ impl Stored {
         let meta = Meta {
             fresh_until: clock_ms(now).saturating_add(u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX)),
             stale_for: millis_u32(stale),
-            last_failed_refresh: AtomicU32::new(NEVER),
+            last_refresh: AtomicU32::new(NEVER),
             refresh_lead: millis_u32(lead.min(fresh)),
             status,
             negative,
@@ -167,12 +168,24 @@ impl Stored {
         Some(Self::new(status, body, negative, now, fresh, stale, lead))
     }
 
-    /// Still fresh, and within its refresh-ahead lead of the end of freshness.
-    pub fn refresh_due(&self, now: Instant) -> bool {
+    /// Still fresh, within its refresh-ahead lead of the end of freshness, and no refresh
+    /// started or failed in the last [`STALE_RETRY_INTERVAL`]: true for one caller, who
+    /// starts the background refresh (every other hit goes on without any work).
+    pub fn claim_refresh(&self, now: Instant) -> bool {
         let m = self.meta();
-        m.refresh_lead > 0
+        let due = m.refresh_lead > 0
             && clock_ms(now).saturating_add(u64::from(m.refresh_lead)) >= m.fresh_until
-            && self.is_fresh(now)
+            && self.is_fresh(now);
+        if !due {
+            return false;
+        }
+        let last = m.last_refresh.load(Ordering::Relaxed);
+        let at = self.since_refresh_window(now);
+        let recent = last != NEVER && at.saturating_sub(last) < millis_u32(STALE_RETRY_INTERVAL);
+        !recent
+            && m.last_refresh
+                .compare_exchange(last, at, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn meta(&self) -> &Meta {
@@ -221,24 +234,26 @@ impl Stored {
         !self.meta().negative && clock_ms(now) < self.stale_until()
     }
 
-    /// Milliseconds after `fresh_until` (0 before it).
-    fn past_fresh(&self, now: Instant) -> u32 {
-        let past = clock_ms(now).saturating_sub(self.meta().fresh_until);
-        u32::try_from(past).unwrap_or(NEVER - 1)
+    /// Milliseconds after `fresh_until - refresh_lead` (0 before it).
+    fn since_refresh_window(&self, now: Instant) -> u32 {
+        let m = self.meta();
+        let window = m.fresh_until.saturating_sub(u64::from(m.refresh_lead));
+        u32::try_from(clock_ms(now).saturating_sub(window)).unwrap_or(NEVER - 1)
     }
 
-    /// Did a refresh fail less than [`STALE_RETRY_INTERVAL`] ago?
+    /// Was a refresh started ahead of expiry, or did one fail, less than
+    /// [`STALE_RETRY_INTERVAL`] ago?
     pub(super) fn refresh_failed_recently(&self, now: Instant) -> bool {
-        match self.meta().last_failed_refresh.load(Ordering::Relaxed) {
+        match self.meta().last_refresh.load(Ordering::Relaxed) {
             NEVER => false,
-            at => self.past_fresh(now).saturating_sub(at) < millis_u32(STALE_RETRY_INTERVAL),
+            at => self.since_refresh_window(now).saturating_sub(at) < millis_u32(STALE_RETRY_INTERVAL),
         }
     }
 
     pub(super) fn note_failed_refresh(&self, now: Instant) {
         self.meta()
-            .last_failed_refresh
-            .store(self.past_fresh(now), Ordering::Relaxed);
+            .last_refresh
+            .store(self.since_refresh_window(now), Ordering::Relaxed);
     }
 
     /// Time left until the end of the stale window.

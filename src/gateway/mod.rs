@@ -299,7 +299,7 @@ impl Gateway {
             Err(e) => e.is_negative(),
         };
         let stored = result?;
-        if how == CacheResult::Hit && stored.refresh_due(Instant::now()) {
+        if how == CacheResult::Hit && stored.claim_refresh(Instant::now()) {
             self.refresh_ahead(key, token, stored.clone());
         }
         if logged {
