@@ -23,7 +23,7 @@ use crate::error::GatewayError;
 use crate::keys::{CacheKey, TokenHasher};
 use crate::normalise::SearchAnswer;
 use crate::parse::SearchRequest;
-use crate::shared::Shared;
+use crate::shared::{Counter, Shared};
 
 /// Compiled validators are bounded in size (the regex crate matches in linear time).
 const VALIDATOR_SIZE_LIMIT: usize = 256 * 1024;
@@ -65,8 +65,8 @@ struct Step {
 enum Held {
     Step(Arc<Step>),
     Start(Arc<AtomicU32>),
-    /// A unit of a counter in Redis: its kind ("step" or "start") and key.
-    Shared(Arc<Shared>, &'static str, CacheKey),
+    /// A unit of a counter in Redis, and its key.
+    Shared(Arc<Shared>, Counter, CacheKey),
 }
 
 /// One admitted attempt (or first step). [`Admission::settle`] gives it back when the
@@ -79,7 +79,7 @@ impl Admission {
     /// step was evicted and tracked anew meanwhile).
     pub fn settle(self, req: &SearchRequest, answer: &Result<SearchAnswer, GatewayError>) {
         let gateway_side = matches!(answer, Err(e) if !matches!(e, GatewayError::CrmRejected { .. }));
-        let failed_attempt = |answer: &Result<SearchAnswer, GatewayError>| match answer {
+        let failed = match answer {
             // The system's own verdict on this step: a wrong code, an unknown step...
             Err(GatewayError::CrmRejected { .. }) => true,
             // "Try again" on the same step after a secret word is a failed attempt too.
@@ -88,28 +88,18 @@ impl Admission {
             Err(_) => false,
         };
         match self.0 {
-            Held::Shared(shared, kind, key) => {
-                let give_back = if kind == "start" { gateway_side } else { !failed_attempt(answer) };
-                if give_back {
-                    tokio::spawn(async move { shared.release(kind, &key).await });
-                }
-            }
             // A first step that never reached the client is given back.
             Held::Start(count) if gateway_side => release(&count),
             Held::Start(_) => {}
-            Held::Step(step) => {
-                let failed = match answer {
-                    // The system's own verdict on this step: a wrong code, an unknown step...
-                    Err(GatewayError::CrmRejected { .. }) => true,
-                    // "Try again" on the same step after a secret word is a failed attempt too.
-                    Ok(a) => a.answer_type == 1 && req.secret_word.is_some() && a.step_id == req.step_id,
-                    // Gateway-side failures say nothing about the code.
-                    Err(_) => false,
-                };
-                if !failed {
-                    release(&step.attempts);
-                }
+            Held::Step(step) if !failed => release(&step.attempts),
+            Held::Step(_) => {}
+            Held::Shared(shared, Counter::Start, key) if gateway_side => {
+                tokio::spawn(async move { shared.release(Counter::Start, &key).await });
             }
+            Held::Shared(shared, Counter::Step, key) if !failed => {
+                tokio::spawn(async move { shared.release(Counter::Step, &key).await });
+            }
+            Held::Shared(..) => {}
         }
     }
 }
@@ -211,16 +201,16 @@ impl SearchGuard {
         let Some(step_id) = &req.step_id else {
             let key = shared.id("search client", canonical_identifier(&req.client).as_bytes());
             let max = self.max_starts.load(Ordering::Relaxed);
-            let (admitted, _) = shared.reserve("start", &key, max, hour, false).await?;
+            let (admitted, _) = shared.reserve(Counter::Start, &key, max, hour).await?;
             return Some(if admitted {
-                Ok(Admission(Held::Shared(shared.clone(), "start", key)))
+                Ok(Admission(Held::Shared(shared.clone(), Counter::Start, key)))
             } else {
                 Err(Refusal::Starts)
             });
         };
         let key = shared.id("search step", step_id.as_bytes());
         let max = self.max_attempts.load(Ordering::Relaxed);
-        let (admitted, pattern) = shared.reserve("step", &key, max, self.step_ttl, true).await?;
+        let (admitted, pattern) = shared.reserve(Counter::Step, &key, max, self.step_ttl).await?;
         if !admitted {
             return Some(Err(Refusal::Attempts));
         }
@@ -234,7 +224,7 @@ impl SearchGuard {
                 return Some(Err(Refusal::SecretWord));
             }
         }
-        Some(Ok(Admission(Held::Shared(shared.clone(), "step", key))))
+        Some(Ok(Admission(Held::Shared(shared.clone(), Counter::Step, key))))
     }
 
     /// Learn from the internal system's answer: a finished step is forgotten, a next step
@@ -246,11 +236,10 @@ impl SearchGuard {
         answer: &Result<SearchAnswer, GatewayError>,
     ) {
         if let (Some(id), Ok(SearchAnswer { answer_type: 2, .. })) = (&req.step_id, answer) {
-            self.steps
-                .invalidate(&keys.id_key("search step", id.as_bytes()))
-                .await;
+            let key = keys.id_key("search step", id.as_bytes());
+            self.steps.invalidate(&key).await;
             if let Some(shared) = &self.shared {
-                shared.forget("step", &shared.id("search step", id.as_bytes())).await;
+                shared.forget(Counter::Step.kind(), &key).await;
             }
         }
         if let Ok(SearchAnswer {
@@ -260,12 +249,11 @@ impl SearchGuard {
             ..
         }) = answer
         {
-            if let Some(shared) = &self.shared {
-                let id = shared.id("search step", next.as_bytes());
-                let pattern = validator.as_deref().filter(|p| p.len() <= MAX_PATTERN_BYTES);
-                shared.set_validator(&id, pattern, self.step_ttl).await;
-            }
             let key = keys.id_key("search step", next.as_bytes());
+            if let Some(shared) = &self.shared {
+                let pattern = validator.as_deref().filter(|p| p.len() <= MAX_PATTERN_BYTES);
+                shared.set_validator(&key, pattern, self.step_ttl).await;
+            }
             let validator = match validator {
                 Some(pattern) => self.compiled(pattern).await,
                 None => None,

@@ -45,6 +45,7 @@ impl Hasher for KeyHash {
     }
 }
 
+#[derive(Clone)]
 pub struct TokenHasher {
     cache_key: [u8; 32],
     fingerprint_key: [u8; 16],

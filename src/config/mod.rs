@@ -381,6 +381,16 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_secret_that_is_named_must_be_there_even_without_cards() {
+        let e = Config::from_toml(&format!(
+            "{MIN}[shared]\nurl = \"redis://127.0.0.1:6379/0\"\nencryption_key_env = \"CARDGATE_TEST_UNSET_SHARED_KEY\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.0.starts_with("shared.encryption_key_env: "), "{e}");
+        assert!(e.0.contains("is not set"), "{e}");
+    }
+
+    #[test]
     fn a_reload_keeps_the_running_shared_section_and_names_it() {
         // Parsed only: validating would read the secret's variable.
         let with = |url: &str| {

@@ -56,7 +56,7 @@ impl SharedSection {
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(5) {
             return Err(err("shared.timeout", "must be between 1ms and 5s"));
         }
-        if self.cards || gigma {
+        if self.cards || gigma || self.encryption_key_env.is_some() {
             self.secret()?;
         }
         Ok(())

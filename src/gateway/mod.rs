@@ -109,17 +109,21 @@ impl Gateway {
             .cache_max_bytes
             .set(i64::try_from(cfg.cache.max_size).unwrap_or(i64::MAX));
         let mut cache = CardCache::new(&cfg.cache, move || evictions.inc());
-        let hash_secret = cfg
-            .cache
-            .hash_key_env
-            .as_ref()
-            .and_then(|v| std::env::var(v).ok());
+        let hasher = match (&cfg.cache.hash_key_env, &cfg.shared) {
+            (Some(var), _) => TokenHasher::from_secret(
+                std::env::var(var)
+                    .map_err(|_| ConfigError(format!("cache.hash_key_env: {var} is not set")))?
+                    .as_bytes(),
+            ),
+            // Replicas must agree on the keys they share: derived from the shared secret
+            // (validated: with `[shared]`, one of the two secrets is set).
+            (None, Some(section)) => {
+                TokenHasher::from_secret(&blake3::derive_key("cardgate cache keys v1", &section.secret()?))
+            }
+            (None, None) => TokenHasher::random(),
+        };
         let shared = match &cfg.shared {
-            Some(section) => Some(Shared::new(
-                section,
-                hash_secret.as_deref().map(str::as_bytes),
-                &metrics,
-            )?),
+            Some(section) => Some(Shared::new(section, hasher.clone(), &metrics)?),
             None => None,
         };
         // gigma's cards are its sessions: they live in Redis whenever it is there.
@@ -133,21 +137,6 @@ impl Gateway {
         if let Some(shared) = &shared {
             guard = guard.with_shared(shared.clone());
         }
-        let hasher = match (&cfg.cache.hash_key_env, &cfg.shared) {
-            (Some(var), _) => TokenHasher::from_secret(
-                std::env::var(var)
-                    .map_err(|_| ConfigError(format!("cache.hash_key_env: {var} is not set")))?
-                    .as_bytes(),
-            ),
-            // Replicas must agree on the keys they share: derived from the shared secret.
-            (None, Some(section)) => match section.secret() {
-                Ok(secret) => {
-                    TokenHasher::from_secret(&blake3::derive_key("cardgate cache keys v1", &secret))
-                }
-                Err(_) => TokenHasher::random(),
-            },
-            (None, None) => TokenHasher::random(),
-        };
         let refused = |listener: &str| {
             crate::edge::REFUSALS.map(|r| metrics.connections_refused.with_label_values(&[listener, r]))
         };

@@ -16,6 +16,7 @@
 
 pub mod cards;
 pub use cards::{InRedis, Record};
+pub use search::Counter;
 mod seal;
 pub mod search;
 
@@ -34,7 +35,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{ConfigError, SharedSection};
-use crate::keys::CacheKey;
+use crate::keys::{CacheKey, TokenHasher};
 use crate::logs;
 use crate::metrics::Metrics;
 pub use seal::Seal;
@@ -62,7 +63,7 @@ pub struct Shared {
     timeout: Duration,
     seal: Seal,
     /// Keyed hashes of step ids (the same on every replica).
-    hasher: crate::keys::TokenHasher,
+    hasher: TokenHasher,
     /// The second-level card cache is on.
     pub cards: bool,
     stats: Stats,
@@ -150,11 +151,11 @@ impl Stats {
 }
 
 impl Shared {
-    /// `hash_secret`: the secret of `cache.hash_key_env`, if set (keys are hashed with the
-    /// encryption secret when there is one, else with that).
+    /// `hasher`: the gateway's own keyed hash, which every replica shares (its secret is
+    /// required with `[shared]`).
     pub fn new(
         cfg: &SharedSection,
-        hash_secret: Option<&[u8]>,
+        hasher: TokenHasher,
         metrics: &Metrics,
     ) -> Result<Arc<Self>, ConfigError> {
         let client =
@@ -163,13 +164,6 @@ impl Shared {
         // keys come from the gateway's own hasher.
         let secret = cfg.secret().ok();
         let seal = Seal::new(secret.as_deref().unwrap_or(&random_secret()));
-        let id_secret = secret
-            .as_deref()
-            .or(hash_secret)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_else(|| random_secret().to_vec());
-        let hasher =
-            crate::keys::TokenHasher::from_secret(&blake3::derive_key("cardgate shared ids v1", &id_secret));
         Ok(Arc::new_cyclic(|me| Shared {
             client,
             conn: ArcSwapOption::empty(),
@@ -424,12 +418,16 @@ impl Watch {
 
     async fn listen(&self) {
         let shared = &self.shared;
+        let mut first_try = true;
         loop {
             match tokio::time::timeout(Duration::from_secs(2), shared.client.get_async_pubsub()).await {
                 Ok(Ok(mut pubsub)) => {
                     if pubsub.subscribe(shared.channel()).await.is_ok() {
-                        // Copies kept while the channel was down may be stale: drop them all.
-                        (self.invalidate)(None);
+                        // Copies kept while the channel was down may have missed a purge:
+                        // drop them all (not when it was up from the start: none was missed).
+                        if !first_try {
+                            (self.invalidate)(None);
+                        }
                         let mut messages = pubsub.on_message();
                         while let Some(msg) = messages.next().await {
                             let payload: Vec<u8> = msg.get_payload().unwrap_or_default();
@@ -446,6 +444,7 @@ impl Watch {
                 Ok(Err(e)) => shared.failed("subscribe", &e),
                 Err(_) => shared.failed("subscribe", &"timed out"),
             }
+            first_try = false;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }

@@ -43,36 +43,54 @@ return 0
     )
 });
 
+/// The guard's two counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// First steps per client identifier: a fixed window from the first.
+    Start,
+    /// Failed attempts per step (and its validator): expires when idle.
+    Step,
+}
+
+impl Counter {
+    /// The key kind (`<prefix><kind>:<hex>`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Counter::Start => "start",
+            Counter::Step => "step",
+        }
+    }
+}
+
 impl Shared {
-    /// Take one unit of the `kind` counter of `id` if fewer than `max` are taken:
-    /// Some((admitted, the step's validator pattern)), None if Redis cannot say.
+    /// Take one unit of the `counter` of `id` if fewer than `max` are taken, kept for
+    /// `ttl`: Some((admitted, the step's validator pattern)), None if Redis cannot say.
     pub async fn reserve(
         &self,
-        kind: &str,
+        counter: Counter,
         id: &CacheKey,
         max: u32,
         ttl: Duration,
-        idle: bool,
     ) -> Option<(bool, Option<String>)> {
         let mut eval = RESERVE.prepare_invoke();
-        eval.key(self.key(kind, id))
+        eval.key(self.key(counter.kind(), id))
             .arg(max)
             .arg(ms(ttl))
-            .arg(u8::from(idle));
+            .arg(u8::from(counter == Counter::Step));
         let (admitted, validator): (i64, Option<String>) = self.query("guard", Query::Script(&eval)).await?;
         Some((admitted == 1, validator))
     }
 
     /// Give back the unit an admission took.
-    pub async fn release(&self, kind: &str, id: &CacheKey) {
+    pub async fn release(&self, counter: Counter, id: &CacheKey) {
         let mut eval = RELEASE.prepare_invoke();
-        eval.key(self.key(kind, id));
+        eval.key(self.key(counter.kind(), id));
         let _: Option<i64> = self.query("guard", Query::Script(&eval)).await;
     }
 
     /// Remember the validator of step `id` (its counter kept).
     pub async fn set_validator(&self, id: &CacheKey, pattern: Option<&str>, ttl: Duration) {
-        let key = self.key("step", id);
+        let key = self.key(Counter::Step.kind(), id);
         let mut pipe = redis::pipe();
         match pattern {
             Some(p) => pipe.hset(&key, "v", p).ignore(),
