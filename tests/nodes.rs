@@ -15,6 +15,14 @@ fn urls(nodes: &[&Mock]) -> String {
     format!("urls = [{}]", list.join(", "))
 }
 
+/// A gateway whose CRM is `nodes`, with `upstream` lines and other sections added.
+fn on_nodes(nodes: &[&Mock], upstream: &str, sections: &[(&str, &str)]) -> Gateway {
+    let list = urls(nodes);
+    let mut all = vec![("upstream", list.as_str()), ("upstream", upstream)];
+    all.extend_from_slice(sections);
+    Gateway::start("", &all)
+}
+
 /// The `node` label of a mock given by its literal address.
 fn up(gw: &Gateway, mock: &Mock) -> f64 {
     gw.metric_now(&format!(
@@ -31,17 +39,11 @@ fn cards(mock: &Mock) -> usize {
 fn calls_spread_a_killed_node_is_ejected_unseen_and_a_node_brought_back_returns() {
     let a = Mock::start();
     let mut b = Mock::start();
-    let list = urls(&[&a, &b]);
     // Active checks out of the way: passive ejection is what this test sees.
-    let gw = Gateway::start(
-        "",
-        &[
-            ("upstream", &list),
-            (
-                "upstream",
-                "eject_after = 2\neject_for = \"300ms\"\nhealth = { interval = \"1h\" }",
-            ),
-        ],
+    let gw = on_nodes(
+        &[&a, &b],
+        "eject_after = 2\neject_for = \"300ms\"\nhealth = { interval = \"1h\" }",
+        &[],
     );
     for _ in 0..20 {
         assert_eq!(gw.post_card(&token("spread")).status, 200);
@@ -89,8 +91,7 @@ fn calls_spread_a_killed_node_is_ejected_unseen_and_a_node_brought_back_returns(
 fn a_5xx_or_a_reset_is_retried_on_the_other_node() {
     let a = Mock::start();
     let b = Mock::start();
-    let list = urls(&[&a, &b]);
-    let gw = Gateway::start("", &[("upstream", &list), ("upstream", "eject_after = 0")]);
+    let gw = on_nodes(&[&a, &b], "eject_after = 0", &[]);
     for mode in ["500", "reset"] {
         b.fail(mode);
         let before = gw.metric_now("cardgate_upstream_retries_total");
@@ -159,16 +160,10 @@ fn a_gigma_call_is_never_sent_twice() {
 fn a_hanging_node_is_hedged_within_the_budget() {
     let a = Mock::start();
     let b = Mock::start();
-    let list = urls(&[&a, &b]);
-    let gw = Gateway::start(
-        "",
-        &[
-            ("upstream", &list),
-            (
-                "upstream",
-                "timeout = \"2s\"\nhedge_after = \"100ms\"\neject_after = 0",
-            ),
-        ],
+    let gw = on_nodes(
+        &[&a, &b],
+        "timeout = \"2s\"\nhedge_after = \"100ms\"\neject_after = 0",
+        &[],
     );
     b.fail("slow");
     for _ in 0..8 {
@@ -192,17 +187,10 @@ fn a_hanging_node_is_hedged_within_the_budget() {
 fn with_every_node_down_lookups_answer_at_once_until_one_is_back() {
     let a = Mock::start();
     let b = Mock::start();
-    let list = urls(&[&a, &b]);
-    let gw = Gateway::start(
-        "",
-        &[
-            ("upstream", &list),
-            (
-                "upstream",
-                "timeout = \"2s\"\nhealth = { path = \"/health\", interval = \"200ms\", timeout = \"100ms\", healthy_after = 1, unhealthy_after = 1 }",
-            ),
-            ("cache", "ttl = \"1s\"\nstale_if_error = \"1m\""),
-        ],
+    let gw = on_nodes(
+        &[&a, &b],
+        "timeout = \"2s\"\nhealth = { path = \"/health\", interval = \"200ms\", timeout = \"100ms\", healthy_after = 1, unhealthy_after = 1 }",
+        &[("cache", "ttl = \"1s\"\nstale_if_error = \"1m\"")],
     );
     let kept = token("kept");
     assert_eq!(gw.post_card(&kept).status, 200);
