@@ -381,6 +381,14 @@ mod tests {
     }
 
     #[test]
+    fn proxy_from_without_proxy_protocol_is_refused() {
+        let e = Config::from_toml(&format!("{MIN}[server]\nproxy_from = [\"10.0.0.0/8\"]\n")).unwrap_err();
+        assert!(e.0.starts_with("server.proxy_from: "), "{e}");
+        let ok = format!("{MIN}[server]\nproxy_protocol = true\nproxy_from = [\"10.0.0.0/8\"]\n");
+        assert!(Config::from_toml(&ok).is_ok());
+    }
+
+    #[test]
     fn a_shared_secret_that_is_named_must_be_there_even_without_cards() {
         let e = Config::from_toml(&format!(
             "{MIN}[shared]\nurl = \"redis://127.0.0.1:6379/0\"\nencryption_key_env = \"CARDGATE_TEST_UNSET_SHARED_KEY\"\n"

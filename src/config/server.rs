@@ -76,6 +76,9 @@ impl Default for ServerSection {
 
 impl ServerSection {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.proxy_from.is_empty() && !self.proxy_protocol {
+            return Err(err("server.proxy_from", "needs server.proxy_protocol = true"));
+        }
         match &self.tls {
             Some(tls) => {
                 tls.validate()?;
