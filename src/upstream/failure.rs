@@ -40,6 +40,12 @@ impl Failure {
         }
     }
 
+    /// Count (or not) towards the node's ejection.
+    pub fn counted(mut self, counted: bool) -> Self {
+        self.transport &= counted;
+        self
+    }
+
     /// No node is healthy, and none is due for a probe.
     pub fn circuit_open() -> Self {
         Failure {

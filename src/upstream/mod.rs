@@ -334,6 +334,10 @@ impl Upstream {
         deadline: Instant,
     ) -> Result<UpstreamAnswer, Failure> {
         let busy = node.busy();
+        // A retry or hedge that times out in what an earlier attempt left of the budget
+        // says little about its node: only an attempt with half the budget or more counts
+        // towards ejection.
+        let fair = deadline.saturating_duration_since(Instant::now()).saturating_mul(2) >= limits.timeout;
         let deadline = tokio::time::Instant::from_std(deadline);
         #[cfg(feature = "alt-http")]
         if crate::alt::pingora_client() {
@@ -348,7 +352,7 @@ impl Upstream {
         let exchange = node.exchange(&self.connector, &wire, req.idempotent, limits.max_body);
         let result = tokio::time::timeout_at(deadline, exchange)
             .await
-            .unwrap_or_else(|_| Err(Failure::timeout()));
+            .unwrap_or_else(|_| Err(Failure::timeout().counted(fair)));
         node.report(&busy, &result, limits.ejection, &self.stats);
         result
     }
