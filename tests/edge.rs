@@ -230,7 +230,12 @@ fn the_admin_secret_guards_every_endpoint_but_health() {
 
 /// Send raw bytes on a new connection and read what comes back (None: closed unanswered).
 fn exchange(addr: &str, bytes: &[u8]) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    exchange_from("127.0.0.1", addr, bytes)
+}
+
+/// [`exchange`] from the source address `source`.
+fn exchange_from(source: &str, addr: &str, bytes: &[u8]) -> Option<String> {
+    let mut s = common::connect_from(source, addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(bytes);
     let mut out = Vec::new();
@@ -310,9 +315,9 @@ fn only_the_balancers_in_proxy_from_may_send_proxy_headers() {
         )],
     );
     let send = |source: &str| {
-        let mut c = Raw::connect_from(source, &gw.addr);
-        c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8080\r\n");
-        c.get("/rest/chat/client/id/pp-from").map(|r| r.status)
+        let req = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8080\r\n\
+            GET /rest/chat/client/id/pp-from HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        exchange_from(source, &gw.addr, req).map(|a| a.get(9..12).unwrap_or("").parse::<u16>().unwrap_or(0))
     };
     let count = |reason: &str| {
         gw.metric_now(&format!(
