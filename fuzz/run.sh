@@ -6,17 +6,20 @@
 #
 # Inputs it finds go to fuzz/corpus/<target>/ (ignored by git unless added by hand);
 # a crash stops the run with the input in fuzz/artifacts/<target>/. Needs cargo-fuzz
-# (`cargo install cargo-fuzz`). Prints one line of figures per target.
+# (`cargo install cargo-fuzz`). A target with a `fuzz/<target>.dict` runs with that
+# dictionary. Prints one line of figures per target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(request answer route search_params normalise config)
+[ ${#targets[@]} -gt 0 ] || targets=(request answer route search_params normalise card_scan config)
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
   log=$(mktemp)
-  if ! cargo fuzz run "$t" -- -max_total_time="$secs" -max_len=20000 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+  dict=()
+  [ -r "fuzz/$t.dict" ] && dict=(-dict="fuzz/$t.dict")
+  if ! cargo fuzz run "$t" -- "${dict[@]}" -max_total_time="$secs" -max_len=20000 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     tail -40 "$log" >&2
     echo "$t: FAILED (see fuzz/artifacts/$t/)" >&2
     rm -f "$log"

@@ -54,6 +54,11 @@ fn normalise_corpus() {
 }
 
 #[test]
+fn card_scan_corpus() {
+    replay("card_scan", fuzz::card_scan);
+}
+
+#[test]
 fn config_corpus() {
     replay("config", fuzz::config);
 }

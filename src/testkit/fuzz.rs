@@ -364,3 +364,67 @@ pub fn config(data: &[u8]) {
         assert!(!e.0.is_empty());
     }
 }
+
+/// The card scan (`normalise::scan`) against serde, the reference it replaced: the same
+/// verdict, the same reason and the same members on any input.
+pub fn card_scan(data: &[u8]) {
+    let ours = normalise::scan::card(data).map(|f| {
+        (
+            f.client.map(|id| id.map(<[u8]>::to_vec)),
+            f.error_code.map(<[u8]>::to_vec),
+            f.error_text.map(<[u8]>::to_vec),
+        )
+    });
+    assert_eq!(ours, serde_card(data), "{:?}", String::from_utf8_lossy(data));
+}
+
+/// `client` (its `id`), `errorCode`, `errorText`, as raw JSON.
+pub type CardMembers = (Option<Option<Vec<u8>>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What serde makes of a card: the derived probe (duplicates refused, names unescaped),
+/// behind the UTF-8 and nesting checks, and with the shape the scan requires (the
+/// document and `client` are objects; a derived struct would also take an array).
+pub fn serde_card(body: &[u8]) -> Result<CardMembers, &'static str> {
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        client: Option<ClientProbe<'a>>,
+        #[serde(rename = "errorCode", borrow)]
+        error_code: Option<&'a RawValue>,
+        #[serde(rename = "errorText", borrow)]
+        error_text: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct ClientProbe<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Shape<'a> {
+        #[serde(borrow)]
+        client: Option<&'a RawValue>,
+    }
+
+    if std::str::from_utf8(body).is_err() {
+        return Err("answer is not UTF-8");
+    }
+    if !normalise::nesting_within(body, MAX_DEPTH) {
+        return Err("answer nested too deeply");
+    }
+    let invalid = "body is not a JSON object";
+    let probe: Probe = serde_json::from_slice(body).map_err(|_| invalid)?;
+    let shape: Shape = serde_json::from_slice(body).map_err(|_| invalid)?;
+    let object = |raw: &str| raw.starts_with('{');
+    if !body.trim_ascii_start().starts_with(b"{") || !shape.client.is_none_or(|c| object(c.get())) {
+        return Err(invalid);
+    }
+    let raw = |r: Option<&RawValue>| r.map(|r| r.get().as_bytes().to_vec());
+    Ok((
+        probe.client.map(|c| raw(c.id).filter(|id| id != b"null")),
+        raw(probe.error_code),
+        raw(probe.error_text),
+    ))
+}

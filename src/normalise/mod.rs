@@ -2,7 +2,8 @@
 //!
 //! A card is a JSON object with a `client` object whose `id` is a non-empty string (or a
 //! number, as loose systems send). It is passed on as the CRM's own bytes, so unknown
-//! fields and loose types survive untouched. A CRM error (`errorCode`/`errorText`, with a
+//! fields and loose types survive untouched; [`scan`] checks it is JSON and reads its
+//! members in one pass. A CRM error (`errorCode`/`errorText`, with a
 //! non-200 status or on a 200 without `client`) becomes [`GatewayError::CrmRejected`] with
 //! both fields coerced to strings. Anything else is an invalid answer.
 //!
@@ -13,11 +14,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::GatewayError;
 use crate::upstream::UpstreamAnswer;
+
+pub(crate) mod scan;
 
 /// A validated client card, ready to write.
 #[derive(Debug, Clone)]
@@ -30,34 +32,16 @@ pub struct Card {
     pub no_store: bool,
 }
 
-/// What the Auth API check reads of a card; the members are left raw (borrowed, not
-/// built) until needed, so validating a card allocates nothing.
-#[derive(Deserialize)]
-struct Probe<'a> {
-    #[serde(borrow)]
-    client: Option<ClientProbe<'a>>,
-    #[serde(rename = "errorCode", borrow)]
-    error_code: Option<&'a RawValue>,
-    #[serde(rename = "errorText", borrow)]
-    error_text: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct ClientProbe<'a> {
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-}
-
 /// A raw JSON member as text, like [`scalar_text`].
-fn raw_text(raw: Option<&RawValue>) -> Option<String> {
-    let value: Value = serde_json::from_str(raw?.get()).ok()?;
+fn raw_text(raw: Option<&[u8]>) -> Option<String> {
+    let value: Value = serde_json::from_slice(raw?).ok()?;
     scalar_text(&value)
 }
 
 /// A usable `client.id`: a non-empty string or a number.
-fn id_ok(raw: Option<&RawValue>) -> bool {
-    match raw.map(RawValue::get).and_then(|t| t.bytes().next()) {
-        Some(b'"') => raw.is_some_and(|r| r.get().len() > 2),
+fn id_ok(raw: Option<&[u8]>) -> bool {
+    match raw.and_then(|t| t.first()) {
+        Some(b'"') => raw.is_some_and(|r| r.len() > 2),
         Some(b'-' | b'0'..=b'9') => true,
         _ => false,
     }
@@ -221,12 +205,10 @@ pub fn scalar_text(v: &Value) -> Option<String> {
 pub fn auth_answer(a: UpstreamAnswer) -> Result<Card, GatewayError> {
     match a.status {
         200 => {
-            passable(&a.body)?;
-            let probe: Probe = serde_json::from_slice(&a.body)
-                .map_err(|_| GatewayError::CrmInvalidResponse("body is not a JSON object"))?;
-            match probe.client {
-                Some(client) => {
-                    if !id_ok(client.id) {
+            let facts = scan::card(&a.body).map_err(GatewayError::CrmInvalidResponse)?;
+            match facts.client {
+                Some(id) => {
+                    if !id_ok(id) {
                         return Err(GatewayError::CrmInvalidResponse("client.id is missing or empty"));
                     }
                     let (max_age, no_store) = cache_directives(a.cache_control.as_deref());
@@ -236,11 +218,11 @@ pub fn auth_answer(a: UpstreamAnswer) -> Result<Card, GatewayError> {
                         no_store,
                     })
                 }
-                None => match raw_text(probe.error_code) {
+                None => match raw_text(facts.error_code) {
                     // A 200 that carries an error: the CRM's verdict, answered as not found.
                     Some(code) => Err(GatewayError::CrmRejected {
                         status: 404,
-                        text: raw_text(probe.error_text).unwrap_or_else(|| code.clone()),
+                        text: raw_text(facts.error_text).unwrap_or_else(|| code.clone()),
                         code,
                     }),
                     None => Err(GatewayError::CrmInvalidResponse("200 without client")),
