@@ -190,9 +190,14 @@ impl Gateway {
 
     /// Start accounting for a request: it is in flight until its [`Ctx`] is dropped.
     pub fn begin(&self) -> Ctx {
+        self.begin_at(Instant::now())
+    }
+
+    /// The context of a request that began at `start`.
+    pub fn begin_at(&self, start: Instant) -> Ctx {
         self.metrics.inflight.inc();
         Ctx {
-            start: Instant::now(),
+            start,
             api: Api::Other,
             status: 0,
             error_code: None,
@@ -447,9 +452,11 @@ fn error_answer(e: &GatewayError, body: Bytes, x_cache: Option<&'static str>) ->
 }
 
 impl Gateway {
-    /// Record the metrics and the access-log line of an answered request.
-    pub fn finish(&self, method: &str, peer: &access::Peer, ctx: Ctx) {
-        let elapsed = ctx.start.elapsed();
+    /// Record the metrics and the access-log line of an answered request; when that was
+    /// (the clock is read once for both).
+    pub fn finish(&self, method: &str, peer: &access::Peer, ctx: Ctx) -> Instant {
+        let end = Instant::now();
+        let elapsed = end.saturating_duration_since(ctx.start);
         let api = ctx.api.label();
         let status = if ctx.status == 0 { 499 } else { ctx.status };
         self.metrics.observe_request(api, status, elapsed.as_secs_f64());
@@ -463,7 +470,7 @@ impl Gateway {
                 .inc();
         }
         if !self.config().log.access {
-            return;
+            return end;
         }
         access::emit(&access::Line {
             ts: logs::now(),
@@ -482,5 +489,6 @@ impl Gateway {
             tls: peer.tls,
             client_cert: peer.client_cert.as_deref(),
         });
+        end
     }
 }

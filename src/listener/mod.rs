@@ -12,7 +12,9 @@
 //! shutdown, idle connections close at once and busy ones after their answer.
 
 use std::net::IpAddr;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -218,10 +220,12 @@ struct Connection<'a, S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Serve requests until the client leaves, a timeout, a refusal or shutdown.
     async fn run(&mut self) {
+        // When the connection went idle: when it opened, then when each answer was written.
+        let mut idle_since = Instant::now();
         loop {
             if self.buf.is_empty() {
-                let idle_until = after(self.settings.keepalive);
-                let shrink_at = after(IDLE_SHRINK);
+                let idle_until = later(idle_since, self.settings.keepalive);
+                let shrink_at = later(idle_since, IDLE_SHRINK);
                 let mut arrival = self.read(shrink_at.min(idle_until), true).await;
                 if matches!(arrival, Arrival::TimedOut) && shrink_at < idle_until {
                     self.give_back();
@@ -231,33 +235,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     return;
                 }
             }
-            let deadline = after(self.settings.client_timeout);
-            if !self.serve_one(deadline).await {
-                return;
+            let start = Instant::now();
+            match self.serve_one(start).await {
+                Some(written) => idle_since = written,
+                None => return,
             }
         }
     }
 
-    /// Read, answer and write one request; false when the connection must end.
-    async fn serve_one(&mut self, deadline: Instant) -> bool {
+    /// Read, answer and write one request that began arriving at `start`; when its answer
+    /// was written, or None when the connection must end.
+    async fn serve_one(&mut self, start: Instant) -> Option<Instant> {
+        let deadline = later(start, self.settings.client_timeout);
         loop {
             match parse_head(&self.buf, self.settings.max_head, &mut self.head) {
                 Ok(true) => break,
                 Ok(false) => match self.read(deadline, false).await {
                     Arrival::Data => {}
                     Arrival::TimedOut => return self.refuse(GatewayError::RequestTimeout, None).await,
-                    Arrival::Closed | Arrival::ShuttingDown => return false,
+                    Arrival::Closed | Arrival::ShuttingDown => return None,
                 },
                 Err(e) => return self.refuse(e.into(), None).await,
             }
         }
-        let Some(head) = self.head.take() else {
-            return false; // parse_head filled it; nothing to answer otherwise
-        };
+        // parse_head filled it; nothing to answer otherwise
+        let head = self.head.take()?;
         let method = method_label(head.method(&self.buf));
         let (body, consumed) = match self.body(&head, deadline).await {
             Ok(framed) => framed,
-            Err(None) => return false,
+            Err(None) => return None,
             Err(Some(e)) => {
                 let refused = self.refuse(e, Some(&head)).await;
                 self.head = Some(head);
@@ -266,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         };
 
         let gw = &self.app.gateway;
-        let mut ctx = gw.begin();
+        let mut ctx = gw.begin_at(start.into_std());
         let body = match body {
             BodyPlace::Inline(start, end) => self.buf.get(start..end).unwrap_or_default(),
             BodyPlace::Chunked => &self.chunked.body[..],
@@ -285,11 +291,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         };
         respond::write(&mut self.out, &answer, delivery);
         let written = self.flush().await;
-        gw.finish(method, &self.peer_text, ctx);
+        let ended = gw.finish(method, &self.peer_text, ctx);
         self.head = Some(head);
         self.buf.advance(consumed);
         self.shrink();
-        written && !close
+        (written && !close).then(|| Instant::from_std(ended))
     }
 
     /// Give back the buffers of a connection gone idle (the read buffer keeps a little
@@ -354,8 +360,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         }
     }
 
-    /// Answer a request the framing refused, and end the connection (always false).
-    async fn refuse(&mut self, e: GatewayError, head: Option<&Head>) -> bool {
+    /// Answer a request the framing refused, and end the connection (always None).
+    async fn refuse(&mut self, e: GatewayError, head: Option<&Head>) -> Option<Instant> {
         let gw = &self.app.gateway;
         let mut ctx = gw.begin();
         let req = head.map(|h| Request::new(&self.buf, h, b"", self.peer));
@@ -372,7 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             self.linger().await;
         }
         gw.finish(method, &self.peer_text, ctx);
-        false
+        None
     }
 
     /// Before closing on a refused request, stop writing and read (and drop) what the
@@ -383,7 +389,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         if !matches!(closed, Ok(Ok(()))) {
             return;
         }
-        let until = after(LINGER);
+        let until = later(Instant::now(), LINGER);
         let mut drained = 0;
         while drained < LINGER_BYTES {
             self.buf.clear();
@@ -428,14 +434,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Write the output buffer within `server.client_timeout`; false if that failed.
     async fn flush(&mut self) -> bool {
         let Connection { io, out, .. } = self;
-        let write = async {
+        let mut write = std::pin::pin!(async {
             io.write_all(out).await?;
             io.flush().await
+        });
+        // An answer almost always fits the socket's buffer at once: the timer is armed
+        // (and the clock read) only for one that has to wait.
+        let ok = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(written) => written.is_ok(),
+            Poll::Pending => matches!(
+                tokio::time::timeout(self.settings.client_timeout, write).await,
+                Ok(Ok(()))
+            ),
         };
-        let ok = matches!(
-            tokio::time::timeout(self.settings.client_timeout, write).await,
-            Ok(Ok(()))
-        );
         self.out.clear();
         ok
     }
@@ -447,10 +458,9 @@ fn request_id<'c>(settings: &'c Settings, ctx: &'c Ctx) -> Option<(&'c str, &'c 
     ctx.request_id().filter(|_| !name.is_empty()).map(|id| (name, id))
 }
 
-/// The instant `d` from now (far in the future rather than overflowing).
-fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d).unwrap_or(now)
+/// The instant `d` after `t` (far in the future rather than overflowing).
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).unwrap_or(t)
 }
 
 /// The request method as a log label (a fixed set: never arbitrary client text).

@@ -251,7 +251,9 @@ impl Upstream {
         req: &UpstreamRequest,
         record: &CallRecord,
     ) -> Result<UpstreamAnswer, GatewayError> {
-        let limits = self.limits.load();
+        // Owned, not a guard: one held across the call would, with many calls under way,
+        // use up arc-swap's fast slots and slow every other load on the thread.
+        let limits = self.limits.load_full();
         // A free slot is taken at once; only a full house arms the queue timer.
         let slot = match self.slots.try_acquire() {
             Ok(slot) => Some(slot),
@@ -310,7 +312,7 @@ impl Upstream {
                 Some(after) if first && req.idempotent => {
                     Box::pin(self.hedged(&node, after, &mut tried, req, record, limits, deadline)).await
                 }
-                _ => self.attempt(&node, req, record, limits, deadline).await,
+                _ => self.attempt(&node, req, record, limits, deadline, first).await,
             };
             let again = match &result {
                 Ok(a) => a.status >= 500,
@@ -324,7 +326,8 @@ impl Upstream {
         }
     }
 
-    /// One attempt on one node, within the call's deadline.
+    /// One attempt on one node, within the call's deadline (`first`: the call's first
+    /// attempt, which has all of it).
     async fn attempt(
         &self,
         node: &Node,
@@ -332,12 +335,14 @@ impl Upstream {
         record: &CallRecord,
         limits: &Limits,
         deadline: Instant,
+        first: bool,
     ) -> Result<UpstreamAnswer, Failure> {
         let busy = node.busy();
         // A retry or hedge that times out in what an earlier attempt left of the budget
         // says little about its node: only an attempt with half the budget or more counts
         // towards ejection.
-        let fair = deadline.saturating_duration_since(Instant::now()).saturating_mul(2) >= limits.timeout;
+        let fair =
+            first || deadline.saturating_duration_since(Instant::now()).saturating_mul(2) >= limits.timeout;
         let deadline = tokio::time::Instant::from_std(deadline);
         #[cfg(feature = "alt-http")]
         if crate::alt::pingora_client() {
@@ -370,7 +375,7 @@ impl Upstream {
         limits: &Limits,
         deadline: Instant,
     ) -> Result<UpstreamAnswer, Failure> {
-        let mut first = std::pin::pin!(self.attempt(node, req, record, limits, deadline));
+        let mut first = std::pin::pin!(self.attempt(node, req, record, limits, deadline, true));
         tokio::select! {
             r = &mut first => return r,
             () = tokio::time::sleep(after) => {}
@@ -383,7 +388,7 @@ impl Upstream {
         };
         tried.push(second.id);
         self.stats.hedges_sent.inc();
-        let mut hedge = std::pin::pin!(self.attempt(&second, req, record, limits, deadline));
+        let mut hedge = std::pin::pin!(self.attempt(&second, req, record, limits, deadline, false));
         let valid = |r: &Result<UpstreamAnswer, Failure>| matches!(r, Ok(a) if a.status < 500);
         tokio::select! {
             r = &mut first => {

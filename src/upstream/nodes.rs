@@ -61,7 +61,9 @@ impl Nodes {
     /// (its failure can be retried elsewhere).
     pub fn pick(&self, tried: &Tried, may_probe: bool) -> Option<Arc<Node>> {
         let list = self.list.load();
-        let now = now_ms();
+        // The clock is read only for a node that is not up.
+        let mut now = None;
+        let mut now = || *now.get_or_insert_with(now_ms);
         let start = self.next.fetch_add(1, Relaxed).checked_rem(list.len())?;
         let mut best: Option<&Arc<Node>> = None;
         let mut probe = None;
@@ -73,7 +75,7 @@ impl Nodes {
                 if best.is_none_or(|b| node.outstanding() < b.outstanding()) {
                     best = Some(node);
                 }
-            } else if may_probe && probe.is_none() && node.ejection_over(now) {
+            } else if may_probe && probe.is_none() && node.ejection_over(now()) {
                 probe = Some(node);
             }
         }
@@ -81,7 +83,7 @@ impl Nodes {
         // another is up to take its retry.
         let best = best?;
         match probe {
-            Some(p) if p.claim_probe(now) => Some(p.clone()),
+            Some(p) if p.claim_probe(now()) => Some(p.clone()),
             _ => Some(best.clone()),
         }
     }
