@@ -24,62 +24,13 @@ pub struct CardFacts<'a> {
     pub error_text: Option<&'a [u8]>,
 }
 
-/// The answer is not a card-shaped JSON document; which reason to give is worked out
-/// again, off the hot path, by [`why`].
-#[derive(Debug)]
-struct Invalid;
-
-type Step = Result<(), Invalid>;
-
 /// Read `body` as a card answer, or say why it cannot be one.
 pub fn card(body: &[u8]) -> Result<CardFacts<'_>, &'static str> {
-    let mut facts = CardFacts {
-        client: None,
-        error_code: None,
-        error_text: None,
-    };
-    let mut c = Cursor { rest: body };
-    let read = (|| {
-        c.ws();
-        if c.peek() != Some(b'{') {
-            return Err(Invalid);
-        }
-        let mut seen = [false; 3];
-        c.object(0, |c, key, depth| {
-            let slot = if key.is("client")? {
-                0
-            } else if key.is("errorCode")? {
-                1
-            } else if key.is("errorText")? {
-                2
-            } else {
-                return c.value(depth);
-            };
-            let seen = seen.get_mut(slot).ok_or(Invalid)?;
-            if std::mem::replace(seen, true) {
-                return Err(Invalid);
-            }
-            match slot {
-                0 => facts.client = c.client(depth)?,
-                1 => facts.error_code = c.raw(depth)?,
-                _ => facts.error_text = c.raw(depth)?,
-            }
-            Ok(())
-        })?;
-        c.ws();
-        if c.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(Invalid)
-        }
-    })();
-    match read {
-        Ok(()) => Ok(facts),
-        Err(Invalid) => Err(why(body)),
-    }
+    scan(body).ok_or_else(|| why(body))
 }
 
-/// Why `body` is not a card, in the order the checks were always made.
+/// Why `body` is not a card, in the order the checks were always made (off the hot path:
+/// the scan only says that it is not).
 fn why(body: &[u8]) -> &'static str {
     if std::str::from_utf8(body).is_err() {
         "answer is not UTF-8"
@@ -88,6 +39,238 @@ fn why(body: &[u8]) -> &'static str {
     } else {
         "body is not a JSON object"
     }
+}
+
+// The scan works on indexes into the body: each step takes the index where its part
+// starts and returns the one just past it, or None when the part is not valid JSON.
+// Indexes never exceed the body's length, so `+ 1` cannot overflow.
+
+fn scan(b: &[u8]) -> Option<CardFacts<'_>> {
+    let mut facts = CardFacts {
+        client: None,
+        error_code: None,
+        error_text: None,
+    };
+    let i = ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut seen = [false; 3];
+    let end = object(b, i, 0, |key, i, depth| {
+        let slot = if key.is("client")? {
+            0
+        } else if key.is("errorCode")? {
+            1
+        } else if key.is("errorText")? {
+            2
+        } else {
+            return value(b, i, depth);
+        };
+        if std::mem::replace(seen.get_mut(slot)?, true) {
+            return None; // a member the check reads, twice
+        }
+        let (end, raw) = match slot {
+            0 => {
+                let (end, client) = client(b, i, depth)?;
+                facts.client = client;
+                return Some(end);
+            }
+            _ => raw(b, i, depth)?,
+        };
+        if slot == 1 {
+            facts.error_code = raw;
+        } else {
+            facts.error_text = raw;
+        }
+        Some(end)
+    })?;
+    (ws(b, end) == b.len()).then_some(facts)
+}
+
+/// The `client` member: null (none) or an object, with its raw `id`.
+#[allow(clippy::type_complexity)]
+fn client(b: &[u8], i: usize, depth: usize) -> Option<(usize, Option<Option<&[u8]>>)> {
+    if b.get(i) != Some(&b'{') {
+        return literal(b, i, b"null").map(|end| (end, None));
+    }
+    let (mut id, mut seen) = (None, false);
+    let end = object(b, i, depth, |key, i, depth| {
+        if !key.is("id")? {
+            return value(b, i, depth);
+        }
+        if std::mem::replace(&mut seen, true) {
+            return None;
+        }
+        let (end, raw) = raw(b, i, depth)?;
+        id = raw;
+        Some(end)
+    })?;
+    Some((end, Some(id)))
+}
+
+/// A value and its raw text; `null` is none.
+fn raw(b: &[u8], i: usize, depth: usize) -> Option<(usize, Option<&[u8]>)> {
+    let end = value(b, i, depth)?;
+    let text = b.get(i..end)?;
+    Some((end, (text != b"null").then_some(text)))
+}
+
+/// Any value, nested in `depth` objects and arrays.
+fn value(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string(b, i).map(|(end, _)| end),
+        b'{' => object(b, i, depth, |_, i, depth| value(b, i, depth)),
+        b'[' => array(b, i, depth),
+        b't' => literal(b, i, b"true"),
+        b'f' => literal(b, i, b"false"),
+        b'n' => literal(b, i, b"null"),
+        b'-' | b'0'..=b'9' => number(b, i),
+        _ => None,
+    }
+}
+
+/// An object at `i`; `member` reads each member's value (its name, where it starts, the
+/// object's depth) and returns where it ends.
+fn object<'a>(
+    b: &'a [u8],
+    i: usize,
+    depth: usize,
+    mut member: impl FnMut(Key<'a>, usize, usize) -> Option<usize>,
+) -> Option<usize> {
+    let depth = deeper(depth)?;
+    let mut i = ws(b, i.saturating_add(1));
+    if b.get(i) == Some(&b'}') {
+        return Some(i.saturating_add(1));
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (end, escaped) = string(b, i)?;
+        let key = Key {
+            quoted: b.get(i..end)?,
+            escaped,
+        };
+        i = ws(b, end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = member(key, ws(b, i.saturating_add(1)), depth)?;
+        i = ws(b, i);
+        match b.get(i)? {
+            b',' => i = ws(b, i.saturating_add(1)),
+            b'}' => return Some(i.saturating_add(1)),
+            _ => return None,
+        }
+    }
+}
+
+fn array(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+    let depth = deeper(depth)?;
+    let mut i = ws(b, i.saturating_add(1));
+    if b.get(i) == Some(&b']') {
+        return Some(i.saturating_add(1));
+    }
+    loop {
+        i = ws(b, value(b, i, depth)?);
+        match b.get(i)? {
+            b',' => i = ws(b, i.saturating_add(1)),
+            b']' => return Some(i.saturating_add(1)),
+            _ => return None,
+        }
+    }
+}
+
+/// A string at `i` (its opening quote): where it ends, and whether it has escapes.
+fn string(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut i = i.saturating_add(1);
+    let mut escaped = false;
+    loop {
+        i = i.saturating_add(plain_run(b.get(i..)?)?);
+        match *b.get(i)? {
+            b'"' => return Some((i.saturating_add(1), escaped)),
+            b'\\' => {
+                escaped = true;
+                i = escape(b, i)?;
+            }
+            lead @ 0x80.. => i = utf8(b, i, lead)?,
+            _ => return None, // a control character
+        }
+    }
+}
+
+/// An escape at `i` (its backslash): its form only, as serde skips one.
+fn escape(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i.saturating_add(1))? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i.saturating_add(2)),
+        b'u' => {
+            let hex = b.get(i.saturating_add(2)..i.saturating_add(6))?;
+            hex.iter().all(u8::is_ascii_hexdigit).then_some(i.saturating_add(6))
+        }
+        _ => None,
+    }
+}
+
+/// One multi-byte UTF-8 character at `i`, starting with `lead`.
+fn utf8(b: &[u8], i: usize, lead: u8) -> Option<usize> {
+    let width = match lead {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return None,
+    };
+    let end = i.saturating_add(width);
+    std::str::from_utf8(b.get(i..end)?).ok()?;
+    Some(end)
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    b.get(i..)?.starts_with(word).then_some(i.saturating_add(word.len()))
+}
+
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+fn number(b: &[u8], i: usize) -> Option<usize> {
+    let mut i = i;
+    if b.get(i) == Some(&b'-') {
+        i = i.saturating_add(1);
+    }
+    i = match *b.get(i)? {
+        b'0' => i.saturating_add(1),
+        b'1'..=b'9' => digits(b, i),
+        _ => return None,
+    };
+    if b.get(i) == Some(&b'.') {
+        i = digits1(b, i.saturating_add(1))?;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i = i.saturating_add(1);
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i = i.saturating_add(1);
+        }
+        i = digits1(b, i)?;
+    }
+    Some(i)
+}
+
+/// Past the digits at `i` (none is fine).
+fn digits(b: &[u8], i: usize) -> usize {
+    let rest = b.get(i..).unwrap_or_default();
+    i.saturating_add(rest.iter().position(|c| !c.is_ascii_digit()).unwrap_or(rest.len()))
+}
+
+/// Past the digits at `i`, of which there must be one at least.
+fn digits1(b: &[u8], i: usize) -> Option<usize> {
+    b.get(i)?.is_ascii_digit().then(|| digits(b, i))
+}
+
+/// Past the whitespace at `i`.
+fn ws(b: &[u8], i: usize) -> usize {
+    let is_ws = |c: &u8| matches!(c, b' ' | b'\n' | b'\r' | b'\t');
+    if !b.get(i).is_some_and(is_ws) {
+        return i; // compact JSON: the common case
+    }
+    let rest = b.get(i..).unwrap_or_default();
+    i.saturating_add(rest.iter().position(|c| !is_ws(c)).unwrap_or(rest.len()))
 }
 
 /// Bytes that stand for themselves inside a string: printable ASCII but `"` and `\`.
@@ -102,7 +285,7 @@ const PLAIN: [bool; 256] = {
     t
 };
 
-/// An object member's name, between its quotes.
+/// An object member's name, with its quotes.
 struct Key<'a> {
     quoted: &'a [u8],
     escaped: bool,
@@ -110,245 +293,12 @@ struct Key<'a> {
 
 impl Key<'_> {
     /// Is the name `name`? An escaped name is unescaped as serde does it, refusals included.
-    fn is(&self, name: &str) -> Result<bool, Invalid> {
+    fn is(&self, name: &str) -> Option<bool> {
         if !self.escaped {
-            return Ok(self.quoted.get(1..self.quoted.len().saturating_sub(1)) == Some(name.as_bytes()));
+            return Some(self.quoted.get(1..self.quoted.len().saturating_sub(1)) == Some(name.as_bytes()));
         }
-        let unescaped: String = serde_json::from_slice(self.quoted).map_err(|_| Invalid)?;
-        Ok(unescaped == name)
-    }
-}
-
-struct Cursor<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.rest.first().copied()
-    }
-
-    fn skip(&mut self, n: usize) {
-        self.rest = self.rest.get(n..).unwrap_or_default();
-    }
-
-    /// Take `b` if it comes next.
-    fn eat(&mut self, b: u8) -> bool {
-        let next = self.peek() == Some(b);
-        if next {
-            self.skip(1);
-        }
-        next
-    }
-
-    fn expect(&mut self, b: u8) -> Step {
-        if self.eat(b) {
-            Ok(())
-        } else {
-            Err(Invalid)
-        }
-    }
-
-    fn ws(&mut self) {
-        if !matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
-            return; // compact JSON: the common case
-        }
-        let n = self
-            .rest
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-            .unwrap_or(self.rest.len());
-        self.skip(n);
-    }
-
-    /// Any value, nested in `depth` objects and arrays.
-    fn value(&mut self, depth: usize) -> Step {
-        match self.peek() {
-            Some(b'"') => self.string().map(drop),
-            Some(b'{') => self.object(depth, |c, _, depth| c.value(depth)),
-            Some(b'[') => self.array(depth),
-            Some(b't') => self.literal(b"true"),
-            Some(b'f') => self.literal(b"false"),
-            Some(b'n') => self.literal(b"null"),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err(Invalid),
-        }
-    }
-
-    /// A value as its raw text; `null` is none.
-    fn raw(&mut self, depth: usize) -> Result<Option<&'a [u8]>, Invalid> {
-        let start = self.rest;
-        self.value(depth)?;
-        let raw = start
-            .get(..start.len().saturating_sub(self.rest.len()))
-            .ok_or(Invalid)?;
-        Ok((raw != b"null").then_some(raw))
-    }
-
-    /// The `client` member: null (none) or an object, with its raw `id`.
-    fn client(&mut self, depth: usize) -> Result<Option<Option<&'a [u8]>>, Invalid> {
-        if self.peek() != Some(b'{') {
-            return self.literal(b"null").map(|()| None);
-        }
-        let (mut id, mut seen) = (None, false);
-        self.object(depth, |c, key, depth| {
-            if !key.is("id")? {
-                return c.value(depth);
-            }
-            if std::mem::replace(&mut seen, true) {
-                return Err(Invalid);
-            }
-            id = c.raw(depth)?;
-            Ok(())
-        })?;
-        Ok(Some(id))
-    }
-
-    /// An object; `member` reads each member's value (the cursor is at it).
-    fn object(&mut self, depth: usize, mut member: impl FnMut(&mut Self, Key<'a>, usize) -> Step) -> Step {
-        let depth = deeper(depth)?;
-        self.expect(b'{')?;
-        self.ws();
-        if self.eat(b'}') {
-            return Ok(());
-        }
-        loop {
-            let start = self.rest;
-            if self.peek() != Some(b'"') {
-                return Err(Invalid);
-            }
-            let escaped = self.string()?;
-            let quoted = start
-                .get(..start.len().saturating_sub(self.rest.len()))
-                .ok_or(Invalid)?;
-            self.ws();
-            self.expect(b':')?;
-            self.ws();
-            member(self, Key { quoted, escaped }, depth)?;
-            self.ws();
-            if self.eat(b'}') {
-                return Ok(());
-            }
-            self.expect(b',')?;
-            self.ws();
-        }
-    }
-
-    fn array(&mut self, depth: usize) -> Step {
-        let depth = deeper(depth)?;
-        self.expect(b'[')?;
-        self.ws();
-        if self.eat(b']') {
-            return Ok(());
-        }
-        loop {
-            self.value(depth)?;
-            self.ws();
-            if self.eat(b']') {
-                return Ok(());
-            }
-            self.expect(b',')?;
-            self.ws();
-        }
-    }
-
-    /// A string (the cursor at its opening quote); says whether it has escapes.
-    fn string(&mut self) -> Result<bool, Invalid> {
-        self.expect(b'"')?;
-        let mut escaped = false;
-        loop {
-            let plain = plain_run(self.rest).ok_or(Invalid)?;
-            self.skip(plain);
-            match self.peek() {
-                Some(b'"') => {
-                    self.skip(1);
-                    return Ok(escaped);
-                }
-                Some(b'\\') => {
-                    escaped = true;
-                    self.escape()?;
-                }
-                Some(lead @ 0x80..) => self.utf8(lead)?,
-                _ => return Err(Invalid), // a control character
-            }
-        }
-    }
-
-    /// An escape (the cursor at its backslash): its form only, as serde skips one.
-    fn escape(&mut self) -> Step {
-        match self.rest.get(1) {
-            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.skip(2),
-            Some(b'u') => {
-                let hex = self.rest.get(2..6).ok_or(Invalid)?;
-                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                    return Err(Invalid);
-                }
-                self.skip(6);
-            }
-            _ => return Err(Invalid),
-        }
-        Ok(())
-    }
-
-    /// One multi-byte UTF-8 character starting with `lead`.
-    fn utf8(&mut self, lead: u8) -> Step {
-        let width = match lead {
-            0xC2..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF4 => 4,
-            _ => return Err(Invalid),
-        };
-        let char = self.rest.get(..width).ok_or(Invalid)?;
-        std::str::from_utf8(char).map_err(|_| Invalid)?;
-        self.skip(width);
-        Ok(())
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Step {
-        if !self.rest.starts_with(word) {
-            return Err(Invalid);
-        }
-        self.skip(word.len());
-        Ok(())
-    }
-
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
-    fn number(&mut self) -> Step {
-        self.eat(b'-');
-        match self.peek() {
-            Some(b'0') => self.skip(1),
-            Some(b'1'..=b'9') => self.digits(),
-            _ => return Err(Invalid),
-        }
-        if self.eat(b'.') {
-            self.digits1()?;
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.skip(1);
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.skip(1);
-            }
-            self.digits1()?;
-        }
-        Ok(())
-    }
-
-    fn digits(&mut self) {
-        let n = self
-            .rest
-            .iter()
-            .position(|b| !b.is_ascii_digit())
-            .unwrap_or(self.rest.len());
-        self.skip(n);
-    }
-
-    /// At least one digit.
-    fn digits1(&mut self) -> Step {
-        if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            return Err(Invalid);
-        }
-        self.digits();
-        Ok(())
+        let unescaped: String = serde_json::from_slice(self.quoted).ok()?;
+        Some(unescaped == name)
     }
 }
 
@@ -380,11 +330,8 @@ fn plain_run(s: &[u8]) -> Option<usize> {
 }
 
 /// One level deeper, within [`MAX_DEPTH`].
-fn deeper(depth: usize) -> Result<usize, Invalid> {
-    depth
-        .checked_add(1)
-        .filter(|d| *d <= MAX_DEPTH)
-        .ok_or(Invalid)
+fn deeper(depth: usize) -> Option<usize> {
+    depth.checked_add(1).filter(|d| *d <= MAX_DEPTH)
 }
 
 #[cfg(test)]
