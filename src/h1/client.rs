@@ -139,21 +139,32 @@ pub async fn read_answer<S: AsyncRead + Unpin>(
     io: &mut S,
     max_body: usize,
 ) -> Result<(AnswerHead, Bytes, bool), ReadError> {
-    let mut buf = BytesMut::with_capacity(4096);
+    read_answer_into(io, &mut BytesMut::new(), max_body).await
+}
+
+/// [`read_answer`] into `buf`, a connection's own from one answer to the next: once the
+/// previous body (split off it) is dropped, its room is used again rather than allocated.
+pub async fn read_answer_into<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    max_body: usize,
+) -> Result<(AnswerHead, Bytes, bool), ReadError> {
+    buf.clear();
+    buf.reserve(4096);
     let head = loop {
-        match parse_answer_head(&buf).map_err(ReadError::Framing)? {
+        match parse_answer_head(buf).map_err(ReadError::Framing)? {
             Some(head) if head.interim => {
                 let _ = buf.split_to(head.len);
             }
             Some(head) => break head,
             None => {
                 let answered = !buf.is_empty();
-                read_more(io, &mut buf, answered).await?;
+                read_more(io, buf, answered).await?;
             }
         }
     };
     let _ = buf.split_to(head.len);
-    let (body, reusable) = read_body(io, &mut buf, head.framing, max_body).await?;
+    let (body, reusable) = read_body(io, buf, head.framing, max_body).await?;
     let reusable = reusable && head.keep_alive;
     Ok((head, body, reusable))
 }

@@ -424,7 +424,7 @@ impl Upstream {
         use crate::h1::client::ReadError;
         let mut retried = false;
         loop {
-            let (io, reused) = node.checkout(&self.connector, retried).await?;
+            let (io, _, reused) = node.checkout(&self.connector, retried).await?;
             let sent = crate::alt::pingora_client::exchange(
                 io,
                 req,

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use pingora::connectors::TransportConnector;
 use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
@@ -28,7 +29,7 @@ use super::stats::Stats;
 use super::{UpstreamAnswer, UpstreamRequest};
 use crate::config::{Config, LogLevel, UpstreamUrl};
 use crate::correlation::Correlation;
-use crate::h1::client::{read_answer, ReadError};
+use crate::h1::client::{read_answer_into, ReadError};
 use crate::logs;
 
 /// The longest ejection, however often a node keeps failing.
@@ -358,11 +359,11 @@ impl Node {
         let mut retried = false;
         loop {
             // A retry goes to a new connection: the pooled ones may all be closing.
-            let (mut io, reused) = self.checkout(connector, retried).await?;
-            match once(&mut io, wire, max_body).await {
+            let (mut io, mut buf, reused) = self.checkout(connector, retried).await?;
+            match once(&mut io, &mut buf, wire, max_body).await {
                 Ok((answer, reusable)) => {
                     if reusable {
-                        self.pool.put(io);
+                        self.pool.put(io, buf);
                     }
                     return Ok(answer);
                 }
@@ -380,10 +381,14 @@ impl Node {
 
     /// A pooled connection that is still open (true), or a new one (false; always when
     /// `fresh`).
-    pub async fn checkout(&self, connector: &TransportConnector, fresh: bool) -> Result<(Stream, bool), Failure> {
+    pub async fn checkout(
+        &self,
+        connector: &TransportConnector,
+        fresh: bool,
+    ) -> Result<(Stream, BytesMut, bool), Failure> {
         if !fresh {
-            if let Some(io) = self.pool.take().await {
-                return Ok((io, true));
+            if let Some((io, buf)) = self.pool.take().await {
+                return Ok((io, buf, true));
             }
         }
         // Boxed: the connect future (TCP, TLS handshake) is large and rarely needed; kept
@@ -391,13 +396,13 @@ impl Node {
         let io = Box::pin(connector.new_stream(&self.peer))
             .await
             .map_err(|e| Failure::connect(&e))?;
-        Ok((io, false))
+        Ok((io, BytesMut::new(), false))
     }
 
     /// Give back a connection after a clean exchange.
     #[cfg(feature = "alt-http")]
     pub fn put_back(&self, io: Stream) {
-        self.pool.put(io);
+        self.pool.put(io, BytesMut::new());
     }
 }
 
@@ -414,14 +419,19 @@ impl Drop for Busy<'_> {
 }
 
 /// One exchange on one connection: the answer, and whether the connection may be reused.
-async fn once(io: &mut Stream, wire: &[u8], max_body: usize) -> Result<(UpstreamAnswer, bool), ReadError> {
+async fn once(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    wire: &[u8],
+    max_body: usize,
+) -> Result<(UpstreamAnswer, bool), ReadError> {
     let unanswered = |cause| ReadError::Io {
         cause,
         answered: false,
     };
     io.write_all(wire).await.map_err(unanswered)?;
     io.flush().await.map_err(unanswered)?;
-    let (head, body, reusable) = read_answer(io, max_body).await?;
+    let (head, body, reusable) = read_answer_into(io, buf, max_body).await?;
     let answer = UpstreamAnswer {
         status: head.status,
         cache_control: head.cache_control,

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::Instant;
@@ -26,9 +27,10 @@ pub struct Pool {
     reaper: AtomicBool,
 }
 
-/// A pooled connection and when it was put back.
+/// A pooled connection, its read buffer, and when it was put back.
 struct Idle {
     io: Stream,
+    buf: BytesMut,
     since: Instant,
 }
 
@@ -46,8 +48,8 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest pooled connection that is still open, if any.
-    pub async fn take(&self) -> Option<Stream> {
+    /// The newest pooled connection that is still open, if any, with its read buffer.
+    pub async fn take(&self) -> Option<(Stream, BytesMut)> {
         loop {
             let mut idle = self.lock().pop_back()?;
             if idle.since.elapsed() >= self.max_idle {
@@ -57,17 +59,19 @@ impl Pool {
                 return None;
             }
             if still_open(&mut idle.io).await {
-                return Some(idle.io);
+                return Some((idle.io, idle.buf));
             }
         }
     }
 
-    /// Keep a connection for the next exchange (the oldest goes when the pool is full).
-    pub fn put(self: &Arc<Self>, io: Stream) {
+    /// Keep a connection and its read buffer for the next exchange (the oldest goes when
+    /// the pool is full).
+    pub fn put(self: &Arc<Self>, io: Stream, buf: BytesMut) {
         let evicted = {
             let mut pool = self.lock();
             pool.push_back(Idle {
                 io,
+                buf,
                 since: Instant::now(),
             });
             (pool.len() > self.size).then(|| pool.pop_front())
@@ -149,8 +153,8 @@ mod tests {
         let pool = Pool::new(8, Duration::from_secs(4));
         let (quiet, _quiet_peer) = tokio::io::duplex(64);
         let (closing, closing_peer) = tokio::io::duplex(64);
-        pool.put(Box::new(quiet));
-        pool.put(Box::new(closing));
+        pool.put(Box::new(quiet), BytesMut::new());
+        pool.put(Box::new(closing), BytesMut::new());
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(pool.len(), 2);
         drop(closing_peer);
