@@ -142,6 +142,9 @@ pub async fn read_answer<S: AsyncRead + Unpin>(
     read_answer_into(io, &mut BytesMut::new(), max_body).await
 }
 
+/// The most read buffer a connection keeps between answers.
+const KEEP_AT_MOST: usize = 64 * 1024;
+
 /// [`read_answer`] into `buf`, a connection's own from one answer to the next: once the
 /// previous body (split off it) is dropped, its room is used again rather than allocated.
 pub async fn read_answer_into<S: AsyncRead + Unpin>(
@@ -151,6 +154,10 @@ pub async fn read_answer_into<S: AsyncRead + Unpin>(
 ) -> Result<(AnswerHead, Bytes, bool), ReadError> {
     buf.clear();
     buf.reserve(4096);
+    if buf.capacity() > KEEP_AT_MOST {
+        // What one large answer made it grow to is not kept for the ones after it.
+        *buf = BytesMut::with_capacity(4096);
+    }
     let head = loop {
         match parse_answer_head(buf).map_err(ReadError::Framing)? {
             Some(head) if head.interim => {
@@ -328,6 +335,25 @@ mod tests {
             b.read(p);
         }
         b.build()
+    }
+
+    #[tokio::test]
+    async fn a_connection_reads_answer_after_answer_into_its_buffer_but_keeps_no_large_one() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let mut io = scripted(&[answer, answer]);
+        let mut buf = BytesMut::new();
+        let (_, first, _) = read_answer_into(&mut io, &mut buf, 100).await.unwrap();
+        let (_, second, reusable) = read_answer_into(&mut io, &mut buf, 100).await.unwrap();
+        assert_eq!((&first[..], &second[..], reusable), (&b"hello"[..], &b"hello"[..], true));
+        drop((first, second));
+
+        let large = format!("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}", "x".repeat(100_000));
+        let mut io = scripted(&[large.as_bytes(), answer]);
+        let (_, body, _) = read_answer_into(&mut io, &mut buf, 200_000).await.unwrap();
+        assert_eq!(body.len(), 100_000);
+        drop(body);
+        read_answer_into(&mut io, &mut buf, 100).await.unwrap();
+        assert!(buf.capacity() <= KEEP_AT_MOST, "{}", buf.capacity());
     }
 
     #[tokio::test]
