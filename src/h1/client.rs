@@ -6,6 +6,8 @@
 //! take what RFC 9112 lets a recipient take (the last transfer coding decides; an answer
 //! without a length runs to the close), but never an ambiguous length.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -62,14 +64,15 @@ impl std::error::Error for ReadError {
 
 /// Parse an answer head at the start of `buf`; `Ok(None)`: incomplete.
 pub fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, FramingError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
-    let mut resp = httparse::Response::new(&mut fields);
+    // Left uninitialised: httparse fills only what it parses.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_ANSWER_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
     // As a recipient we take what RFC 9112 §5.1-5.2 lets us: whitespace before a field's
     // colon, and obs-fold continuation lines (read as one space).
     let parsed = httparse::ParserConfig::default()
         .allow_spaces_after_header_name_in_responses(true)
         .allow_obsolete_multiline_headers_in_responses(true)
-        .parse_response(&mut resp, buf.get(..=MAX_ANSWER_HEAD).unwrap_or(buf));
+        .parse_response_with_uninit_headers(&mut resp, buf.get(..=MAX_ANSWER_HEAD).unwrap_or(buf), &mut fields);
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) if len > MAX_ANSWER_HEAD => {
             return Err(FramingError::HeadTooLarge)
@@ -159,7 +162,12 @@ pub async fn read_answer_into<S: AsyncRead + Unpin>(
         *buf = BytesMut::with_capacity(4096);
     }
     let head = loop {
-        match parse_answer_head(buf).map_err(ReadError::Framing)? {
+        let parsed = if buf.is_empty() {
+            None // nothing read yet: nothing to parse
+        } else {
+            parse_answer_head(buf).map_err(ReadError::Framing)?
+        };
+        match parsed {
             Some(head) if head.interim => {
                 let _ = buf.split_to(head.len);
             }
