@@ -247,7 +247,9 @@ impl CardCache {
         let refreshing = existing.as_ref().is_some_and(|e| e.is_fresh(Instant::now()));
         let mut lock = None;
         if let Some((l2, hold)) = self.l2.as_ref().filter(|_| !refreshing) {
-            match l2.card_lookup(&key, *hold).await {
+            // Boxed, as are the other Redis calls: inline, they would make every lookup's
+            // future (and so every request's) larger than the allocator's fast sizes.
+            match Box::pin(l2.card_lookup(&key, *hold)).await {
                 Some(InRedis::Found(record)) => {
                     if let Some(found) = self.adopt_from_l2(key, record) {
                         return Ok((found, false));
@@ -256,7 +258,8 @@ impl CardCache {
                 Some(InRedis::Lead(token)) => lock = Some(token),
                 Some(InRedis::Follow) => {
                     let until = Instant::now().checked_add(*hold).unwrap_or_else(Instant::now);
-                    if let Some(found) = self.adopt_from_l2(key, l2.card_wait(&key, until).await) {
+                    let waited = Box::pin(l2.card_wait(&key, until)).await;
+                    if let Some(found) = self.adopt_from_l2(key, waited) {
                         return Ok((found, false));
                     }
                 }
@@ -269,11 +272,11 @@ impl CardCache {
                 Ok((stored, false)) if kept => Some(stored.to_shared(Instant::now())),
                 _ => None,
             };
-            l2.card_put(
+            Box::pin(l2.card_put(
                 &key,
                 record.as_ref().map(SharedRecord::as_record),
                 lock.as_deref(),
-            )
+            ))
             .await;
         }
         outcome

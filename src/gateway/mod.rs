@@ -232,7 +232,9 @@ impl Gateway {
                 }
                 answer
             }
-            (Ok(()), Ok(Route::Search)) => Ok(self.search(req, ctx).await),
+            // Boxed: the search future is the larger, and inline it would size every
+            // card lookup's future (one allocation a request) past the allocator's fast sizes.
+            (Ok(()), Ok(Route::Search)) => Ok(Box::pin(self.search(req, ctx)).await),
             (Ok(()), Err(e)) => Err(e),
         };
         let answer = answer.unwrap_or_else(|e| self.reject(&e, ctx));
