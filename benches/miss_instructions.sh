@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The miss path in instructions: cardgate (one node, ttl 0) and HAProxy
+# (../shared/bench/haproxy-anchor.cfg) each under callgrind, in front of the nginx
+# anchor's CRM, a new token per request (wrk, 8 connections, for $secs), counted after a
+# warm-up request. Instructions per request are repeatable on a busy machine where CPU
+# time is not (user space only, every thread of the process).
+#
+#   benches/miss_instructions.sh [seconds]     (default 5)
+#
+# Needs valgrind, nginx, haproxy, wrk, curl. Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+[ "$secs" -ge 1 ] && [ "$secs" -le 60 ] || { echo "seconds must be 1..60" >&2; exit 2; }
+anchor=${ANCHOR_SH:-../shared/bench/nginx-anchor.sh}
+haproxy_cfg=${HAPROXY_CFG:-../shared/bench/haproxy-anchor.cfg}
+for tool in valgrind callgrind_control nginx haproxy wrk curl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 2; }
+done
+cargo build --release --quiet
+bin=target/release/cardgate
+. benches/common.sh
+
+ANCHOR_DIR=$work/anchor "$anchor" start
+cleanup_hooks+=("ANCHOR_DIR=$work/anchor $anchor stop")
+wait_ports 127.0.0.1:18081
+cat >"$work/g.toml" <<TOML
+[server]
+listen = "127.0.0.1:18393"
+threads = 1
+runtime_dir = "$work/run"
+[admin]
+listen = "127.0.0.1:18394"
+[upstream]
+url = "http://127.0.0.1:18081"
+[cache]
+ttl = "0s"
+[log]
+access = false
+TOML
+sed -e "s/127.0.0.1:18084/127.0.0.1:18395/" "$haproxy_cfg" >"$work/haproxy.cfg"
+
+# count NAME URL COMMAND...: instructions per request of COMMAND under callgrind.
+count() {
+  local name=$1 url=$2 vg reqs ir
+  shift 2
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$name.%p" "$@" >"$work/cg.$name.out" 2>&1 &
+  vg=$!
+  pids+=($vg)
+  for _ in $(seq 100); do curl -s -o /dev/null "$url/rest/chat/client/id/warm-up" && break; sleep 0.3; done
+  callgrind_control -z "$vg" >/dev/null
+  reqs=$(wrk -t1 -c8 -d"${secs}s" -s benches/unique.lua "$url" | awk '/requests in/ {print $1}')
+  callgrind_control -d "$vg" >/dev/null
+  sleep 1
+  kill "$vg"; wait "$vg" 2>/dev/null || true
+  ir=$(grep -h '^summary:' "$work"/cg."$name".*.1 | awk '{s += $2} END {print s}')
+  echo "$name requests=$reqs instructions=$ir per_request=$(awk -v i="$ir" -v n="$reqs" 'BEGIN { printf "%.0f", i / n }')"
+}
+count cardgate http://127.0.0.1:18393 "$bin" --config "$work/g.toml"
+count haproxy http://127.0.0.1:18395 haproxy -f "$work/haproxy.cfg"
