@@ -95,23 +95,33 @@ run() {
   echo "$name $rps $p50 $p99 $cpu"
 }
 
-# callgrind_hits NAME CONFIG URL: run $bin with CONFIG under callgrind, warm URL, count
-# instructions over a wrk run of $secs (8 connections), and print "requests instructions
-# per-request" (user space, every thread of the process).
-callgrind_hits() {
-  local name=$1 config=$2 url=$3 vg reqs ir
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$name.%p" "$bin" --config "$config" \
-    >"$work/cg.$name.out" 2>&1 &
+# callgrind_count NAME WARM_URL URL [WRK_ARG...] -- COMMAND...: run COMMAND under callgrind,
+# wait until WARM_URL answers, count instructions over a wrk run of $secs (8 connections,
+# the WRK_ARGs) against URL, and print "requests instructions per-request" (user space,
+# every thread of the process).
+callgrind_count() {
+  local name=$1 warm=$2 url=$3 vg reqs ir
+  shift 3
+  local wrk_args=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do wrk_args+=("$1"); shift; done
+  shift
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$name.%p" "$@" >"$work/cg.$name.out" 2>&1 &
   vg=$!
   pids+=($vg)
-  for _ in $(seq 100); do curl -s -o /dev/null "$url" && break; sleep 0.3; done
-  callgrind_control -z "$vg" >/dev/null      # count from here: the card is cached
-  reqs=$(wrk -t1 -c8 -d"${secs}s" "$url" | awk '/requests in/ {print $1}')
+  for _ in $(seq 100); do curl -s -o /dev/null "$warm" && break; sleep 0.3; done
+  callgrind_control -z "$vg" >/dev/null      # count from here: warmed up
+  reqs=$(wrk -t1 -c8 -d"${secs}s" "${wrk_args[@]}" "$url" | awk '/requests in/ {print $1}')
   callgrind_control -d "$vg" >/dev/null
   sleep 1
   kill "$vg"; wait "$vg" 2>/dev/null || true
-  ir=$(grep -h '^summary:' "$work"/cg."$name".*.1 | awk '{print $2}')
+  ir=$(grep -h '^summary:' "$work"/cg."$name".*.1 | awk '{s += $2} END {print s}')
   echo "$reqs $ir $(awk -v i="$ir" -v n="$reqs" 'BEGIN { printf "%.0f", i / n }')"
+}
+
+# callgrind_hits NAME CONFIG URL: callgrind_count of $bin with CONFIG, URL warmed (the card
+# is cached) and then run.
+callgrind_hits() {
+  callgrind_count "$1" "$3" "$3" -- "$bin" --config "$2"
 }
 
 # Latency to microseconds; a ratio of two numbers.

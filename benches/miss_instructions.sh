@@ -40,21 +40,14 @@ access = false
 TOML
 sed -e "s/127.0.0.1:18084/127.0.0.1:18395/" "$haproxy_cfg" >"$work/haproxy.cfg"
 
-# count NAME URL COMMAND...: instructions per request of COMMAND under callgrind.
-count() {
-  local name=$1 url=$2 vg reqs ir
-  shift 2
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$name.%p" "$@" >"$work/cg.$name.out" 2>&1 &
-  vg=$!
-  pids+=($vg)
-  for _ in $(seq 100); do curl -s -o /dev/null "$url/rest/chat/client/id/warm-up" && break; sleep 0.3; done
-  callgrind_control -z "$vg" >/dev/null
-  reqs=$(wrk -t1 -c8 -d"${secs}s" -s benches/unique.lua "$url" | awk '/requests in/ {print $1}')
-  callgrind_control -d "$vg" >/dev/null
-  sleep 1
-  kill "$vg"; wait "$vg" 2>/dev/null || true
-  ir=$(grep -h '^summary:' "$work"/cg."$name".*.1 | awk '{s += $2} END {print s}')
-  echo "$name requests=$reqs instructions=$ir per_request=$(awk -v i="$ir" -v n="$reqs" 'BEGIN { printf "%.0f", i / n }')"
-}
-count cardgate http://127.0.0.1:18393 "$bin" --config "$work/g.toml"
-count haproxy http://127.0.0.1:18395 haproxy -f "$work/haproxy.cfg"
+for name in cardgate haproxy; do
+  if [ $name = cardgate ]; then
+    url=http://127.0.0.1:18393
+    command=("$bin" --config "$work/g.toml")
+  else
+    url=http://127.0.0.1:18395
+    command=(haproxy -f "$work/haproxy.cfg")
+  fi
+  read -r reqs ir per < <(callgrind_count $name "$url/rest/chat/client/id/warm-up" "$url" -s benches/unique.lua -- "${command[@]}")
+  echo "$name requests=$reqs instructions=$ir per_request=$per"
+done
