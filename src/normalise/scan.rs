@@ -15,13 +15,16 @@
 
 use super::MAX_DEPTH;
 
+/// A member's raw JSON text, if it is there and not `null`.
+pub type Raw<'a> = Option<&'a [u8]>;
+
 /// What the Auth API check reads of a card, as raw JSON text (`null` counts as absent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CardFacts<'a> {
     /// `client`: `Some` when it is an object, with its raw `id` member.
-    pub client: Option<Option<&'a [u8]>>,
-    pub error_code: Option<&'a [u8]>,
-    pub error_text: Option<&'a [u8]>,
+    pub client: Option<Raw<'a>>,
+    pub error_code: Raw<'a>,
+    pub error_text: Raw<'a>,
 }
 
 /// Read `body` as a card answer, or say why it cannot be one.
@@ -88,8 +91,7 @@ fn scan(b: &[u8]) -> Option<CardFacts<'_>> {
 }
 
 /// The `client` member: null (none) or an object, with its raw `id`.
-#[allow(clippy::type_complexity)]
-fn client(b: &[u8], i: usize, depth: usize) -> Option<(usize, Option<Option<&[u8]>>)> {
+fn client(b: &[u8], i: usize, depth: usize) -> Option<(usize, Option<Raw<'_>>)> {
     if b.get(i) != Some(&b'{') {
         return literal(b, i, b"null").map(|end| (end, None));
     }
@@ -109,7 +111,7 @@ fn client(b: &[u8], i: usize, depth: usize) -> Option<(usize, Option<Option<&[u8
 }
 
 /// A value and its raw text; `null` is none.
-fn raw(b: &[u8], i: usize, depth: usize) -> Option<(usize, Option<&[u8]>)> {
+fn raw(b: &[u8], i: usize, depth: usize) -> Option<(usize, Raw<'_>)> {
     let end = value(b, i, depth)?;
     let text = b.get(i..end)?;
     Some((end, (text != b"null").then_some(text)))
