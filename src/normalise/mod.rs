@@ -120,15 +120,19 @@ pub fn nesting_within(json: &[u8], max: usize) -> bool {
 
 /// What an answer passed on as it came must be, beyond what serde checks of the members
 /// it reads: UTF-8 throughout (serde does not look inside members it skips) and at most
-/// [`MAX_DEPTH`] deep.
-fn passable(body: &[u8]) -> Result<(), GatewayError> {
+/// [`MAX_DEPTH`] deep. The reason when it is not.
+pub fn unpassable(body: &[u8]) -> Option<&'static str> {
     if std::str::from_utf8(body).is_err() {
-        return Err(GatewayError::CrmInvalidResponse("answer is not UTF-8"));
+        Some("answer is not UTF-8")
+    } else if !nesting_within(body, MAX_DEPTH) {
+        Some("answer nested too deeply")
+    } else {
+        None
     }
-    if !nesting_within(body, MAX_DEPTH) {
-        return Err(GatewayError::CrmInvalidResponse("answer nested too deeply"));
-    }
-    Ok(())
+}
+
+fn passable(body: &[u8]) -> Result<(), GatewayError> {
+    unpassable(body).map_or(Ok(()), |why| Err(GatewayError::CrmInvalidResponse(why)))
 }
 
 /// Map a Search client API answer of an internal system that speaks it (`iq`).

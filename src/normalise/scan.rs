@@ -35,13 +35,7 @@ pub fn card(body: &[u8]) -> Result<CardFacts<'_>, &'static str> {
 /// Why `body` is not a card, in the order the checks were always made (off the hot path:
 /// the scan only says that it is not).
 fn why(body: &[u8]) -> &'static str {
-    if std::str::from_utf8(body).is_err() {
-        "answer is not UTF-8"
-    } else if !super::nesting_within(body, MAX_DEPTH) {
-        "answer nested too deeply"
-    } else {
-        "body is not a JSON object"
-    }
+    super::unpassable(body).unwrap_or("body is not a JSON object")
 }
 
 // The scan works on indexes into the body: each step takes the index where its part

@@ -382,7 +382,7 @@ pub fn card_scan(data: &[u8]) {
 pub type CardMembers = (Option<Option<Vec<u8>>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// What serde makes of a card: the derived probe (duplicates refused, names unescaped),
-/// behind the UTF-8 and nesting checks, and with the shape the scan requires (the
+/// behind the UTF-8 and nesting checks (`normalise::unpassable`, as before the scan), and with the shape the scan requires (the
 /// document and `client` are objects; a derived struct would also take an array).
 pub fn serde_card(body: &[u8]) -> Result<CardMembers, &'static str> {
     use serde::Deserialize;
@@ -408,11 +408,8 @@ pub fn serde_card(body: &[u8]) -> Result<CardMembers, &'static str> {
         client: Option<&'a RawValue>,
     }
 
-    if std::str::from_utf8(body).is_err() {
-        return Err("answer is not UTF-8");
-    }
-    if !normalise::nesting_within(body, MAX_DEPTH) {
-        return Err("answer nested too deeply");
+    if let Some(why) = normalise::unpassable(body) {
+        return Err(why);
     }
     let invalid = "body is not a JSON object";
     let probe: Probe = serde_json::from_slice(body).map_err(|_| invalid)?;
