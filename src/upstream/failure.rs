@@ -82,6 +82,39 @@ impl Failure {
         }
     }
 
+    /// A plain-TCP connection to the node could not be made ([`super::plain`]); the
+    /// same outcomes as Pingora's connector gives for TCP.
+    pub fn connect_io(e: &std::io::Error) -> Self {
+        let (error, outcome) = match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                (GatewayError::CrmUnavailable("connection refused"), "unavailable")
+            }
+            std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                (GatewayError::CrmUnavailable("no route to the CRM"), "unavailable")
+            }
+            std::io::ErrorKind::TimedOut => (GatewayError::CrmTimeout, "timeout"),
+            _ => (GatewayError::CrmUnavailable("connection failed"), "unavailable"),
+        };
+        Failure {
+            error,
+            outcome,
+            retry: true,
+            transport: true,
+            cause: format!("cannot connect: {e}"),
+        }
+    }
+
+    /// No plain-TCP connection within `upstream.connect_timeout`.
+    pub fn connect_timed_out() -> Self {
+        Failure {
+            error: GatewayError::CrmTimeout,
+            outcome: "timeout",
+            retry: true,
+            transport: true,
+            cause: "cannot connect: no connection within upstream.connect_timeout".into(),
+        }
+    }
+
     /// An exchange on an open connection failed; `tls` when the connection is TLS.
     pub fn read(e: &ReadError, tls: bool) -> Self {
         match e {

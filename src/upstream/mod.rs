@@ -15,6 +15,7 @@ mod failure;
 mod health;
 mod node;
 mod nodes;
+mod plain;
 mod pool;
 mod resolve;
 mod stats;
@@ -354,7 +355,10 @@ impl Upstream {
             return result;
         }
         let wire = node.wire(req, &record.correlation, &limits.request_id_header);
-        let exchange = node.exchange(&self.connector, &wire, req.idempotent, limits.max_body);
+        // Boxed: inline, the exchange would make the dialect's call future (boxed by
+        // `async_trait`, one allocation a call) 1.4 KiB, past glibc's per-thread cache
+        // sizes (1 KiB); as two allocations both stay within them.
+        let exchange = Box::pin(node.exchange(&self.connector, &wire, req.idempotent, limits.max_body));
         let result = tokio::time::timeout_at(deadline, exchange)
             .await
             .unwrap_or_else(|_| Err(Failure::timeout().counted(fair)));

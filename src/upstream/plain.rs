@@ -1,0 +1,140 @@
+//! Plain-TCP connections to a node (an `http://` URL), made without Pingora's connector.
+//!
+//! Pingora's `l4::Stream` wraps the socket in read and write buffers and times every read
+//! that has to wait (two clock reads each); on the miss path that is two clock reads and
+//! two buffer layers per call, for timings nobody reads. [`connect`] makes the connection
+//! itself (`upstream.connect_timeout`, `TCP_NODELAY`) and hands out a [`Plain`] socket,
+//! which is a Pingora [`Stream`] like any other, so the pool, the exchange and the tests
+//! see no difference. TLS connections (`https://`) still come from Pingora's connector.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::failure::Failure;
+
+/// A connected plain-TCP socket to a node.
+#[derive(Debug)]
+pub struct Plain(TcpStream);
+
+/// Connect to `addr` within `limit`.
+pub async fn connect(addr: SocketAddr, limit: Duration) -> Result<Stream, Failure> {
+    let tcp = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(Failure::connect_io(&e)),
+        Err(_) => return Err(Failure::connect_timed_out()),
+    };
+    // Small requests and answers: never wait to coalesce them.
+    tcp.set_nodelay(true).map_err(|e| Failure::connect_io(&e))?;
+    Ok(Box::new(Plain(tcp)))
+}
+
+impl AsyncRead for Plain {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Plain {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Plain {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.0).await;
+    }
+}
+
+impl UniqueID for Plain {
+    fn id(&self) -> UniqueIDType {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Ssl for Plain {}
+
+impl GetTimingDigest for Plain {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for Plain {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for Plain {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        None
+    }
+}
+
+impl Peek for Plain {}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_connection_carries_bytes_both_ways() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = [0u8; 4];
+            s.read_exact(&mut got).await.unwrap();
+            s.write_all(b"pong").await.unwrap();
+            got
+        });
+        let mut io = connect(addr, Duration::from_secs(5)).await.unwrap();
+        io.write_all(b"ping").await.unwrap();
+        let mut answer = [0u8; 4];
+        io.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"pong");
+        assert_eq!(&peer.await.unwrap(), b"ping");
+        assert!(io.get_ssl().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_retryable_and_named() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // (The listener is gone: nothing listens on the port.)
+        let f = connect(addr, Duration::from_secs(5)).await.err().unwrap();
+        assert_eq!(f.outcome, "unavailable");
+        assert!(f.retry && f.transport);
+        assert!(
+            matches!(f.error, crate::error::GatewayError::CrmUnavailable("connection refused")),
+            "{:?}",
+            f.error
+        );
+        assert!(f.cause.starts_with("cannot connect: "), "{}", f.cause);
+    }
+}
