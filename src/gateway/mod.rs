@@ -223,20 +223,25 @@ impl Gateway {
             .sources
             .admit(peer, matches!(route, Ok(Route::Card(_))))
             .map_err(|refusal| self.source_refused(refusal));
-        let answer = match (admitted, route) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Ok(Route::Card(token))) => {
-                let answer = self.card(ctx, token).await;
-                if ctx.unknown_token {
-                    self.sources.note_unknown(peer);
-                }
-                answer
-            }
+        // The token is taken out before the lookup is awaited: a match that awaited in its
+        // arm would keep its scrutinee (112 bytes) in every lookup's future, and that
+        // future (one allocation a request) past glibc's per-thread cache sizes (1 KiB).
+        let token = match admitted.and(route) {
+            Ok(Route::Card(token)) => token,
             // Boxed: the search future is the larger, and inline it would size every
-            // card lookup's future (one allocation a request) past the allocator's fast sizes.
-            (Ok(()), Ok(Route::Search)) => Ok(Box::pin(self.search(req, ctx)).await),
-            (Ok(()), Err(e)) => Err(e),
+            // card lookup's future the same way.
+            Ok(Route::Search) => return self.settle(Ok(Box::pin(self.search(req, ctx)).await), ctx),
+            Err(e) => return self.settle(Err(e), ctx),
         };
+        let answer = self.card(ctx, token).await;
+        if ctx.unknown_token {
+            self.sources.note_unknown(peer);
+        }
+        self.settle(answer, ctx)
+    }
+
+    /// The answer to send, an error's included, with its status noted.
+    fn settle(&self, answer: Result<Answer, GatewayError>, ctx: &mut Ctx) -> Answer {
         let answer = answer.unwrap_or_else(|e| self.reject(&e, ctx));
         ctx.status = answer.status;
         answer

@@ -286,7 +286,9 @@ impl RequestView for Request<'_> {
                 break;
             }
         }
-        t.split(['?', '#']).next().unwrap_or("")
+        // The query or fragment starts at an ASCII byte: the cut is on a char boundary.
+        let end = t.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(t.len());
+        t.get(..end).unwrap_or("")
     }
 
     fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
