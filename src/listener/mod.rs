@@ -252,10 +252,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 Ok(true) => break,
                 Ok(false) => match self.read(deadline, false).await {
                     Arrival::Data => {}
-                    Arrival::TimedOut => return self.refuse(GatewayError::RequestTimeout, None).await,
+                    Arrival::TimedOut => {
+                        self.refuse(GatewayError::RequestTimeout, None).await;
+                        return None;
+                    }
                     Arrival::Closed | Arrival::ShuttingDown => return None,
                 },
-                Err(e) => return self.refuse(e.into(), None).await,
+                Err(e) => {
+                    self.refuse(e.into(), None).await;
+                    return None;
+                }
             }
         }
         // parse_head filled it; nothing to answer otherwise
@@ -265,9 +271,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             Ok(framed) => framed,
             Err(None) => return None,
             Err(Some(e)) => {
-                let refused = self.refuse(e, Some(&head)).await;
+                self.refuse(e, Some(&head)).await;
                 self.head = Some(head);
-                return refused;
+                return None;
             }
         };
 
@@ -360,8 +366,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         }
     }
 
-    /// Answer a request the framing refused, and end the connection (always None).
-    async fn refuse(&mut self, e: GatewayError, head: Option<&Head>) -> Option<Instant> {
+    /// Answer a request the framing refused; the connection ends after it.
+    async fn refuse(&mut self, e: GatewayError, head: Option<&Head>) {
         let gw = &self.app.gateway;
         let mut ctx = gw.begin();
         let req = head.map(|h| Request::new(&self.buf, h, b"", self.peer));
@@ -378,7 +384,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             self.linger().await;
         }
         gw.finish(method, &self.peer_text, ctx);
-        None
     }
 
     /// Before closing on a refused request, stop writing and read (and drop) what the

@@ -28,6 +28,15 @@ pub struct Failure {
     pub cause: String,
 }
 
+/// Why a TCP connection could not be made.
+enum Unconnected {
+    TimedOut,
+    Refused,
+    NoRoute,
+    Closed,
+    Other,
+}
+
 impl Failure {
     /// The call's time budget (`upstream.timeout`) ran out.
     pub fn timeout() -> Self {
@@ -57,61 +66,57 @@ impl Failure {
         }
     }
 
-    /// A connection to the node could not be made.
+    /// A connection to the node could not be made (Pingora's connector: TLS nodes).
     pub fn connect(e: &PError) -> Self {
         let detail = e.to_string();
-        let transport = |error, outcome| Failure {
+        let why = match &e.etype {
+            ErrorType::TLSHandshakeTimedout => return Failure::tls("handshake timed out", &detail),
+            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
+                return Failure::tls(tls_cause(&detail), &detail)
+            }
+            ErrorType::ConnectTimedout => Unconnected::TimedOut,
+            ErrorType::ConnectRefused => Unconnected::Refused,
+            ErrorType::ConnectNoRoute => Unconnected::NoRoute,
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => Unconnected::Closed,
+            _ => Unconnected::Other,
+        };
+        Failure::unconnected(why, &detail)
+    }
+
+    /// A plain-TCP connection to the node could not be made ([`super::plain`]).
+    pub fn connect_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        let why = match e.kind() {
+            ErrorKind::TimedOut => Unconnected::TimedOut,
+            ErrorKind::ConnectionRefused => Unconnected::Refused,
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Unconnected::NoRoute,
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Unconnected::Closed,
+            _ => Unconnected::Other,
+        };
+        Failure::unconnected(why, &e)
+    }
+
+    /// No plain-TCP connection within `upstream.connect_timeout`.
+    pub fn connect_timed_out() -> Self {
+        Failure::unconnected(Unconnected::TimedOut, &"no connection within upstream.connect_timeout")
+    }
+
+    /// A connection not made, whoever tried to make it: nothing was sent, so another node
+    /// may be asked, and the node is to blame.
+    fn unconnected(why: Unconnected, detail: &dyn std::fmt::Display) -> Self {
+        let (error, outcome) = match why {
+            Unconnected::TimedOut => (GatewayError::CrmTimeout, "timeout"),
+            Unconnected::Refused => (GatewayError::CrmUnavailable("connection refused"), "unavailable"),
+            Unconnected::NoRoute => (GatewayError::CrmUnavailable("no route to the CRM"), "unavailable"),
+            Unconnected::Closed => (GatewayError::CrmUnavailable("connection closed or reset"), "unavailable"),
+            Unconnected::Other => (GatewayError::CrmUnavailable("connection failed"), "unavailable"),
+        };
+        Failure {
             error,
             outcome,
             retry: true,
             transport: true,
             cause: format!("cannot connect: {detail}"),
-        };
-        match &e.etype {
-            ErrorType::ConnectTimedout => transport(GatewayError::CrmTimeout, "timeout"),
-            ErrorType::TLSHandshakeTimedout => Failure::tls("handshake timed out", &detail),
-            ErrorType::ConnectRefused => transport(GatewayError::CrmUnavailable("connection refused"), "unavailable"),
-            ErrorType::ConnectNoRoute => transport(GatewayError::CrmUnavailable("no route to the CRM"), "unavailable"),
-            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
-                Failure::tls(tls_cause(&detail), &detail)
-            }
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-                transport(GatewayError::CrmUnavailable("connection closed or reset"), "unavailable")
-            }
-            _ => transport(GatewayError::CrmUnavailable("connection failed"), "unavailable"),
-        }
-    }
-
-    /// A plain-TCP connection to the node could not be made ([`super::plain`]); the
-    /// same outcomes as Pingora's connector gives for TCP.
-    pub fn connect_io(e: &std::io::Error) -> Self {
-        let (error, outcome) = match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => {
-                (GatewayError::CrmUnavailable("connection refused"), "unavailable")
-            }
-            std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
-                (GatewayError::CrmUnavailable("no route to the CRM"), "unavailable")
-            }
-            std::io::ErrorKind::TimedOut => (GatewayError::CrmTimeout, "timeout"),
-            _ => (GatewayError::CrmUnavailable("connection failed"), "unavailable"),
-        };
-        Failure {
-            error,
-            outcome,
-            retry: true,
-            transport: true,
-            cause: format!("cannot connect: {e}"),
-        }
-    }
-
-    /// No plain-TCP connection within `upstream.connect_timeout`.
-    pub fn connect_timed_out() -> Self {
-        Failure {
-            error: GatewayError::CrmTimeout,
-            outcome: "timeout",
-            retry: true,
-            transport: true,
-            cause: "cannot connect: no connection within upstream.connect_timeout".into(),
         }
     }
 
