@@ -13,14 +13,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# gateway NAME LISTEN ADMIN CRM_URL TTL [ENV=VALUE...]: start cardgate ($bin), access log
-# off unless LOG_ACCESS=true (its lines go to $work/NAME.log); with TLS_LISTEN, TLS_CERT
-# and TLS_KEY set, a TLS listener too; with CRM_URLS (a TOML list) several nodes instead
-# of CRM_URL; CACHE_MAX_SIZE sets cache.max_size; SHARED_TOML is the body of a [shared]
-# section.
-gateway() {
+# gateway_config NAME LISTEN ADMIN CRM_URL TTL: write $work/NAME.toml, a cardgate with one
+# worker; access log off unless LOG_ACCESS=true; with TLS_LISTEN, TLS_CERT and TLS_KEY
+# set, a TLS listener too; with CRM_URLS (a TOML list) several nodes instead of CRM_URL;
+# CACHE_MAX_SIZE sets cache.max_size; SHARED_TOML is the body of a [shared] section.
+gateway_config() {
   local name=$1 listen=$2 admin=$3 url=$4 ttl=$5
-  shift 5
   cat >"$work/$name.toml" <<TOML
 [server]
 listen = "$listen"
@@ -48,9 +46,31 @@ cert_file = "$TLS_CERT"
 key_file = "$TLS_KEY"
 TOML
   fi
+}
+
+# gateway NAME LISTEN ADMIN CRM_URL TTL [ENV=VALUE...]: start cardgate ($bin) with
+# gateway_config's NAME.toml (its output goes to $work/NAME.log); its pid is $pid_NAME.
+gateway() {
+  local name=$1
+  gateway_config "$@"
+  shift 5
   env "$@" "$bin" --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
   pids+=($!)
   eval "pid_$name=$!"
+}
+
+# haproxy_config PORT: $work/haproxy.cfg, the HAProxy anchor config ($haproxy_cfg, which
+# the script sets) listening on 127.0.0.1:PORT instead of the anchor's own port.
+haproxy_config() {
+  sed -e "s/127.0.0.1:18084/127.0.0.1:$1/" "$haproxy_cfg" >"$work/haproxy.cfg"
+}
+
+# haproxy_start PORT: run haproxy_config's HAProxy in the background; its pid is $haproxy_pid.
+haproxy_start() {
+  haproxy_config "$1"
+  haproxy -f "$work/haproxy.cfg" -D -p "$work/haproxy.pid"
+  cleanup_hooks+=("kill \$(cat $work/haproxy.pid)")
+  haproxy_pid=$(cat "$work/haproxy.pid")
 }
 
 # wait_ports HOST:PORT...: until each accepts a connection (10 s at most each).

@@ -65,12 +65,9 @@ gateway cached 127.0.0.1:18090 127.0.0.1:18091 http://127.0.0.1:18081 60s
 gateway nocache 127.0.0.1:18092 127.0.0.1:18093 http://127.0.0.1:18081 0s
 CRM_URLS='["http://127.0.0.1:18081", "http://localhost:18081"]' \
   gateway nodes 127.0.0.1:18097 127.0.0.1:18098 - 0s
-sed -e "s/127.0.0.1:18084/127.0.0.1:18086/" "$haproxy_cfg" >"$work/haproxy.cfg"
-haproxy -f "$work/haproxy.cfg" -D -p "$work/haproxy.pid"
-cleanup_hooks+=("kill \$(cat $work/haproxy.pid)")
+haproxy_start 18086
 wait_ports 127.0.0.1:18080 127.0.0.1:18081 127.0.0.1:18082 127.0.0.1:18084 127.0.0.1:18086 127.0.0.1:18090 \
   127.0.0.1:18092 127.0.0.1:18094 127.0.0.1:18097
-haproxy_pid=$(cat "$work/haproxy.pid")
 # The nginx worker processes (not the cache manager and loader, which come and go).
 workers() { pgrep -P "$(cat "$1")" -f 'worker process' | tr '\n' ' '; }
 anchor_workers=$(workers "$work/anchor/nginx.pid")

@@ -24,26 +24,13 @@ bin=target/release/cardgate
 ANCHOR_DIR=$work/anchor "$anchor" start
 cleanup_hooks+=("ANCHOR_DIR=$work/anchor $anchor stop")
 wait_ports 127.0.0.1:18081
-cat >"$work/g.toml" <<TOML
-[server]
-listen = "127.0.0.1:18393"
-threads = 1
-runtime_dir = "$work/run"
-[admin]
-listen = "127.0.0.1:18394"
-[upstream]
-url = "http://127.0.0.1:18081"
-[cache]
-ttl = "0s"
-[log]
-access = false
-TOML
-sed -e "s/127.0.0.1:18084/127.0.0.1:18395/" "$haproxy_cfg" >"$work/haproxy.cfg"
+gateway_config cardgate 127.0.0.1:18393 127.0.0.1:18394 http://127.0.0.1:18081 0s
+haproxy_config 18395
 
 for name in cardgate haproxy; do
   if [ $name = cardgate ]; then
     url=http://127.0.0.1:18393
-    command=("$bin" --config "$work/g.toml")
+    command=("$bin" --config "$work/cardgate.toml")
   else
     url=http://127.0.0.1:18395
     command=(haproxy -f "$work/haproxy.cfg")

@@ -32,11 +32,8 @@ cleanup_hooks+=("ANCHOR_DIR=$work/anchor $anchor stop")
 gateway miss 127.0.0.1:18192 127.0.0.1:18193 http://127.0.0.1:18081 0s
 CRM_URLS='["http://127.0.0.1:18081", "http://localhost:18081"]' \
   gateway nodes 127.0.0.1:18194 127.0.0.1:18195 - 0s
-sed -e "s/127.0.0.1:18084/127.0.0.1:18086/" "$haproxy_cfg" >"$work/haproxy.cfg"
-haproxy -f "$work/haproxy.cfg" -D -p "$work/haproxy.pid"
-cleanup_hooks+=("kill \$(cat $work/haproxy.pid)")
+haproxy_start 18086
 wait_ports 127.0.0.1:18081 127.0.0.1:18086 127.0.0.1:18192 127.0.0.1:18194
-haproxy_pid=$(cat "$work/haproxy.pid")
 pin=()
 if [ "$(nproc)" -ge 2 ]; then
   for p in "$haproxy_pid" "$pid_miss" "$pid_nodes"; do taskset -a -p -c 0 "$p" >/dev/null; done
