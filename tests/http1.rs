@@ -249,6 +249,14 @@ fn slow_requests_get_408_and_idle_connections_are_closed() {
     let r = c.read().expect("an answer before the connection closes");
     assert_eq!((r.status, r.error_code().as_str()), (408, "REQUEST_TIMEOUT"));
     assert!(c.is_closed());
+    // Closed at once, so the gateway's linger ends too: what is counted is the wait for
+    // the head, from its first byte.
+    drop(c);
+    let timed = gw.metric("cardgate_request_duration_seconds_sum{api=\"other\"}");
+    assert!(
+        timed >= 0.3,
+        "a refused request is timed from its first byte: {timed} s"
+    );
 
     // A body that never completes.
     let mut c = Raw::connect(&gw.addr);

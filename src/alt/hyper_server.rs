@@ -119,7 +119,7 @@ async fn answer(
         body: &body,
         peer,
     };
-    let mut ctx = gw.begin();
+    let mut ctx = gw.begin(std::time::Instant::now());
     let answer = match &refused {
         None => gw.answer(&view, &mut ctx).await,
         Some(e) => gw.refuse(Some(&view), e, &mut ctx),

@@ -188,13 +188,9 @@ impl Gateway {
         }))
     }
 
-    /// Start accounting for a request: it is in flight until its [`Ctx`] is dropped.
-    pub fn begin(&self) -> Ctx {
-        self.begin_at(Instant::now())
-    }
-
-    /// The context of a request that began at `start`.
-    pub fn begin_at(&self, start: Instant) -> Ctx {
+    /// Start accounting for a request that began arriving at `start`: it is in flight
+    /// until its [`Ctx`] is dropped.
+    pub fn begin(&self, start: Instant) -> Ctx {
         self.metrics.inflight.inc();
         Ctx {
             start,

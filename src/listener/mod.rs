@@ -253,13 +253,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 Ok(false) => match self.read(deadline, false).await {
                     Arrival::Data => {}
                     Arrival::TimedOut => {
-                        self.refuse(GatewayError::RequestTimeout, None).await;
+                        self.refuse(GatewayError::RequestTimeout, None, start).await;
                         return None;
                     }
                     Arrival::Closed | Arrival::ShuttingDown => return None,
                 },
                 Err(e) => {
-                    self.refuse(e.into(), None).await;
+                    self.refuse(e.into(), None, start).await;
                     return None;
                 }
             }
@@ -271,14 +271,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             Ok(framed) => framed,
             Err(None) => return None,
             Err(Some(e)) => {
-                self.refuse(e, Some(&head)).await;
+                self.refuse(e, Some(&head), start).await;
                 self.head = Some(head);
                 return None;
             }
         };
 
         let gw = &self.app.gateway;
-        let mut ctx = gw.begin_at(start.into_std());
+        let mut ctx = gw.begin(start.into_std());
         let body = match body {
             BodyPlace::Inline(start, end) => self.buf.get(start..end).unwrap_or_default(),
             BodyPlace::Chunked => &self.chunked.body[..],
@@ -366,10 +366,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         }
     }
 
-    /// Answer a request the framing refused; the connection ends after it.
-    async fn refuse(&mut self, e: GatewayError, head: Option<&Head>) {
+    /// Answer a request (begun at `start`) the framing refused; the connection ends after it.
+    async fn refuse(&mut self, e: GatewayError, head: Option<&Head>, start: Instant) {
         let gw = &self.app.gateway;
-        let mut ctx = gw.begin();
+        let mut ctx = gw.begin(start.into_std());
         let req = head.map(|h| Request::new(&self.buf, h, b"", self.peer));
         let answer = gw.refuse(req.as_ref(), &e, &mut ctx);
         let method = head.map_or("-", |h| method_label(h.method(&self.buf)));
