@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The miss path against HAProxy, in alternating rounds: each round runs HAProxy
-# (../shared/bench/haproxy-anchor.cfg, nbthread 1, on :18086), cardgate with one node and
+# (../shared/bench/haproxy-anchor.cfg, nbthread 1, on :18086), cardgate with one node,
 # cardgate with the CRM side switched on (two node entries for the same CRM, health
-# checks, max_inflight, retries), one after the other, each against the nginx anchor's CRM
-# (:18081) with a new token per request. It prints each round and the medians: req/s and
-# CPU per request (user, system, total, from /proc/PID/stat) and the per-round ratios to
-# HAProxy. Alternating rounds and medians are what make a ratio readable on a noisy machine.
+# checks, max_inflight, retries), and cardgate with one node and the cache on (ttl 60s,
+# the default 256 MiB: every card is stored, and once the cache is full each one evicts
+# another), one after the other, each against the nginx anchor's CRM (:18081) with a new
+# token per request. The first two keep no card (ttl 0), as HAProxy keeps none. It prints
+# each round and the medians: req/s and CPU per request (user, system, total, from
+# /proc/PID/stat) and the per-round ratios to HAProxy. Alternating rounds and medians are
+# what make a ratio readable on a noisy machine.
 #
 #   benches/miss_rounds.sh [rounds] [seconds-per-run]     (default 8 rounds of 3 s)
 #
@@ -32,22 +35,24 @@ cleanup_hooks+=("ANCHOR_DIR=$work/anchor $anchor stop")
 gateway miss 127.0.0.1:18192 127.0.0.1:18193 http://127.0.0.1:18081 0s
 CRM_URLS='["http://127.0.0.1:18081", "http://localhost:18081"]' \
   gateway nodes 127.0.0.1:18194 127.0.0.1:18195 - 0s
+gateway cached 127.0.0.1:18196 127.0.0.1:18197 http://127.0.0.1:18081 60s
 haproxy_start 18086
-wait_ports 127.0.0.1:18081 127.0.0.1:18086 127.0.0.1:18192 127.0.0.1:18194
+wait_ports 127.0.0.1:18081 127.0.0.1:18086 127.0.0.1:18192 127.0.0.1:18194 127.0.0.1:18196
 pin=()
 if [ "$(nproc)" -ge 2 ]; then
-  for p in "$haproxy_pid" "$pid_miss" "$pid_nodes"; do taskset -a -p -c 0 "$p" >/dev/null; done
+  for p in "$haproxy_pid" "$pid_miss" "$pid_nodes" "$pid_cached"; do taskset -a -p -c 0 "$p" >/dev/null; done
   for p in $(pgrep -P "$(cat "$work/anchor/nginx.pid")"); do taskset -p -c 1 "$p" >/dev/null; done
   pin=(taskset -c 1)
 fi
 split() { awk '{print $14, $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 for round in $(seq "$rounds"); do
-  for who in haproxy_miss cardgate_miss cardgate_miss_nodes; do
+  for who in haproxy_miss cardgate_miss cardgate_miss_nodes cardgate_miss_cached; do
     case $who in
       haproxy_miss) p=$haproxy_pid; url=http://127.0.0.1:18086 ;;
       cardgate_miss) p=$pid_miss; url=http://127.0.0.1:18192 ;;
       cardgate_miss_nodes) p=$pid_nodes; url=http://127.0.0.1:18194 ;;
+      cardgate_miss_cached) p=$pid_cached; url=http://127.0.0.1:18196 ;;
     esac
     read -r u0 s0 < <(split "$p")
     n=$("${pin[@]}" wrk -t1 -c64 -d"${secs}s" -s benches/unique.lua "$url" | awk '/requests in/ {print $1}')
