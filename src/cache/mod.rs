@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ pub const ENTRY_OVERHEAD: u32 = 440;
 
 /// The least time between two refresh attempts of one key while its card is served stale.
 pub const STALE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Slots of [`CardCache::stores`]: enough that two misses under way rarely share one.
+const STORE_SLOTS: usize = 1024;
 
 /// How a request was answered with respect to the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +105,10 @@ impl Expiry<CacheKey, Stored> for UntilStaleEnd {
 pub struct CardCache {
     cards: Cache<CacheKey, Stored, KeyHashBuilder>,
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>, KeyHashBuilder>>,
+    /// Entries stored, counted per slot of keys: a new lead reads the cache again only if
+    /// its key's slot changed since its lookup (a lead for the key may have finished in
+    /// between), which spares a second cache read on nearly every miss.
+    stores: Box<[AtomicU32; STORE_SLOTS]>,
     /// The lifetimes of new entries (changed in place by a reload).
     ttls: ArcSwap<Ttls>,
     /// The second level in Redis, and how long a replica's lock on a miss may last
@@ -149,6 +157,7 @@ impl CardCache {
         CardCache {
             cards,
             inflight: Mutex::new(HashMap::with_hasher(KeyHashBuilder)),
+            stores: Box::new(std::array::from_fn(|_| AtomicU32::new(0))),
             ttls: ArcSwap::from_pointee(Ttls::of(cfg)),
             l2: None,
         }
@@ -159,6 +168,20 @@ impl CardCache {
     pub fn with_shared(mut self, shared: Arc<Shared>, hold: Duration) -> Self {
         self.l2 = Some((shared, hold));
         self
+    }
+
+    /// How many entries have been stored in `key`'s slot.
+    fn stores_of(&self, key: &CacheKey) -> u32 {
+        let slot = usize::from(u16::from_le_bytes([key[0], key[1]])) % STORE_SLOTS;
+        self.stores[slot].load(Ordering::Acquire)
+    }
+
+    /// Store an entry, and count it in its key's slot (after it is in the cache, and
+    /// before its lead leaves the in-flight map).
+    fn keep(&self, key: CacheKey, stored: Stored) {
+        self.cards.insert(key, stored);
+        let slot = usize::from(u16::from_le_bytes([key[0], key[1]])) % STORE_SLOTS;
+        self.stores[slot].fetch_add(1, Ordering::Release);
     }
 
     /// Drop this replica's copy of one card, or of all (another replica purged them).
@@ -181,6 +204,7 @@ impl CardCache {
         Fut: Future<Output = Result<Card, GatewayError>>,
     {
         let now = Instant::now();
+        let seen = self.stores_of(&key);
         let existing = self.cards.get(&key);
         if let Some(e) = &existing {
             if e.is_fresh(now) {
@@ -204,7 +228,7 @@ impl CardCache {
         let outcome = cell
             .get_or_init(|| {
                 led = true;
-                self.lead(key, existing, fetch)
+                self.lead(key, existing, seen, fetch)
             })
             .await
             .clone();
@@ -230,16 +254,19 @@ impl CardCache {
     }
 
     /// The leader's work: one upstream call (or another replica's, through Redis), and
-    /// what to keep of its result.
-    async fn lead<F, Fut>(&self, key: CacheKey, existing: Option<Stored>, fetch: F) -> Outcome
+    /// what to keep of its result. `seen`: [`Self::stores_of`] the key before `existing`
+    /// was read.
+    async fn lead<F, Fut>(&self, key: CacheKey, existing: Option<Stored>, seen: u32, fetch: F) -> Outcome
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Card, GatewayError>>,
     {
         // A leader that finished just before this one began may have stored a fresh answer.
-        if let Some(e) = self.cards.get(&key) {
-            if e.is_fresh(Instant::now()) && existing.as_ref().is_none_or(|old| !old.same_entry(&e)) {
-                return Ok((e, false));
+        if self.stores_of(&key) != seen {
+            if let Some(e) = self.cards.get(&key) {
+                if e.is_fresh(Instant::now()) && existing.as_ref().is_none_or(|old| !old.same_entry(&e)) {
+                    return Ok((e, false));
+                }
             }
         }
         // A refresh-ahead (the card is still fresh here) goes to the CRM: Redis has the
@@ -289,7 +316,7 @@ impl CardCache {
         if !stored.is_fresh(now) {
             return None;
         }
-        self.cards.insert(key, stored.clone());
+        self.keep(key, stored.clone());
         Some(stored)
     }
 
@@ -315,7 +342,7 @@ impl CardCache {
                 let stored = Stored::new(200, &card.body, false, now, ttl, ttls.stale_if_error, lead);
                 let keep = !card.no_store && !ttl.is_zero();
                 if keep {
-                    self.cards.insert(key, stored.clone());
+                    self.keep(key, stored.clone());
                 }
                 (Ok((stored, false)), keep)
             }
@@ -331,7 +358,7 @@ impl CardCache {
                 );
                 let keep = !ttls.negative.is_zero();
                 if keep {
-                    self.cards.insert(key, stored.clone());
+                    self.keep(key, stored.clone());
                 }
                 (Ok((stored, false)), keep)
             }
@@ -358,17 +385,18 @@ impl CardCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Card, GatewayError>>,
     {
-        let cell = {
+        let (cell, seen) = {
             let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = self.stores_of(&key);
             // Another fetch is under way, or one already replaced the card.
             let replaced = self.cards.get(&key).is_none_or(|e| !e.same_entry(&existing));
             if map.contains_key(&key) || replaced {
                 return None;
             }
-            map.entry(key).or_default().clone()
+            (map.entry(key).or_default().clone(), seen)
         };
         let outcome = cell
-            .get_or_init(|| self.lead(key, Some(existing), fetch))
+            .get_or_init(|| self.lead(key, Some(existing), seen, fetch))
             .await
             .clone();
         let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -390,7 +418,7 @@ impl CardCache {
     pub async fn store_session(&self, key: CacheKey, body: Bytes, ttl: Duration) {
         let now = Instant::now();
         let stored = Stored::new(200, &body, false, now, ttl, Duration::ZERO, Duration::ZERO);
-        self.cards.insert(key, stored.clone());
+        self.keep(key, stored.clone());
         if let Some((l2, _)) = &self.l2 {
             // Every replica answers the session; one that remembered "no session" forgets it.
             l2.card_put(&key, Some(stored.to_shared(now).as_record()), None)
@@ -529,6 +557,43 @@ mod tests {
         };
         c.get_or_fetch([2; 32], short).await.0.unwrap();
         assert!(!c.contains(&[2; 32]));
+    }
+
+    #[tokio::test]
+    async fn a_lead_reads_the_cache_again_only_after_a_store_in_its_slot() {
+        let c = CardCache::new(&cfg(60_000, 1000, 0), || {});
+        let key = [9; 32];
+        // A lookup saw nothing; then a lead for the key stored its card and left.
+        let seen = c.stores_of(&key);
+        let (r, _) = c.get_or_fetch(key, || async { card("{\"v\":1}") }).await;
+        r.unwrap();
+        assert_ne!(c.stores_of(&key), seen);
+        let found = c
+            .lead(key, None, seen, || async {
+                panic!("the card stored since the lookup is used")
+            })
+            .await
+            .unwrap();
+        assert_eq!(found.0.body(), b"{\"v\":1}");
+        // Nothing stored in the slot since the lookup: the lead asks the CRM.
+        let calls = AtomicUsize::new(0);
+        let fetched = c
+            .lead(key, None, c.stores_of(&key), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                card("{\"v\":2}")
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (calls.load(Ordering::SeqCst), fetched.0.body()),
+            (1, &b"{\"v\":2}"[..])
+        );
+        // Another key of the same slot counts as a store in it.
+        let mut other = key;
+        other[5] = 1;
+        let before = c.stores_of(&key);
+        c.get_or_fetch(other, || async { card("{}") }).await.0.unwrap();
+        assert_ne!(c.stores_of(&key), before);
     }
 
     #[tokio::test]
