@@ -239,7 +239,7 @@ impl SearchGuard {
             let key = keys.id_key("search step", id.as_bytes());
             self.steps.invalidate(&key).await;
             if let Some(shared) = &self.shared {
-                shared.forget(Counter::Step.kind(), &key).await;
+                shared.forget("guard", Counter::Step.kind(), &key).await;
             }
         }
         if let Ok(SearchAnswer {

@@ -199,7 +199,7 @@ impl Gigma {
         let card = card(counterparty, &self.client_type)?;
         self.steps.invalidate(step_id).await;
         if let Some(shared) = &self.shared {
-            shared.forget("gstep", &shared.id("gigma step", step_id.as_bytes())).await;
+            shared.forget("steps", "gstep", &shared.id("gigma step", step_id.as_bytes())).await;
         }
         let body = json!({ "answerType": 2, "token": token });
         Ok(SearchAnswer {

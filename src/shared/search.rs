@@ -101,11 +101,11 @@ impl Shared {
         let _: Option<()> = self.query("guard", Query::Pipe(&pipe)).await;
     }
 
-    /// Forget the `kind` entry of `id`.
-    pub async fn forget(&self, kind: &str, id: &CacheKey) {
+    /// Forget the `kind` entry of `id`; a failure is counted under `op` ([`super::OPS`]).
+    pub async fn forget(&self, op: &'static str, kind: &str, id: &CacheKey) {
         let mut del = redis::cmd("DEL");
         del.arg(self.key(kind, id));
-        let _: Option<()> = self.query("steps", Query::Cmd(&del)).await;
+        let _: Option<()> = self.query(op, Query::Cmd(&del)).await;
     }
 
     /// Keep a sealed `value` as the `kind` entry of `id` for `ttl`.
