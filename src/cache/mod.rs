@@ -170,18 +170,23 @@ impl CardCache {
         self
     }
 
+    /// The counter of `key`'s slot in [`Self::stores`] (keys are keyed hashes: any two
+    /// bytes are as good as any others).
+    fn slot(&self, key: &CacheKey) -> &AtomicU32 {
+        let i = usize::from(u16::from_le_bytes([key[0], key[1]])) % STORE_SLOTS;
+        &self.stores[i]
+    }
+
     /// How many entries have been stored in `key`'s slot.
     fn stores_of(&self, key: &CacheKey) -> u32 {
-        let slot = usize::from(u16::from_le_bytes([key[0], key[1]])) % STORE_SLOTS;
-        self.stores[slot].load(Ordering::Acquire)
+        self.slot(key).load(Ordering::Acquire)
     }
 
     /// Store an entry, and count it in its key's slot (after it is in the cache, and
     /// before its lead leaves the in-flight map).
     fn keep(&self, key: CacheKey, stored: Stored) {
         self.cards.insert(key, stored);
-        let slot = usize::from(u16::from_le_bytes([key[0], key[1]])) % STORE_SLOTS;
-        self.stores[slot].fetch_add(1, Ordering::Release);
+        self.slot(&key).fetch_add(1, Ordering::Release);
     }
 
     /// Drop this replica's copy of one card, or of all (another replica purged them).
