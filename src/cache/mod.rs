@@ -184,7 +184,7 @@ impl CardCache {
 
     /// Store an entry, and count it in its key's slot (after it is in the cache, and
     /// before its lead leaves the in-flight map).
-    fn keep(&self, key: CacheKey, stored: Stored) {
+    fn store(&self, key: CacheKey, stored: Stored) {
         self.cards.insert(key, stored);
         self.slot(&key).fetch_add(1, Ordering::Release);
     }
@@ -321,7 +321,7 @@ impl CardCache {
         if !stored.is_fresh(now) {
             return None;
         }
-        self.keep(key, stored.clone());
+        self.store(key, stored.clone());
         Some(stored)
     }
 
@@ -347,7 +347,7 @@ impl CardCache {
                 let stored = Stored::new(200, &card.body, false, now, ttl, ttls.stale_if_error, lead);
                 let keep = !card.no_store && !ttl.is_zero();
                 if keep {
-                    self.keep(key, stored.clone());
+                    self.store(key, stored.clone());
                 }
                 (Ok((stored, false)), keep)
             }
@@ -363,7 +363,7 @@ impl CardCache {
                 );
                 let keep = !ttls.negative.is_zero();
                 if keep {
-                    self.keep(key, stored.clone());
+                    self.store(key, stored.clone());
                 }
                 (Ok((stored, false)), keep)
             }
@@ -423,7 +423,7 @@ impl CardCache {
     pub async fn store_session(&self, key: CacheKey, body: Bytes, ttl: Duration) {
         let now = Instant::now();
         let stored = Stored::new(200, &body, false, now, ttl, Duration::ZERO, Duration::ZERO);
-        self.keep(key, stored.clone());
+        self.store(key, stored.clone());
         if let Some((l2, _)) = &self.l2 {
             // Every replica answers the session; one that remembered "no session" forgets it.
             l2.card_put(&key, Some(stored.to_shared(now).as_record()), None)
