@@ -3,7 +3,9 @@
 //! RSS per entry, and the measured overhead next to the weigher's `ENTRY_OVERHEAD`.
 //!
 //! `cargo bench --bench memory` (entries: `CARDGATE_MEM_ENTRIES`, default 1 000 000;
-//! card size: `CARDGATE_MEM_CARD_BYTES`, default 1024).
+//! card size: `CARDGATE_MEM_CARD_BYTES`, default 1024; `cache.max_size`:
+//! `CARDGATE_MEM_MAX_SIZE` bytes, default 64 GiB: set it below what the entries weigh to
+//! see what a full cache, which evicts and remembers evicted keys, holds per byte of it).
 //!
 //! `cargo bench --bench memory -- guard`: bytes per search step the brute-force guard
 //! tracks (`CARDGATE_MEM_STEPS`, default 100 000 first steps, each with the same
@@ -66,6 +68,7 @@ fn main() {
     }
     let n = env_or("CARDGATE_MEM_ENTRIES", 1_000_000).min(5_000_000);
     let card_bytes = env_or("CARDGATE_MEM_CARD_BYTES", 1024).clamp(64, 64 * 1024);
+    let max_size = env_or("CARDGATE_MEM_MAX_SIZE", 64 << 30).max(1 << 20);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,7 +80,7 @@ fn main() {
             negative_ttl: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(600),
             refresh_ahead: 0.2,
-            max_size: 64 << 30,
+            max_size: max_size as u64,
             hash_key_env: None,
         },
         || {},
@@ -128,6 +131,12 @@ fn main() {
         "overhead             {:.0} heap / {:.0} RSS bytes per entry beyond the body; weigher charges {ENTRY_OVERHEAD}",
         per(heap) - card_bytes as f64,
         per(rss) - card_bytes as f64
+    );
+    println!(
+        "per max_size byte    {:.3} heap / {:.3} RSS (max_size {:.0} MiB)",
+        heap / max_size as f64,
+        rss / max_size as f64,
+        max_size as f64 / 1048576.0
     );
     println!("process RSS          {:.1} MiB", rss_bytes() as f64 / 1048576.0);
 }

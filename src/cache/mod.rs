@@ -6,8 +6,8 @@
 //! result, and if the leader is cancelled the next waiter takes over). When the CRM fails,
 //! a card past its TTL but inside `stale_if_error` is served as `STALE`, and while it keeps
 //! failing at most one refresh per key per second is tried. Gateway-side failures are never
-//! stored; "not found" answers are stored for `negative_ttl`. Memory is bounded by a moka
-//! weigher counting answer bytes plus [`ENTRY_OVERHEAD`].
+//! stored; "not found" answers are stored for `negative_ttl`. Memory is bounded by the
+//! table's weigher ([`table`]), counting answer bytes plus [`ENTRY_OVERHEAD`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,15 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use moka::notification::RemovalCause;
-use moka::sync::Cache;
-use moka::Expiry;
 use tokio::sync::OnceCell;
 
 use crate::shared::{InRedis, Shared};
 use stored::SharedRecord;
 
 mod stored;
+mod table;
 
 pub use stored::Stored;
 
@@ -34,13 +32,14 @@ use crate::config::CacheSection;
 use crate::error::GatewayError;
 use crate::keys::{CacheKey, KeyHashBuilder};
 use crate::normalise::Card;
+use table::Table;
 
 /// Bytes charged per entry on top of the answer body: the key, the entry's header, and
-/// moka's per-entry bookkeeping (hash table slot, access-order and timer nodes), with the
-/// allocator's own overhead. Measured with `benches/memory.rs` (1 M cards of 1 KB): 329
-/// heap bytes and 433 RSS bytes per entry beyond the body; the RSS figure, rounded up, so
-/// that `cache.max_size` bounds what the process really holds.
-pub const ENTRY_OVERHEAD: u32 = 440;
+/// the table's per-entry bookkeeping (its slot in the table's slab and index), with the
+/// allocator's own overhead. Measured with `benches/memory.rs` (1 M cards of 1 KB, and of
+/// 300 bytes): 119–127 RSS bytes per entry beyond the body, 118–161 heap bytes; rounded
+/// up, so that `cache.max_size` bounds what the process really holds.
+pub const ENTRY_OVERHEAD: u32 = 176;
 
 /// The least time between two refresh attempts of one key while its card is served stale.
 pub const STALE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -84,26 +83,8 @@ pub type Lookup = (Result<Stored, GatewayError>, CacheResult);
 
 type Outcome = Result<(Stored, bool), GatewayError>;
 
-struct UntilStaleEnd;
-
-impl Expiry<CacheKey, Stored> for UntilStaleEnd {
-    fn expire_after_create(&self, _k: &CacheKey, v: &Stored, now: Instant) -> Option<Duration> {
-        Some(v.left(now))
-    }
-
-    fn expire_after_update(
-        &self,
-        _k: &CacheKey,
-        v: &Stored,
-        now: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.left(now))
-    }
-}
-
 pub struct CardCache {
-    cards: Cache<CacheKey, Stored, KeyHashBuilder>,
+    cards: Table,
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>, KeyHashBuilder>>,
     /// Entries stored, counted per slot of keys: a new lead reads the cache again only if
     /// its key's slot changed since its lookup (a lead for the key may have finished in
@@ -140,22 +121,8 @@ impl CardCache {
     /// `on_evict` is called once per entry dropped to keep within `max_size`.
     pub fn new(cfg: &CacheSection, on_evict: impl Fn() + Send + Sync + 'static) -> Self {
         stored::start_clock();
-        let cards = Cache::builder()
-            .max_capacity(cfg.max_size)
-            .weigher(|_k: &CacheKey, v: &Stored| {
-                u32::try_from(v.body().len())
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(ENTRY_OVERHEAD)
-            })
-            .expire_after(UntilStaleEnd)
-            .eviction_listener(move |_k, _v, cause| {
-                if cause == RemovalCause::Size {
-                    on_evict();
-                }
-            })
-            .build_with_hasher(KeyHashBuilder);
         CardCache {
-            cards,
+            cards: Table::new(cfg.max_size, on_evict),
             inflight: Mutex::new(HashMap::with_hasher(KeyHashBuilder)),
             stores: Box::new(std::array::from_fn(|_| AtomicU32::new(0))),
             ttls: ArcSwap::from_pointee(Ttls::of(cfg)),
@@ -192,8 +159,12 @@ impl CardCache {
     /// Drop this replica's copy of one card, or of all (another replica purged them).
     pub fn drop_local(&self, key: Option<CacheKey>) {
         match key {
-            Some(key) => self.cards.invalidate(&key),
-            None => self.cards.invalidate_all(),
+            Some(key) => {
+                self.cards.remove(&key);
+            }
+            None => {
+                self.cards.clear();
+            }
         }
     }
 
@@ -210,7 +181,7 @@ impl CardCache {
     {
         let now = Instant::now();
         let seen = self.stores_of(&key);
-        let existing = self.cards.get(&key);
+        let existing = self.cards.get(&key, now);
         if let Some(e) = &existing {
             if e.is_fresh(now) {
                 let result = if e.is_negative() {
@@ -268,8 +239,9 @@ impl CardCache {
     {
         // A leader that finished just before this one began may have stored a fresh answer.
         if self.stores_of(&key) != seen {
-            if let Some(e) = self.cards.get(&key) {
-                if e.is_fresh(Instant::now()) && existing.as_ref().is_none_or(|old| !old.same_entry(&e)) {
+            let now = Instant::now();
+            if let Some(e) = self.cards.get(&key, now) {
+                if e.is_fresh(now) && existing.as_ref().is_none_or(|old| !old.same_entry(&e)) {
                     return Ok((e, false));
                 }
             }
@@ -394,7 +366,10 @@ impl CardCache {
             let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             let seen = self.stores_of(&key);
             // Another fetch is under way, or one already replaced the card.
-            let replaced = self.cards.get(&key).is_none_or(|e| !e.same_entry(&existing));
+            let replaced = self
+                .cards
+                .get(&key, Instant::now())
+                .is_none_or(|e| !e.same_entry(&existing));
             if map.contains_key(&key) || replaced {
                 return None;
             }
@@ -439,27 +414,22 @@ impl CardCache {
 
     /// Drop one entry; true if it was there.
     pub async fn purge(&self, key: &CacheKey) -> bool {
-        self.cards.remove(key).is_some()
+        self.cards.remove(key)
     }
 
     /// Drop every entry; returns how many there were.
     pub async fn clear(&self) -> u64 {
-        self.cards.run_pending_tasks();
-        let n = self.cards.entry_count();
-        self.cards.invalidate_all();
-        self.cards.run_pending_tasks();
-        n
+        self.cards.clear()
     }
 
-    /// (entries, weighted bytes), after pending maintenance.
+    /// (live entries, weighted bytes).
     pub async fn usage(&self) -> (u64, u64) {
-        self.cards.run_pending_tasks();
-        (self.cards.entry_count(), self.cards.weighted_size())
+        self.cards.usage()
     }
 
     /// Look at an entry without touching its recency (admin and tests).
     pub fn contains(&self, key: &CacheKey) -> bool {
-        self.cards.contains_key(key)
+        self.cards.contains(key)
     }
 }
 
@@ -526,7 +496,6 @@ mod tests {
         s.note_failed_refresh(t1);
         assert!(s.refresh_failed_recently(t1 + Duration::from_millis(999)));
         assert!(!s.refresh_failed_recently(t1 + STALE_RETRY_INTERVAL));
-        assert_eq!(s.left(t0), Duration::from_secs(15));
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub(super) fn start_clock() {
 }
 
 /// Milliseconds from [`EPOCH`] to `t` (0 before it).
-fn clock_ms(t: Instant) -> u64 {
+pub(super) fn clock_ms(t: Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(*EPOCH).as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -223,7 +223,8 @@ impl Stored {
         clock_ms(now) < self.meta().fresh_until
     }
 
-    fn stale_until(&self) -> u64 {
+    /// End of the stale window, in [`clock_ms`] milliseconds.
+    pub(super) fn stale_until(&self) -> u64 {
         self.meta()
             .fresh_until
             .saturating_add(u64::from(self.meta().stale_for))
@@ -254,11 +255,6 @@ impl Stored {
         self.meta()
             .last_refresh
             .store(self.since_refresh_window(now), Ordering::Relaxed);
-    }
-
-    /// Time left until the end of the stale window.
-    pub(super) fn left(&self, now: Instant) -> Duration {
-        Duration::from_millis(self.stale_until().saturating_sub(clock_ms(now)))
     }
 }
 
