@@ -1,6 +1,7 @@
 //! Memory per cached card: fills a `CardCache` with distinct ~1 KB cards through the same
 //! `get_or_fetch` path the gateway uses, then reports heap bytes (a counting allocator) and
-//! RSS per entry, and the measured overhead next to the weigher's `ENTRY_OVERHEAD`.
+//! RSS per entry, and the measured overhead next to the weigher's `ENTRY_OVERHEAD`. The
+//! allocator is the gateway's (jemalloc); heap bytes are counted in its size classes.
 //!
 //! `cargo bench --bench memory` (entries: `CARDGATE_MEM_ENTRIES`, default 1 000 000;
 //! card size: `CARDGATE_MEM_CARD_BYTES`, default 1024; `cache.max_size`:
@@ -11,14 +12,15 @@
 //! tracks (`CARDGATE_MEM_STEPS`, default 100 000 first steps, each with the same
 //! `secretWordValidator`, as a CRM sends them), next to `guard::STEP_BYTES`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cardgate::alloc::{usable_size, Allocator};
 use cardgate::testkit::{
-    search_params, CacheSection, Card, CardCache, SearchAnswer, SearchGuard, SearchSection, TokenHasher,
-    ENTRY_OVERHEAD, STEP_BYTES,
+    entry_weight, search_params, CacheSection, Card, CardCache, SearchAnswer, SearchGuard, SearchSection,
+    TokenHasher, ENTRY_OVERHEAD, STEP_BYTES,
 };
 
 struct Counting;
@@ -26,16 +28,19 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        System.alloc(l)
+        LIVE.fetch_add(usable_size(l.size()) as isize, Ordering::Relaxed);
+        Allocator.alloc(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        System.dealloc(p, l)
+        LIVE.fetch_sub(usable_size(l.size()) as isize, Ordering::Relaxed);
+        Allocator.dealloc(p, l)
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        System.realloc(p, l, new)
+        LIVE.fetch_add(
+            usable_size(new) as isize - usable_size(l.size()) as isize,
+            Ordering::Relaxed,
+        );
+        Allocator.realloc(p, l, new)
     }
 }
 
@@ -127,11 +132,13 @@ fn main() {
         rss / 1048576.0,
         per(rss)
     );
+    let alloc = (entry_weight(card_bytes) - u64::from(ENTRY_OVERHEAD)) as f64;
     println!(
-        "overhead             {:.0} heap / {:.0} RSS bytes per entry beyond the body; weigher charges {ENTRY_OVERHEAD}",
-        per(heap) - card_bytes as f64,
-        per(rss) - card_bytes as f64
+        "overhead             {:.0} heap / {:.0} RSS bytes per entry beyond its {alloc:.0}-byte allocation; weigher charges {ENTRY_OVERHEAD}",
+        per(heap) - alloc,
+        per(rss) - alloc
     );
+    println!("RSS / weighted size  {:.3}", rss / weighted.max(1) as f64);
     println!(
         "per max_size byte    {:.3} heap / {:.3} RSS (max_size {:.0} MiB)",
         heap / max_size as f64,

@@ -46,6 +46,7 @@ input_path! {
 }
 
 pub(crate) mod admin;
+pub mod alloc;
 #[cfg(feature = "alt-http")]
 pub(crate) mod alt;
 pub(crate) mod cache;
@@ -66,4 +67,3 @@ pub(crate) mod shared;
 pub(crate) mod signals;
 pub(crate) mod supervise;
 pub mod testkit;
-pub(crate) mod trim;

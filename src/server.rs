@@ -137,7 +137,7 @@ pub fn run(
         "upgrade": upgrade,
     });
     let gw = Gateway::new(cfg)?;
-    crate::trim::start();
+    crate::alloc::start();
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     if upgrade {
         // Only this user may reach the upgrade socket the bootstrap makes.

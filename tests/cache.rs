@@ -199,7 +199,7 @@ fn max_size_bounds_the_weighted_size() {
     let card_len = serde_json::to_vec(&cardgate::testkit::mock::card(token("size").as_bytes()))
         .unwrap()
         .len() as u64;
-    let per_entry = card_len + u64::from(cardgate::testkit::ENTRY_OVERHEAD);
+    let per_entry = cardgate::testkit::entry_weight(card_len as usize);
     let n = 3 * 65536 / per_entry as usize;
     for _ in 0..n {
         assert_eq!(gw.post_card(&token("size")).status, 200);
@@ -210,7 +210,7 @@ fn max_size_bounds_the_weighted_size() {
     assert!(entries >= 1.0 && entries < n as f64, "{entries} of {n}");
     assert!(
         (bytes - entries * per_entry as f64).abs() <= entries * 8.0,
-        "weight = body + overhead"
+        "weight = allocation + overhead"
     );
     assert!(gw.metric("cardgate_cache_evictions_total") >= 1.0);
 }

@@ -34,12 +34,20 @@ use crate::keys::{CacheKey, KeyHashBuilder};
 use crate::normalise::Card;
 use table::Table;
 
-/// Bytes charged per entry on top of the answer body: the key, the entry's header, and
-/// the table's per-entry bookkeeping (its slot in the table's slab and index), with the
-/// allocator's own overhead. Measured with `benches/memory.rs` (1 M cards of 1 KB, and of
-/// 300 bytes): 119–127 RSS bytes per entry beyond the body, 118–161 heap bytes; rounded
+/// Bytes charged per entry on top of its allocation (header and body, as the allocator
+/// sizes it): the key and the table's per-entry bookkeeping (its slot in the table's slab
+/// and index). Measured with `benches/memory.rs` (0.3–1.5 M cards of 1 KB, and 1 M of 300
+/// bytes): 99–155 RSS bytes per entry beyond the allocation (78–121 heap bytes); rounded
 /// up, so that `cache.max_size` bounds what the process really holds.
 pub const ENTRY_OVERHEAD: u32 = 176;
+
+/// What a card of `body_len` bytes counts against `cache.max_size`: its allocation as the
+/// allocator sizes it, plus [`ENTRY_OVERHEAD`].
+pub fn entry_weight(body_len: usize) -> u64 {
+    u64::try_from(stored::alloc_size(body_len))
+        .unwrap_or(u64::MAX / 2)
+        .saturating_add(u64::from(ENTRY_OVERHEAD))
+}
 
 /// The least time between two refresh attempts of one key while its card is served stale.
 pub const STALE_RETRY_INTERVAL: Duration = Duration::from_secs(1);

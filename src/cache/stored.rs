@@ -11,6 +11,16 @@ use triomphe::ThinArc;
 
 use super::STALE_RETRY_INTERVAL;
 
+/// Bytes of an entry's allocation before its body: the reference count, [`Meta`] and the
+/// body's length (`triomphe`'s header-with-slice layout).
+const ALLOC_HEAD: usize = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Meta>();
+
+/// The bytes the allocation of an entry with a body of `body_len` bytes takes.
+pub(super) fn alloc_size(body_len: usize) -> usize {
+    let size = ALLOC_HEAD.saturating_add(body_len);
+    crate::alloc::usable_size(size.saturating_add(7) & !7)
+}
+
 /// A stored answer: its status, freshness and body bytes ready to write, in one
 /// allocation (a thin, reference-counted header-plus-slice), cheap to clone into an answer.
 #[derive(Clone)]

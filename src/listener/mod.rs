@@ -140,11 +140,11 @@ impl ServerApp for Listener {
         // with every idle keep-alive connection.
         let (app, shutdown) = (self.clone(), shutdown.clone());
         let open = self.gate.opened();
-        crate::trim::opened();
+        crate::alloc::opened();
         tokio::spawn(async move {
             app.serve(io, peer, handshake, initial, shutdown).await;
             drop(open);
-            crate::trim::closed();
+            crate::alloc::closed();
         });
         None
     }

@@ -6,7 +6,7 @@
 //! hash, the card cache and the answer writer; and, on the miss path, the check of the
 //! CRM's card against the serde reference it replaced.
 
-pub use crate::cache::{CardCache, ENTRY_OVERHEAD};
+pub use crate::cache::{entry_weight, CardCache, ENTRY_OVERHEAD};
 pub use crate::config::{CacheSection, SearchSection};
 pub use crate::guard::{SearchGuard, STEP_BYTES};
 pub use crate::h1::server::{parse_head, Request};
