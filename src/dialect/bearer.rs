@@ -14,6 +14,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use serde_json::{json, Map, Value};
 
 use super::{bearer_header, Dialect, Person};
@@ -22,6 +23,8 @@ use crate::error::GatewayError;
 use crate::normalise::{self, Card};
 use crate::parse::Token;
 use crate::upstream::{CallRecord, Upstream, UpstreamAnswer, UpstreamRequest};
+
+const USER_AGENT: &str = concat!("cardgate/", env!("CARGO_PKG_VERSION"));
 
 pub struct Bearer {
     path: String,
@@ -41,7 +44,12 @@ impl Bearer {
         Ok(UpstreamRequest {
             method: "GET",
             path: self.path.clone(),
-            headers: vec![(http::header::AUTHORIZATION, value)],
+            // Seed 004's token check is documented with both.
+            headers: vec![
+                (http::header::AUTHORIZATION, value),
+                (http::header::ACCEPT, HeaderValue::from_static("application/json")),
+                (http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT)),
+            ],
             body: Bytes::new(),
             idempotent: true,
         })

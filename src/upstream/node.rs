@@ -44,18 +44,17 @@ pub struct Target {
     pub url: UpstreamUrl,
     /// The `Host` value.
     pub authority: String,
-    /// `Host`, `User-Agent` and `Accept` lines, the same on every request.
+    /// The `Host` line, the same on every request. Other headers are the dialect's: the
+    /// iq card call carries only what the CRM needs (`token`, `Content-Length`, and the
+    /// request id), as HAProxy or nginx would forward it; each header more is one more
+    /// the CRM parses on every miss.
     fixed_headers: Vec<u8>,
 }
 
 impl Target {
     pub fn new(index: usize, url: UpstreamUrl) -> Self {
         let authority = url.authority();
-        let fixed_headers = format!(
-            "Host: {authority}\r\nUser-Agent: cardgate/{}\r\nAccept: application/json\r\n",
-            env!("CARGO_PKG_VERSION")
-        )
-        .into_bytes();
+        let fixed_headers = format!("Host: {authority}\r\n").into_bytes();
         Target {
             index,
             url,
