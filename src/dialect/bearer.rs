@@ -1,6 +1,7 @@
 //! `bearer`: the internal system has a token-check endpoint (seed 004).
 //!
-//! The card request is `GET {url}{path}` with `Authorization: Bearer <token>`. A 200 with
+//! The card request is `GET {url}{path}` with `Authorization: Bearer <token>`, and the
+//! `Accept` and `User-Agent` that seed 004 documents the call with. A 200 with
 //! `data.userId` becomes a card whose `id` is that user id (name fields from
 //! `data.profile` when it has them, empty strings otherwise, so the required fields are
 //! present); a 200 with `userId: null` (an anonymous session) is `CLIENT_NOT_FOUND`; a 401
@@ -22,9 +23,7 @@ use crate::config::UpstreamSection;
 use crate::error::GatewayError;
 use crate::normalise::{self, Card};
 use crate::parse::Token;
-use crate::upstream::{CallRecord, Upstream, UpstreamAnswer, UpstreamRequest};
-
-const USER_AGENT: &str = concat!("cardgate/", env!("CARGO_PKG_VERSION"));
+use crate::upstream::{CallRecord, Upstream, UpstreamAnswer, UpstreamRequest, USER_AGENT};
 
 pub struct Bearer {
     path: String,
@@ -44,7 +43,6 @@ impl Bearer {
         Ok(UpstreamRequest {
             method: "GET",
             path: self.path.clone(),
-            // Seed 004's token check is documented with both.
             headers: vec![
                 (http::header::AUTHORIZATION, value),
                 (http::header::ACCEPT, HeaderValue::from_static("application/json")),

@@ -169,7 +169,7 @@ impl NodeCheck {
                         let full = format!("{}{path}", t.url.base_path);
                         if let Ok(mut req) = RequestHeader::build("GET", full.as_bytes(), None) {
                             let _ = req.append_header("Host", &t.authority);
-                            let _ = req.append_header("User-Agent", concat!("cardgate/", env!("CARGO_PKG_VERSION")));
+                            let _ = req.append_header("User-Agent", super::USER_AGENT);
                             check.req = req;
                         }
                         check.validator = Some(Box::new(|head| {
