@@ -92,6 +92,10 @@ pub fn run(
         pid_file: rundir.pid_file.to_string_lossy().into_owned(),
         daemon: false,
         work_stealing: false,
+        // Pingora's own timeouts of a second or more (the handshake of every accepted
+        // connection, the admin port's included) on tokio's timer: its fast timer starts a
+        // thread that wakes every 10 ms for the life of the process.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let opt = Opt {

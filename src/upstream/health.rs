@@ -134,7 +134,8 @@ pub fn nodes_of(set: &BTreeSet<Backend>) -> Vec<Arc<Node>> {
 }
 
 /// Pingora's check for each URL (its own host for `Host` and SNI), bounded by
-/// `health.timeout`, reporting to the node.
+/// `health.timeout` on tokio's timer, reporting to the node. The checks carry no Pingora
+/// timeouts: its fast timer would start a thread that wakes every 10 ms for good.
 pub struct NodeCheck {
     per_target: Vec<Box<dyn HealthCheck + Send + Sync>>,
     timeout: Duration,
@@ -154,7 +155,7 @@ impl NodeCheck {
                         } else {
                             TcpHealthCheck::new()
                         };
-                        check.peer_template.options.connection_timeout = Some(health.timeout);
+                        check.peer_template.options.connection_timeout = None;
                         check.set_connector(TransportConnector::new(Some(options())));
                         check
                     }
@@ -164,8 +165,8 @@ impl NodeCheck {
                         if !t.url.tls {
                             check.peer_template.sni.clear();
                         }
-                        check.peer_template.options.connection_timeout = Some(health.timeout);
-                        check.peer_template.options.read_timeout = Some(health.timeout);
+                        check.peer_template.options.connection_timeout = None;
+                        check.peer_template.options.read_timeout = None;
                         let full = format!("{}{path}", t.url.base_path);
                         if let Ok(mut req) = RequestHeader::build("GET", full.as_bytes(), None) {
                             let _ = req.append_header("Host", &t.authority);

@@ -123,8 +123,9 @@ impl Node {
         static IDS: AtomicU64 = AtomicU64::new(1);
         let label = format!("{}:{}@{addr}", target.url.host, target.url.port);
         let mut peer = HttpPeer::new(addr, target.url.tls, target.url.host.clone());
-        peer.options.connection_timeout = Some(cfg.upstream.connect_timeout);
-        peer.options.total_connection_timeout = Some(cfg.upstream.connect_timeout.saturating_mul(2));
+        // TCP within connect_timeout, TCP and TLS within twice that, both on tokio's timer
+        // (see `checkout`): a Pingora timeout would start its 10-ms timer thread.
+        peer.options.custom_l4 = Some(Arc::new(plain::TimedTcp(cfg.upstream.connect_timeout)));
         let (up_gauge, requests, failures) = stats.node_series(&label);
         up_gauge.set(1);
         Node {
@@ -400,9 +401,11 @@ impl Node {
         // Boxed: the connect future (TCP, TLS handshake) is large and rarely needed; kept
         // inline it would make every exchange future as large, and costly to move.
         let io = if self.target.url.tls {
-            Box::pin(connector.new_stream(&self.peer))
-                .await
-                .map_err(|e| Failure::connect(&e))?
+            let limit = self.connect_timeout.saturating_mul(2);
+            match tokio::time::timeout(limit, Box::pin(connector.new_stream(&self.peer))).await {
+                Ok(made) => made.map_err(|e| Failure::connect(&e))?,
+                Err(_) => return Err(Failure::connect_timed_out()),
+            }
         } else {
             Box::pin(plain::connect(self.addr, self.connect_timeout)).await?
         };

@@ -1,11 +1,14 @@
-//! Plain-TCP connections to a node (an `http://` URL), made without Pingora's connector.
+//! TCP connections to a node made without Pingora's connector: the whole connection for
+//! an `http://` URL, the TCP under the TLS for an `https://` one.
 //!
 //! Pingora's `l4::Stream` wraps the socket in read and write buffers and times every read
 //! that has to wait (two clock reads each); on the miss path that is two clock reads and
 //! two buffer layers per call, for timings nobody reads. [`connect`] makes the connection
 //! itself (`upstream.connect_timeout`, `TCP_NODELAY`) and hands out a [`Plain`] socket,
 //! which is a Pingora [`Stream`] like any other, so the pool, the exchange and the tests
-//! see no difference. TLS connections (`https://`) still come from Pingora's connector.
+//! see no difference. TLS connections still come from Pingora's connector, over TCP from
+//! [`TimedTcp`]: Pingora bounds its own connects with its fast timer, whose first use
+//! starts a thread that wakes every 10 ms for the life of the process.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +19,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::connectors::L4Connect;
+use pingora::protocols::l4;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::{Error as PError, ErrorType, Result as PResult};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
@@ -40,6 +47,39 @@ pub async fn connect(addr: SocketAddr, limit: Duration) -> Result<Stream, Failur
     // Small requests and answers: never wait to coalesce them.
     tcp.set_nodelay(true).map_err(|e| Failure::connect_io(&e))?;
     Ok(Box::new(Plain(tcp)))
+}
+
+/// The TCP connection under a TLS node's, within `upstream.connect_timeout` on tokio's timer
+/// (Pingora's connector then does the handshake and sets `TCP_NODELAY`). Its errors are the
+/// types Pingora gives its own connects, so [`Failure::connect`] names them the same way.
+#[derive(Debug)]
+pub struct TimedTcp(pub Duration);
+
+#[async_trait]
+impl L4Connect for TimedTcp {
+    async fn connect(&self, addr: &PeerAddr) -> PResult<l4::stream::Stream> {
+        let PeerAddr::Inet(addr) = addr else {
+            return PError::e_explain(ErrorType::ConnectError, "a CRM node is a TCP address");
+        };
+        match tokio::time::timeout(self.0, TcpStream::connect(*addr)).await {
+            Ok(Ok(tcp)) => Ok(tcp.into()),
+            Ok(Err(e)) => {
+                let kind = match e.kind() {
+                    io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
+                    io::ErrorKind::TimedOut => ErrorType::ConnectTimedout,
+                    io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                        ErrorType::ConnectNoRoute
+                    }
+                    _ => ErrorType::ConnectError,
+                };
+                PError::e_because(kind, format!("cannot connect to {addr}"), e)
+            }
+            Err(_) => PError::e_explain(
+                ErrorType::ConnectTimedout,
+                "no connection within upstream.connect_timeout",
+            ),
+        }
+    }
 }
 
 impl AsyncRead for Plain {
@@ -121,6 +161,28 @@ mod tests {
         assert_eq!(&answer, b"pong");
         assert_eq!(&peer.await.unwrap(), b"ping");
         assert!(io.get_ssl().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_tcp_under_a_tls_node_connects_and_a_refusal_is_named_as_pingora_names_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tcp = TimedTcp(Duration::from_secs(5));
+        let stream = tcp.connect(&PeerAddr::Inet(addr)).await.unwrap();
+        let (accepted, from) = listener.accept().await.unwrap();
+        assert_eq!(accepted.local_addr().unwrap(), addr);
+        assert!(from.ip().is_loopback());
+        drop((stream, accepted, listener));
+
+        let e = tcp.connect(&PeerAddr::Inet(addr)).await.err().unwrap();
+        assert_eq!(e.etype, ErrorType::ConnectRefused);
+        let f = Failure::connect(&e);
+        assert!(
+            matches!(f.error, crate::error::GatewayError::CrmUnavailable("connection refused")),
+            "{:?}",
+            f.error
+        );
+        assert!(f.retry && f.transport);
     }
 
     #[tokio::test]

@@ -349,6 +349,19 @@ impl Gateway {
         panic!("gateway did not start");
     }
 
+    /// Fails if the gateway runs Pingora's fast-timer thread, which wakes every 10 ms for
+    /// the life of the process once any Pingora timeout under a second has been armed.
+    pub fn assert_no_timer_thread(&self) {
+        let tasks = format!("/proc/{}/task", self.proc.child.id());
+        let names: Vec<String> = std::fs::read_dir(tasks)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .collect();
+        assert!(names.len() > 1, "{names:?}");
+        assert!(!names.iter().any(|n| n == "Timer thread"), "{names:?}");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
