@@ -147,3 +147,11 @@ callgrind_hits() {
 # Latency to microseconds; a ratio of two numbers.
 us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# pin_miss_path PID...: the serving processes (all their threads) on CPU 0, the nginx
+# anchor's workers ($work/anchor) on CPU 1, where the wrk of the caller runs too.
+pin_miss_path() {
+  local p
+  for p in "$@"; do taskset -a -p -c 0 "$p" >/dev/null; done
+  for p in $(pgrep -P "$(cat "$work/anchor/nginx.pid")"); do taskset -p -c 1 "$p" >/dev/null; done
+}

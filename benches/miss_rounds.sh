@@ -40,8 +40,7 @@ haproxy_start 18086
 wait_ports 127.0.0.1:18081 127.0.0.1:18086 127.0.0.1:18192 127.0.0.1:18194 127.0.0.1:18196
 pin=()
 if [ "$(nproc)" -ge 2 ]; then
-  for p in "$haproxy_pid" "$pid_miss" "$pid_nodes" "$pid_cached"; do taskset -a -p -c 0 "$p" >/dev/null; done
-  for p in $(pgrep -P "$(cat "$work/anchor/nginx.pid")"); do taskset -p -c 1 "$p" >/dev/null; done
+  pin_miss_path "$haproxy_pid" "$pid_miss" "$pid_nodes" "$pid_cached"
   pin=(taskset -c 1)
 fi
 split() { awk '{print $14, $15}' "/proc/$1/stat"; }
