@@ -152,6 +152,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 # anchor's workers ($work/anchor) on CPU 1, where the wrk of the caller runs too.
 pin_miss_path() {
   local p
+  [ -s "$work/anchor/nginx.pid" ] || { echo "the nginx anchor is not running" >&2; return 1; }
   for p in "$@"; do taskset -a -p -c 0 "$p" >/dev/null; done
   for p in $(pgrep -P "$(cat "$work/anchor/nginx.pid")"); do taskset -p -c 1 "$p" >/dev/null; done
 }

@@ -11,8 +11,11 @@
 # Same set-up as benches/miss_rounds.sh: HAProxy (../shared/bench/haproxy-anchor.cfg) and
 # cardgate with two node entries for the same CRM (health checks, max_inflight, no card
 # kept) on CPU 0, the nginx anchor's CRM and wrk on CPU 1, a new token per request. In each
-# run, one second in the middle is recorded (perf, sched_switch and sched_wakeup). Needs
-# nginx, haproxy, wrk, taskset, perf and two cores. Loopback only; every run is bounded.
+# run, one second in the middle is recorded (perf, sched_switch and sched_wakeup, all CPUs:
+# root or kernel.perf_event_paranoid <= -1), and its counts are divided by the run's
+# req/s: per-request figures to about the precision of that second. "client_preempted"
+# counts wrk switched out while runnable, whoever took its core. Needs nginx, haproxy, wrk,
+# taskset, pgrep, perf and two cores. Loopback only; every run is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -22,9 +25,11 @@ secs=${2:-3}
 [ "$(nproc)" -ge 2 ] || { echo "needs two cores" >&2; exit 2; }
 anchor=${ANCHOR_SH:-../shared/bench/nginx-anchor.sh}
 haproxy_cfg=${HAPROXY_CFG:-../shared/bench/haproxy-anchor.cfg}
-for tool in nginx wrk haproxy taskset perf python3; do
+for tool in nginx wrk haproxy taskset pgrep perf python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 2; }
 done
+perf record -q -e sched:sched_switch -a -o /dev/null -- true >/dev/null 2>&1 ||
+  { echo "perf cannot record scheduler events on all CPUs (root or perf_event_paranoid -1)" >&2; exit 2; }
 cargo build --release --quiet
 bin=target/release/cardgate
 . benches/common.sh
@@ -49,10 +54,15 @@ for round in $(seq "$rounds"); do
     load=$!
     sleep 1
     perf record -q -e sched:sched_switch,sched:sched_wakeup -a -o "$work/sched.data" -- sleep 1 \
-      >/dev/null 2>&1
+      >/dev/null
     # Only the load is waited for: a bare `wait` would also wait for the gateway.
     wait "$load"
     rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
+    if [ -z "$rps" ] || grep -q "Non-2xx" "$work/wrk.out"; then
+      echo "$who: the run failed or had errors:" >&2
+      cat "$work/wrk.out" >&2
+      exit 1
+    fi
     perf script -i "$work/sched.data" -F comm,cpu,event,trace 2>/dev/null |
       python3 -c '
 import re, sys

@@ -135,7 +135,7 @@ fn a_card_over_mutual_tls_both_ways_and_refused_without_a_client_certificate() {
     // Kept alive: the next card goes over the same TLS connection.
     assert_eq!(gw.post_card(&token("mtls")).status, 200);
     assert_eq!(gw.metric("cardgate_upstream_requests_total{outcome=\"ok\"}"), 2.0);
-    // The TLS connection and the TLS health checks were bounded on tokio's timer.
+    // The TLS connection to the CRM was bounded on tokio's timer.
     gw.assert_no_timer_thread();
     drop(gw);
 

@@ -238,6 +238,24 @@ fn with_every_node_down_lookups_answer_at_once_until_one_is_back() {
 }
 
 #[test]
+fn tcp_health_checks_find_a_dead_node_on_tokios_timer() {
+    let a = Mock::start();
+    let mut b = Mock::start();
+    let gw = on_nodes(
+        &[&a, &b],
+        "health = { interval = \"200ms\", timeout = \"100ms\", unhealthy_after = 1 }",
+        &[],
+    );
+    b.kill();
+    let down = eventually(Duration::from_secs(5), || up(&gw, &b) == 0.0);
+    assert!(down, "{}", gw.metrics_now());
+    gw.wait_event("CRM node fails its health checks");
+    assert_eq!(up(&gw, &a), 1.0);
+    // Pingora's TCP check ran under a bound of 100 ms that was tokio's, not Pingora's.
+    gw.assert_no_timer_thread();
+}
+
+#[test]
 fn host_names_are_resolved_again_and_every_address_is_a_node() {
     let a = Mock::start();
     let port = a.addr.rsplit(':').next().unwrap();

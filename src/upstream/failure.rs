@@ -101,6 +101,15 @@ impl Failure {
         Failure::unconnected(Unconnected::TimedOut, &"no connection within upstream.connect_timeout")
     }
 
+    /// No TLS connection (TCP and handshake) within twice `upstream.connect_timeout`; the
+    /// TCP part alone has its own bound, so this is mostly a handshake that stalled.
+    pub fn tls_connect_timed_out() -> Self {
+        Failure::unconnected(
+            Unconnected::TimedOut,
+            &"no TLS connection within twice upstream.connect_timeout",
+        )
+    }
+
     /// A connection not made, whoever tried to make it: nothing was sent, so another node
     /// may be asked, and the node is to blame.
     fn unconnected(why: Unconnected, detail: &dyn std::fmt::Display) -> Self {

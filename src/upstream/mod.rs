@@ -2,9 +2,10 @@
 //!
 //! Each configured URL resolves to one or more [`node`]s ([`health`] re-resolves them and
 //! checks their health off the request path); [`nodes`] picks the one for each attempt.
-//! Connections come from Pingora's `TransportConnector` (TCP, or TLS via rustls with an
-//! optional custom CA and client certificate, within `upstream.connect_timeout`); idle ones
-//! wait in each node's [`pool`]. A call is bounded by `upstream.timeout` as a whole: at
+//! Plain-TCP connections are made by [`plain`] within `upstream.connect_timeout`; TLS ones
+//! by Pingora's `TransportConnector` (rustls, with an optional custom CA and client
+//! certificate) over TCP from [`plain`], within twice that; idle ones wait in each node's
+//! [`pool`]. A call is bounded by `upstream.timeout` as a whole: at
 //! most `upstream.max_inflight` run at once; a failed idempotent call goes to another node
 //! (`upstream.retries`); a card lookup still unanswered after `upstream.hedge_after` is
 //! also sent to a second node, and the first valid answer wins. This module turns

@@ -404,7 +404,7 @@ impl Node {
             let limit = self.connect_timeout.saturating_mul(2);
             match tokio::time::timeout(limit, Box::pin(connector.new_stream(&self.peer))).await {
                 Ok(made) => made.map_err(|e| Failure::connect(&e))?,
-                Err(_) => return Err(Failure::connect_timed_out()),
+                Err(_) => return Err(Failure::tls_connect_timed_out()),
             }
         } else {
             Box::pin(plain::connect(self.addr, self.connect_timeout)).await?

@@ -52,6 +52,8 @@ pub async fn connect(addr: SocketAddr, limit: Duration) -> Result<Stream, Failur
 /// The TCP connection under a TLS node's, within `upstream.connect_timeout` on tokio's timer
 /// (Pingora's connector then does the handshake and sets `TCP_NODELAY`). Its errors are the
 /// types Pingora gives its own connects, so [`Failure::connect`] names them the same way.
+/// Pingora's socket options for its own connects (bind addresses, TCP Fast Open, receive
+/// buffer, DSCP, a tweak hook) are skipped here: cardgate sets none of them.
 #[derive(Debug)]
 pub struct TimedTcp(pub Duration);
 

@@ -350,7 +350,8 @@ impl Gateway {
     }
 
     /// Fails if the gateway runs Pingora's fast-timer thread, which wakes every 10 ms for
-    /// the life of the process once any Pingora timeout under a second has been armed.
+    /// the life of the process once a Pingora timeout under the threshold (a second, see
+    /// `server.rs`) has been made, or Pingora's `fast_sleep` called.
     pub fn assert_no_timer_thread(&self) {
         let tasks = format!("/proc/{}/task", self.proc.child.id());
         let names: Vec<String> = std::fs::read_dir(tasks)
