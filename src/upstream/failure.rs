@@ -37,6 +37,31 @@ enum Unconnected {
     Other,
 }
 
+impl Unconnected {
+    fn of(etype: &ErrorType) -> Self {
+        match etype {
+            ErrorType::ConnectTimedout => Unconnected::TimedOut,
+            ErrorType::ConnectRefused => Unconnected::Refused,
+            ErrorType::ConnectNoRoute => Unconnected::NoRoute,
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => Unconnected::Closed,
+            _ => Unconnected::Other,
+        }
+    }
+}
+
+/// The type Pingora gives a connect that failed with `e`: one classification for the
+/// connections [`super::plain`] makes, whether Pingora then adds TLS or not.
+pub fn connect_error_type(e: &std::io::Error) -> ErrorType {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::TimedOut => ErrorType::ConnectTimedout,
+        ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => ErrorType::ConnectNoRoute,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => ErrorType::ConnectionClosed,
+        _ => ErrorType::ConnectError,
+    }
+}
+
 impl Failure {
     /// The call's time budget (`upstream.timeout`) ran out.
     pub fn timeout() -> Self {
@@ -74,31 +99,14 @@ impl Failure {
             ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
                 return Failure::tls(tls_cause(&detail), &detail)
             }
-            ErrorType::ConnectTimedout => Unconnected::TimedOut,
-            ErrorType::ConnectRefused => Unconnected::Refused,
-            ErrorType::ConnectNoRoute => Unconnected::NoRoute,
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => Unconnected::Closed,
-            _ => Unconnected::Other,
+            other => Unconnected::of(other),
         };
         Failure::unconnected(why, &detail)
     }
 
     /// A plain-TCP connection to the node could not be made ([`super::plain`]).
     pub fn connect_io(e: &std::io::Error) -> Self {
-        use std::io::ErrorKind;
-        let why = match e.kind() {
-            ErrorKind::TimedOut => Unconnected::TimedOut,
-            ErrorKind::ConnectionRefused => Unconnected::Refused,
-            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Unconnected::NoRoute,
-            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Unconnected::Closed,
-            _ => Unconnected::Other,
-        };
-        Failure::unconnected(why, &e)
-    }
-
-    /// No plain-TCP connection within `upstream.connect_timeout`.
-    pub fn connect_timed_out() -> Self {
-        Failure::unconnected(Unconnected::TimedOut, &"no connection within upstream.connect_timeout")
+        Failure::unconnected(Unconnected::of(&connect_error_type(e)), &e)
     }
 
     /// No TLS connection (TCP and handshake) within twice `upstream.connect_timeout`; the

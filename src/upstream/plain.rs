@@ -31,7 +31,7 @@ use pingora::protocols::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::failure::Failure;
+use super::failure::{connect_error_type, Failure};
 
 /// A connected plain-TCP socket to a node.
 #[derive(Debug)]
@@ -39,19 +39,29 @@ pub struct Plain(TcpStream);
 
 /// Connect to `addr` within `limit`.
 pub async fn connect(addr: SocketAddr, limit: Duration) -> Result<Stream, Failure> {
-    let tcp = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(Failure::connect_io(&e)),
-        Err(_) => return Err(Failure::connect_timed_out()),
-    };
+    let tcp = tcp(addr, limit).await.map_err(|e| Failure::connect_io(&e))?;
     // Small requests and answers: never wait to coalesce them.
     tcp.set_nodelay(true).map_err(|e| Failure::connect_io(&e))?;
     Ok(Box::new(Plain(tcp)))
 }
 
+/// TCP to `addr` within `limit` (`upstream.connect_timeout`) on tokio's timer; running out
+/// of it is an error of kind `TimedOut`.
+async fn tcp(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
+    tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no connection within upstream.connect_timeout",
+            ))
+        })
+}
+
 /// The TCP connection under a TLS node's, within `upstream.connect_timeout` on tokio's timer
 /// (Pingora's connector then does the handshake and sets `TCP_NODELAY`). Its errors are the
-/// types Pingora gives its own connects, so [`Failure::connect`] names them the same way.
+/// types Pingora gives its own connects ([`connect_error_type`]), so [`Failure::connect`]
+/// names them as [`Failure::connect_io`] names a plain connection's.
 /// Pingora's socket options for its own connects (bind addresses, TCP Fast Open, receive
 /// buffer, DSCP, a tweak hook) are skipped here: cardgate sets none of them.
 #[derive(Debug)]
@@ -63,23 +73,9 @@ impl L4Connect for TimedTcp {
         let PeerAddr::Inet(addr) = addr else {
             return PError::e_explain(ErrorType::ConnectError, "a CRM node is a TCP address");
         };
-        match tokio::time::timeout(self.0, TcpStream::connect(*addr)).await {
-            Ok(Ok(tcp)) => Ok(tcp.into()),
-            Ok(Err(e)) => {
-                let kind = match e.kind() {
-                    io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
-                    io::ErrorKind::TimedOut => ErrorType::ConnectTimedout,
-                    io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-                        ErrorType::ConnectNoRoute
-                    }
-                    _ => ErrorType::ConnectError,
-                };
-                PError::e_because(kind, format!("cannot connect to {addr}"), e)
-            }
-            Err(_) => PError::e_explain(
-                ErrorType::ConnectTimedout,
-                "no connection within upstream.connect_timeout",
-            ),
+        match tcp(*addr, self.0).await {
+            Ok(tcp) => Ok(tcp.into()),
+            Err(e) => PError::e_because(connect_error_type(&e), format!("cannot connect to {addr}"), e),
         }
     }
 }
