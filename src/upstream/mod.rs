@@ -40,10 +40,10 @@ use node::{Ejection, Node, Target};
 use nodes::{Nodes, Tried};
 
 pub use health::Watch;
+pub use resolve::resolve;
 
 /// The `User-Agent` of the calls that send one (health checks, the bearer token check).
 pub const USER_AGENT: &str = concat!("cardgate/", env!("CARGO_PKG_VERSION"));
-pub use resolve::resolve;
 
 /// One request to the internal system; `path` is relative to the base URL's path.
 #[derive(Clone)]

@@ -62,6 +62,7 @@ async fn tcp(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
 /// (Pingora's connector then does the handshake and sets `TCP_NODELAY`). Its errors are the
 /// types Pingora gives its own connects ([`connect_error_type`]), so [`Failure::connect`]
 /// names them as [`Failure::connect_io`] names a plain connection's.
+///
 /// Pingora's socket options for its own connects (bind addresses, TCP Fast Open, receive
 /// buffer, DSCP, a tweak hook) are skipped here: cardgate sets none of them.
 #[derive(Debug)]
