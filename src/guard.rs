@@ -11,6 +11,17 @@
 //! so that every replica counts against the same limits; while Redis cannot answer, each
 //! replica counts locally.
 
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -196,7 +207,11 @@ impl SearchGuard {
     }
 
     /// [`SearchGuard::admit`] on the counters in Redis; None if Redis cannot say.
-    async fn admit_shared(&self, shared: &Arc<Shared>, req: &SearchRequest) -> Option<Result<Admission, Refusal>> {
+    async fn admit_shared(
+        &self,
+        shared: &Arc<Shared>,
+        req: &SearchRequest,
+    ) -> Option<Result<Admission, Refusal>> {
         let hour = Duration::from_secs(3600);
         let Some(step_id) = &req.step_id else {
             let key = shared.id("search client", canonical_identifier(&req.client).as_bytes());

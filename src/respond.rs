@@ -5,6 +5,17 @@
 //! are personal data) and, on the Auth API, `X-Cache: HIT|MISS|STALE`. Cards are stored
 //! as ready body bytes, so a cache hit is a header of a few lines and one copy of the body.
 
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -9,6 +9,17 @@
 //! (`cardgate_tls_client_refused_total{reason}`); after a handshake the connection knows
 //! its TLS version and the client certificate's subject name, for the access log.
 
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -114,7 +125,9 @@ pub fn private_key(path: &str, key: &str) -> Result<PrivateKeyDer<'static>, Stri
 
 /// The leaf must be valid now: the days it has left, or why not.
 pub fn check_validity(chain: &[CertificateDer<'_>], key: &str, path: &str) -> Result<i64, String> {
-    let leaf = chain.first().ok_or_else(|| format!("{key}: {path} holds no certificate"))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| format!("{key}: {path} holds no certificate"))?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| format!("{key}: {path}: not an X.509 certificate: {e}"))?;
     let validity = cert.validity();
@@ -198,7 +211,9 @@ impl Tls {
         match (&self.client, material.client) {
             (Some(slot), Some(client)) => slot.store(Arc::new(client)),
             (None, None) => {}
-            _ => return Err("server.tls.client_ca_file: turning mutual TLS on or off needs a restart".into()),
+            _ => {
+                return Err("server.tls.client_ca_file: turning mutual TLS on or off needs a restart".into())
+            }
         }
         self.key.store(material.key);
         Ok(())
@@ -207,8 +222,7 @@ impl Tls {
     /// Pingora's listener settings over this state.
     pub fn settings(self: &Arc<Self>) -> Result<TlsSettings, String> {
         let callbacks: Box<dyn TlsAccept + Send + Sync> = Box::new(Handshaken);
-        let mut settings =
-            TlsSettings::with_callbacks(callbacks).map_err(|e| format!("server.tls: {e}"))?;
+        let mut settings = TlsSettings::with_callbacks(callbacks).map_err(|e| format!("server.tls: {e}"))?;
         settings.set_cert_resolver(Arc::new(Resolver(self.clone())));
         if let Some(slot) = &self.client {
             settings.set_client_cert_verifier(Arc::new(Verifier {
@@ -282,7 +296,10 @@ impl ClientCertVerifier for Verifier {
         }
         if !names.is_empty() {
             let carried = names_of(end_entity);
-            if !carried.iter().any(|c| names.iter().any(|n| n.eq_ignore_ascii_case(c))) {
+            if !carried
+                .iter()
+                .any(|c| names.iter().any(|n| n.eq_ignore_ascii_case(c)))
+            {
                 self.tls.refuse("name_not_allowed");
                 return Err(rustls::Error::InvalidCertificate(
                     rustls::CertificateError::NotValidForName,

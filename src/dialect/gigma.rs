@@ -93,7 +93,9 @@ impl Gigma {
             return Some(phone);
         }
         let shared = self.shared.as_ref()?;
-        let sealed = shared.get_sealed("gstep", &shared.id("gigma step", step_id.as_bytes())).await??;
+        let sealed = shared
+            .get_sealed("gstep", &shared.id("gigma step", step_id.as_bytes()))
+            .await??;
         String::from_utf8(sealed).ok().map(Arc::from)
     }
 
@@ -145,7 +147,9 @@ impl Gigma {
             .await;
         if let Some(shared) = &self.shared {
             let id = shared.id("gigma step", step_id.as_bytes());
-            shared.put_sealed("gstep", &id, phone.as_bytes(), self.step_ttl).await;
+            shared
+                .put_sealed("gstep", &id, phone.as_bytes(), self.step_ttl)
+                .await;
         }
         let body = json!({
             "answerType": 1,
@@ -199,7 +203,9 @@ impl Gigma {
         let card = card(counterparty, &self.client_type)?;
         self.steps.invalidate(step_id).await;
         if let Some(shared) = &self.shared {
-            shared.forget("steps", "gstep", &shared.id("gigma step", step_id.as_bytes())).await;
+            shared
+                .forget("steps", "gstep", &shared.id("gigma step", step_id.as_bytes()))
+                .await;
         }
         let body = json!({ "answerType": 2, "token": token });
         Ok(SearchAnswer {

@@ -5,6 +5,17 @@
 //! maps its answer to a [`Card`] or a [`GatewayError`]. Adding a dialect is a new module and
 //! a new `DialectKind` in the config.
 
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 pub mod bearer;
 pub mod gigma;
 pub mod iq;

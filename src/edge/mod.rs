@@ -7,6 +7,17 @@
 //! source address may ask once connected (requests per second, unknown tokens per
 //! minute). Everything here changes in place on a reload.
 
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 pub mod proxy;
 pub mod sources;
 
@@ -173,7 +184,10 @@ mod tests {
         ] {
             assert_eq!(allowed(&allow, ip.parse().unwrap()), ok, "{ip}");
         }
-        assert!(allowed(&[], "192.0.2.1".parse().unwrap()), "empty allows everyone");
+        assert!(
+            allowed(&[], "192.0.2.1".parse().unwrap()),
+            "empty allows everyone"
+        );
     }
 
     #[test]

@@ -75,8 +75,12 @@ fn parse(buf: &[u8]) -> Parsed {
     match result {
         HeaderResult::V1(Ok(h)) => {
             let addr = match h.addresses {
-                ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
-                ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
+                ppp::v1::Addresses::Tcp4(a) => {
+                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+                }
+                ppp::v1::Addresses::Tcp6(a) => {
+                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+                }
                 ppp::v1::Addresses::Unknown => None,
             };
             Parsed::Header(addr, h.header.len())
@@ -147,18 +151,29 @@ mod tests {
         assert_eq!(rest, b"GET / HTTP/1.1\r\n");
 
         let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-        v2.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c, 192, 0, 2, 9, 127, 0, 0, 1, 0x15, 0xb3, 0x1f, 0x90]);
+        v2.extend_from_slice(&[
+            0x21, 0x11, 0x00, 0x0c, 192, 0, 2, 9, 127, 0, 0, 1, 0x15, 0xb3, 0x1f, 0x90,
+        ]);
         v2.extend_from_slice(b"\x16\x03\x01");
         let (addr, rest) = read_header(&mut &v2[..], Duration::from_secs(1)).await.unwrap();
         assert_eq!(addr, Some("192.0.2.9:5555".parse().unwrap()));
         assert_eq!(rest, b"\x16\x03\x01");
 
         let local = b"PROXY UNKNOWN\r\nrest".to_vec();
-        let (addr, rest) = read_header(&mut &local[..], Duration::from_secs(1)).await.unwrap();
+        let (addr, rest) = read_header(&mut &local[..], Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!((addr, rest.as_slice()), (None, &b"rest"[..]));
 
-        for bad in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], b"PROXY TCP4 999.0.0.1 1.1.1.1 1 2\r\n", b"PROX"] {
-            assert!(read_header(&mut &bad[..], Duration::from_secs(1)).await.is_err(), "{bad:?}");
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"PROXY TCP4 999.0.0.1 1.1.1.1 1 2\r\n",
+            b"PROX",
+        ] {
+            assert!(
+                read_header(&mut &bad[..], Duration::from_secs(1)).await.is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

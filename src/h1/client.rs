@@ -72,7 +72,11 @@ pub fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, FramingError>
     let parsed = httparse::ParserConfig::default()
         .allow_spaces_after_header_name_in_responses(true)
         .allow_obsolete_multiline_headers_in_responses(true)
-        .parse_response_with_uninit_headers(&mut resp, buf.get(..=MAX_ANSWER_HEAD).unwrap_or(buf), &mut fields);
+        .parse_response_with_uninit_headers(
+            &mut resp,
+            buf.get(..=MAX_ANSWER_HEAD).unwrap_or(buf),
+            &mut fields,
+        );
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) if len > MAX_ANSWER_HEAD => {
             return Err(FramingError::HeadTooLarge)
@@ -352,10 +356,16 @@ mod tests {
         let mut buf = BytesMut::new();
         let (_, first, _) = read_answer_into(&mut io, &mut buf, 100).await.unwrap();
         let (_, second, reusable) = read_answer_into(&mut io, &mut buf, 100).await.unwrap();
-        assert_eq!((&first[..], &second[..], reusable), (&b"hello"[..], &b"hello"[..], true));
+        assert_eq!(
+            (&first[..], &second[..], reusable),
+            (&b"hello"[..], &b"hello"[..], true)
+        );
         drop((first, second));
 
-        let large = format!("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}", "x".repeat(100_000));
+        let large = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}",
+            "x".repeat(100_000)
+        );
         let mut io = scripted(&[large.as_bytes(), answer]);
         let (_, body, _) = read_answer_into(&mut io, &mut buf, 200_000).await.unwrap();
         assert_eq!(body.len(), 100_000);

@@ -6,6 +6,17 @@
 //! layer never builds a gateway answer: [`crate::error`] maps a `FramingError` to a status
 //! and `errorCode` once, for each side.
 
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 pub mod client;
 pub mod common;
 pub mod server;

@@ -11,8 +11,19 @@
 //! connection is closed, since what follows them on the wire cannot be trusted. On
 //! shutdown, idle connections close at once and busy ones after their answer.
 
-use std::net::IpAddr;
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -27,9 +38,9 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::GatewayError;
 use crate::gateway::{Ctx, Gateway};
-use crate::logs::access::Peer;
 use crate::h1::server::{body_complete, parse_head, BodyPlace, Head, Request};
 use crate::h1::ChunkedDecoder;
+use crate::logs::access::Peer;
 use crate::respond;
 
 /// Read buffer kept per connection; it grows up to the head and body limits.
@@ -123,18 +134,6 @@ impl ServerApp for Listener {
         let handshake = io
             .get_ssl_digest()
             .and_then(|d| d.extension.get::<crate::tls::Handshake>().cloned());
-        #[cfg(feature = "alt-http")]
-        if crate::alt::hyper_server() {
-            let ours = Settings::of(&self.gateway);
-            let settings = crate::alt::hyper_server::Settings {
-                keepalive: ours.keepalive,
-                client_timeout: ours.client_timeout,
-                max_head: ours.max_head,
-                max_body: ours.max_body,
-            };
-            crate::alt::hyper_server::serve(self.gateway.clone(), settings, io, peer, shutdown).await;
-            return None;
-        }
         // The connection lives in a task of its own: the task Pingora spawned to accept it
         // carries its handshake machinery (some 10 KiB) and ends here, instead of staying
         // with every idle keep-alive connection.

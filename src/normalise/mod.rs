@@ -10,6 +10,17 @@
 //! A search answer is a JSON object with `answerType` 1 or 2 (2 needs a non-empty
 //! `token`); it too is passed on as the CRM's own bytes.
 
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -201,7 +201,9 @@ fn escape(b: &[u8], i: usize) -> Option<usize> {
         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i.saturating_add(2)),
         b'u' => {
             let hex = b.get(i.saturating_add(2)..i.saturating_add(6))?;
-            hex.iter().all(u8::is_ascii_hexdigit).then_some(i.saturating_add(6))
+            hex.iter()
+                .all(u8::is_ascii_hexdigit)
+                .then_some(i.saturating_add(6))
         }
         _ => None,
     }
@@ -221,7 +223,9 @@ fn utf8(b: &[u8], i: usize, lead: u8) -> Option<usize> {
 }
 
 fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
-    b.get(i..)?.starts_with(word).then_some(i.saturating_add(word.len()))
+    b.get(i..)?
+        .starts_with(word)
+        .then_some(i.saturating_add(word.len()))
 }
 
 /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
@@ -251,7 +255,11 @@ fn number(b: &[u8], i: usize) -> Option<usize> {
 /// Past the digits at `i` (none is fine).
 fn digits(b: &[u8], i: usize) -> usize {
     let rest = b.get(i..).unwrap_or_default();
-    i.saturating_add(rest.iter().position(|c| !c.is_ascii_digit()).unwrap_or(rest.len()))
+    i.saturating_add(
+        rest.iter()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(rest.len()),
+    )
 }
 
 /// Past the digits at `i`, of which there must be one at least.
@@ -386,7 +394,11 @@ mod tests {
         assert_eq!(card(b"{\"a\":\"\xed\xa0\x80\"}"), Err("answer is not UTF-8"));
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
         assert_eq!(facts(&deep), Err("answer nested too deeply"));
-        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(MAX_DEPTH - 1), "]".repeat(MAX_DEPTH - 1));
+        let deep = format!(
+            "{{\"a\":{}1{}}}",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
         assert!(facts(&deep).is_ok());
     }
 
@@ -409,10 +421,37 @@ mod tests {
             br#"{"client":null,"errorCode":7,"errorText":null}"#,
         ];
         let pieces: [&[u8]; 32] = [
-            b"{", b"}", b"[", b"]", b"\"", b"\\", b":", b",", b" ", b"\t", b"\x01", b"\\u",
-            b"\\ud800", b"\"\\udc00\"", b"0", b"01", b"-", b".5", b"e", b"1e5", b"null", b"true",
-            b",\"id\":2", b",\"client\":null", b",\"client\":{\"id\":1}", b",\"errorCode\":1",
-            b",\"errorText\":\"x\"", b"\"cli\\u0065nt\"", "é𝄞".as_bytes(), b"\xff", b"\xed\xa0\x80",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\"",
+            b"\\",
+            b":",
+            b",",
+            b" ",
+            b"\t",
+            b"\x01",
+            b"\\u",
+            b"\\ud800",
+            b"\"\\udc00\"",
+            b"0",
+            b"01",
+            b"-",
+            b".5",
+            b"e",
+            b"1e5",
+            b"null",
+            b"true",
+            b",\"id\":2",
+            b",\"client\":null",
+            b",\"client\":{\"id\":1}",
+            b",\"errorCode\":1",
+            b",\"errorText\":\"x\"",
+            b"\"cli\\u0065nt\"",
+            "é𝄞".as_bytes(),
+            b"\xff",
+            b"\xed\xa0\x80",
             b"\xc0\x80",
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;

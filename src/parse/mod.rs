@@ -7,6 +7,17 @@
 //! lookup, so that nothing downstream ever sees an oversized or malformed token. The
 //! Search client API's parameters are read in [`search`].
 
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use bytes::Bytes;
 
 use crate::error::GatewayError;

@@ -125,7 +125,10 @@ impl Failure {
             Unconnected::TimedOut => (GatewayError::CrmTimeout, "timeout"),
             Unconnected::Refused => (GatewayError::CrmUnavailable("connection refused"), "unavailable"),
             Unconnected::NoRoute => (GatewayError::CrmUnavailable("no route to the CRM"), "unavailable"),
-            Unconnected::Closed => (GatewayError::CrmUnavailable("connection closed or reset"), "unavailable"),
+            Unconnected::Closed => (
+                GatewayError::CrmUnavailable("connection closed or reset"),
+                "unavailable",
+            ),
             Unconnected::Other => (GatewayError::CrmUnavailable("connection failed"), "unavailable"),
         };
         Failure {
@@ -220,11 +223,23 @@ mod tests {
     fn causes_are_named() {
         for (text, cause) in [
             ("invalid peer certificate: UnknownIssuer", "unknown CA"),
-            ("invalid peer certificate: certificate not valid for name \"x\"", "name mismatch"),
-            ("invalid peer certificate: certificate expired: verification time", "certificate expired"),
-            ("received corrupt message of type InvalidContentType", "not TLS (plain HTTP where TLS was expected?)"),
+            (
+                "invalid peer certificate: certificate not valid for name \"x\"",
+                "name mismatch",
+            ),
+            (
+                "invalid peer certificate: certificate expired: verification time",
+                "certificate expired",
+            ),
+            (
+                "received corrupt message of type InvalidContentType",
+                "not TLS (plain HTTP where TLS was expected?)",
+            ),
             ("received fatal alert: CertificateRequired", "handshake refused"),
-            ("tls handshake eof", "closed during the handshake (not a TLS port, or refused)"),
+            (
+                "tls handshake eof",
+                "closed during the handshake (not a TLS port, or refused)",
+            ),
         ] {
             assert_eq!(tls_cause(text), cause, "{text}");
         }

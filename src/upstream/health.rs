@@ -16,8 +16,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use async_trait::async_trait;
 use pingora::connectors::http::Connector as HttpConnector;
@@ -51,7 +51,12 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    pub fn new(targets: Vec<Arc<Target>>, seed: Vec<Vec<SocketAddr>>, cfg: &Config, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        targets: Vec<Arc<Target>>,
+        seed: Vec<Vec<SocketAddr>>,
+        cfg: &Config,
+        stats: Arc<Stats>,
+    ) -> Self {
         Discovery {
             targets,
             cfg: cfg.clone(),
@@ -143,7 +148,11 @@ pub struct NodeCheck {
 }
 
 impl NodeCheck {
-    pub fn new(targets: &[Arc<Target>], health: &HealthSection, options: impl Fn() -> ConnectorOptions) -> Self {
+    pub fn new(
+        targets: &[Arc<Target>],
+        health: &HealthSection,
+        options: impl Fn() -> ConnectorOptions,
+    ) -> Self {
         let per_target = targets
             .iter()
             .map(|t| -> Box<dyn HealthCheck + Send + Sync> {
@@ -254,7 +263,10 @@ impl Watch {
         let backends = self.backends.get_backend();
         // One after another: a few nodes, each bounded by health.timeout.
         for node in due {
-            let Some(backend) = backends.iter().find(|b| node_of(b).is_some_and(|n| n.id == node.id)) else {
+            let Some(backend) = backends
+                .iter()
+                .find(|b| node_of(b).is_some_and(|n| n.id == node.id))
+            else {
                 continue;
             };
             if self.check.run(backend).await.is_ok() {

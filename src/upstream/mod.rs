@@ -12,6 +12,17 @@
 //! transport failures into the `CRM_*` errors ([`failure`]); [`crate::normalise`] judges
 //! the answers that did arrive.
 
+// Input from the chat server or the CRM reaches this module: nothing here may panic on it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 mod failure;
 mod health;
 mod node;
@@ -192,8 +203,13 @@ impl Upstream {
             .enumerate()
             .map(|(i, url)| Arc::new(Target::new(i, url)))
             .collect();
-        if targets.iter().any(|t| HeaderValue::from_str(&t.authority).is_err()) {
-            return Err(ConfigError("upstream.url: host is not a valid Host header".into()));
+        if targets
+            .iter()
+            .any(|t| HeaderValue::from_str(&t.authority).is_err())
+        {
+            return Err(ConfigError(
+                "upstream.url: host is not a valid Host header".into(),
+            ));
         }
         let seed = targets
             .iter()
@@ -346,18 +362,12 @@ impl Upstream {
         // A retry or hedge that times out in what an earlier attempt left of the budget
         // says little about its node: only an attempt with half the budget or more counts
         // towards ejection.
-        let fair =
-            first || deadline.saturating_duration_since(Instant::now()).saturating_mul(2) >= limits.timeout;
+        let fair = first
+            || deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_mul(2)
+                >= limits.timeout;
         let deadline = tokio::time::Instant::from_std(deadline);
-        #[cfg(feature = "alt-http")]
-        if crate::alt::pingora_client() {
-            let exchange = self.exchange_with_pingora(node, req, limits.max_body);
-            let result = tokio::time::timeout_at(deadline, exchange)
-                .await
-                .unwrap_or_else(|_| Err(Failure::timeout()));
-            node.report(&busy, &result, limits.ejection, &self.stats);
-            return result;
-        }
         let wire = node.wire(req, &record.correlation, &limits.request_id_header);
         // Boxed: inline, the exchange would make the dialect's call future (boxed by
         // `async_trait`, one allocation a call) 1.4 KiB, past glibc's per-thread cache
@@ -420,45 +430,6 @@ impl Upstream {
             }
         }
     }
-
-    /// [`Node::exchange`] through Pingora's client session (see [`crate::alt`]).
-    #[cfg(feature = "alt-http")]
-    async fn exchange_with_pingora(
-        &self,
-        node: &Node,
-        req: &UpstreamRequest,
-        max_body: usize,
-    ) -> Result<UpstreamAnswer, Failure> {
-        use crate::h1::client::ReadError;
-        let mut retried = false;
-        loop {
-            let (io, _, reused) = node.checkout(&self.connector, retried).await?;
-            let sent = crate::alt::pingora_client::exchange(
-                io,
-                req,
-                &node.target.authority,
-                &node.target.url.base_path,
-                max_body,
-            );
-            match sent.await {
-                Ok((answer, back)) => {
-                    if let Some(io) = back {
-                        node.put_back(io);
-                    }
-                    return Ok(answer);
-                }
-                Err(e)
-                    if reused
-                        && req.idempotent
-                        && !retried
-                        && matches!(e, ReadError::Io { answered: false, .. }) =>
-                {
-                    retried = true;
-                }
-                Err(e) => return Err(Failure::read(&e, node.target.url.tls)),
-            }
-        }
-    }
 }
 
 /// The CRM-side TLS files must be usable as configured: a PEM that cannot be read or
@@ -471,8 +442,12 @@ pub fn check_tls(cfg: &crate::config::UpstreamSection) -> Result<(), ConfigError
     }
     match (&cfg.client_cert, &cfg.client_key) {
         (None, None) => Ok(()),
-        (Some(_), None) => Err(ConfigError("upstream.client_key: is required with upstream.client_cert".into())),
-        (None, Some(_)) => Err(ConfigError("upstream.client_cert: is required with upstream.client_key".into())),
+        (Some(_), None) => Err(ConfigError(
+            "upstream.client_key: is required with upstream.client_cert".into(),
+        )),
+        (None, Some(_)) => Err(ConfigError(
+            "upstream.client_cert: is required with upstream.client_key".into(),
+        )),
         (Some(cert), Some(key)) => {
             crate::tls::key_pair(("upstream.client_cert", cert), ("upstream.client_key", key))
                 .map(|_| ())

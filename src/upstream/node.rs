@@ -239,7 +239,11 @@ impl Node {
     fn eject(&self, ejection: Ejection, again: bool, stats: &Stats) {
         let base = ms(ejection.length).max(1);
         let len = if again {
-            self.eject_len.load(Relaxed).max(base).saturating_mul(2).min(ms(MAX_EJECTION))
+            self.eject_len
+                .load(Relaxed)
+                .max(base)
+                .saturating_mul(2)
+                .min(ms(MAX_EJECTION))
         } else {
             base
         };
@@ -300,7 +304,12 @@ impl Node {
                 let n = self.consecutive_failures.fetch_add(1, Relaxed).saturating_add(1);
                 // The one failure that reaches the bound ejects, not those still under way.
                 let reached = ejection.after > 0 && n >= ejection.after;
-                if reached && self.ejected.compare_exchange(false, true, Relaxed, Relaxed).is_ok() {
+                if reached
+                    && self
+                        .ejected
+                        .compare_exchange(false, true, Relaxed, Relaxed)
+                        .is_ok()
+                {
                     self.eject(ejection, false, stats);
                 }
             }
@@ -410,12 +419,6 @@ impl Node {
             Box::pin(plain::connect(self.addr, self.connect_timeout)).await?
         };
         Ok((io, BytesMut::new(), false))
-    }
-
-    /// Give back a connection after a clean exchange.
-    #[cfg(feature = "alt-http")]
-    pub fn put_back(&self, io: Stream) {
-        self.pool.put(io, BytesMut::new());
     }
 }
 

@@ -53,7 +53,10 @@ impl Nodes {
     /// A new set (after a resolution changed it); the nodes that left.
     pub fn publish(&self, list: Vec<Arc<Node>>) -> Vec<Arc<Node>> {
         let old = self.list.swap(Arc::new(list.clone()));
-        old.iter().filter(|o| !list.iter().any(|n| n.id == o.id)).cloned().collect()
+        old.iter()
+            .filter(|o| !list.iter().any(|n| n.id == o.id))
+            .cloned()
+            .collect()
     }
 
     /// The node for the next attempt of a call that has tried `tried`; None when none may
@@ -92,6 +95,9 @@ impl Nodes {
     pub fn due_for_probe(&self) -> Vec<Arc<Node>> {
         let now = now_ms();
         let list = self.list.load();
-        list.iter().filter(|n| !n.up() && n.claim_probe(now)).cloned().collect()
+        list.iter()
+            .filter(|n| !n.up() && n.claim_probe(now))
+            .cloned()
+            .collect()
     }
 }

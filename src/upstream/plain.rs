@@ -22,12 +22,12 @@ use async_trait::async_trait;
 use pingora::connectors::L4Connect;
 use pingora::protocols::l4;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::{Error as PError, ErrorType, Result as PResult};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
 };
+use pingora::{Error as PError, ErrorType, Result as PResult};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -82,7 +82,11 @@ impl L4Connect for TimedTcp {
 }
 
 impl AsyncRead for Plain {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
@@ -136,7 +140,6 @@ impl GetSocketDigest for Plain {
 
 impl Peek for Plain {}
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +180,10 @@ mod tests {
         assert_eq!(e.etype, ErrorType::ConnectRefused);
         let f = Failure::connect(&e);
         assert!(
-            matches!(f.error, crate::error::GatewayError::CrmUnavailable("connection refused")),
+            matches!(
+                f.error,
+                crate::error::GatewayError::CrmUnavailable("connection refused")
+            ),
             "{:?}",
             f.error
         );
@@ -186,13 +192,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_retryable_and_named() {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         // (The listener is gone: nothing listens on the port.)
         let f = connect(addr, Duration::from_secs(5)).await.err().unwrap();
         assert_eq!(f.outcome, "unavailable");
         assert!(f.retry && f.transport);
         assert!(
-            matches!(f.error, crate::error::GatewayError::CrmUnavailable("connection refused")),
+            matches!(
+                f.error,
+                crate::error::GatewayError::CrmUnavailable("connection refused")
+            ),
             "{:?}",
             f.error
         );

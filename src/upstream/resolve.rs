@@ -30,7 +30,10 @@ pub fn resolve(url: &UpstreamUrl) -> Result<Vec<SocketAddr>, ConfigError> {
 pub async fn lookup(url: &UpstreamUrl) -> std::io::Result<Vec<SocketAddr>> {
     let addrs = distinct(tokio::net::lookup_host((url.host.as_str(), url.port)).await?);
     if addrs.is_empty() {
-        return Err(std::io::Error::other(format!("{} resolves to no address", url.host)));
+        return Err(std::io::Error::other(format!(
+            "{} resolves to no address",
+            url.host
+        )));
     }
     Ok(addrs)
 }

@@ -25,12 +25,18 @@ impl Stats {
     pub fn new(metrics: &Metrics) -> Self {
         let node = |name: &str, help: &str| Opts::new(name, help);
         let node_up = IntGaugeVec::new(
-            node("cardgate_upstream_node_up", "1 while a CRM node takes traffic (healthy, not ejected)"),
+            node(
+                "cardgate_upstream_node_up",
+                "1 while a CRM node takes traffic (healthy, not ejected)",
+            ),
             &["node"],
         )
         .expect("metric");
         let node_requests = IntCounterVec::new(
-            node("cardgate_upstream_node_requests_total", "Calls sent to a CRM node"),
+            node(
+                "cardgate_upstream_node_requests_total",
+                "Calls sent to a CRM node",
+            ),
             &["node"],
         )
         .expect("metric");
