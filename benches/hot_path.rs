@@ -1,6 +1,9 @@
 //! Micro-benchmarks of the cache-hit path, one function per step, and the whole path:
 //! frame the request → route it → hash the token → look the card up → write the answer.
 //!
+//! `full_cache_store` is a miss that stores a new 1 KB card into a full 256 MiB cache (the
+//! steady state under unique tokens): a lookup that finds nothing, then an insert that evicts.
+//!
 //! `cargo bench --bench hot_path`
 
 use std::time::Duration;
@@ -110,9 +113,43 @@ fn hit_path(c: &mut Criterion) {
     });
 }
 
+/// A miss stored into a full cache: each iteration asks for a new key and stores its card.
+fn full_cache_store(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hasher = TokenHasher::random();
+    let cache = cache_with_card(&hasher, &rt);
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let mut i = 0u64;
+    let store = |i: u64| {
+        let key = hasher.cache_key(format!("token-{i:012}").as_bytes());
+        let card = || async {
+            Ok(Card {
+                body: body.clone(),
+                max_age: None,
+                no_store: false,
+            })
+        };
+        rt.block_on(cache.get_or_fetch(key, card)).0.unwrap();
+    };
+    // 256 MiB of 1 KB cards is some 200 000: fill it past that first.
+    while i < 300_000 {
+        store(i);
+        i += 1;
+    }
+    c.bench_function("full_cache_store", |b| {
+        b.iter(|| {
+            i += 1;
+            store(black_box(i));
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = hit_path
+    targets = hit_path, full_cache_store
 }
 criterion_main!(benches);

@@ -80,6 +80,7 @@ fn not_found_is_cached_for_negative_ttl_and_failures_are_never_cached() {
 
     let t = token("missing");
     gw.post_card(&t);
+    // The behaviour under test: the negative entry's 1 s lifetime running out.
     thread::sleep(Duration::from_millis(1300));
     let r = gw.post_card(&t);
     assert_eq!((r.status, r.header("x-cache")), (404, Some("MISS")));
@@ -110,6 +111,7 @@ fn stale_cards_stand_in_for_a_failing_crm_within_the_window() {
     let r = gw.post_card(&t);
     assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")));
     mock.fail("500");
+    // The behaviour under test: the 1 s TTL running out.
     thread::sleep(Duration::from_millis(1200));
 
     // Past the TTL: the refresh fails, the stale card answers.
@@ -133,6 +135,7 @@ fn stale_cards_stand_in_for_a_failing_crm_within_the_window() {
     assert!(mock.calls_for(&t).len() <= allowed, "the CRM was hammered");
     assert!(lookups(&gw, "stale") >= 21.0);
 
+    // The behaviour under test: the one-second spacing of refreshes.
     thread::sleep(Duration::from_millis(1100));
     let before = mock.calls_for(&t).len();
     assert_eq!(gw.post_card(&t).header("x-cache"), Some("STALE"));
@@ -143,6 +146,7 @@ fn stale_cards_stand_in_for_a_failing_crm_within_the_window() {
     );
 
     // Past TTL + stale_if_error the card is gone: the CRM's failure shows.
+    // The behaviour under test: the stale window (TTL + stale_if_error) running out.
     let end = Duration::from_millis(1000 + 3000 + 300);
     thread::sleep(end.saturating_sub(start.elapsed()));
     let r = gw.post_card(&t);
@@ -215,6 +219,46 @@ fn max_size_bounds_the_weighted_size() {
     assert!(gw.metric("cardgate_cache_evictions_total") >= 1.0);
 }
 
+/// Ask for each token once on one keep-alive connection, 100 requests in flight at a
+/// time; the `X-Cache` of each answer.
+fn ask_each(conn: &mut common::Raw, tokens: &[String]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for batch in tokens.chunks(100) {
+        let mut wire = Vec::new();
+        for t in batch {
+            wire.extend_from_slice(
+                format!("GET /rest/chat/client/id/{t} HTTP/1.1\r\nHost: cardgate\r\n\r\n").as_bytes(),
+            );
+        }
+        conn.send(&wire);
+        for _ in batch {
+            let r = conn.read().expect("an answer");
+            assert_eq!(r.status, 200, "{}", r.body);
+            seen.push(r.header("x-cache").unwrap_or("").to_string());
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_full_cache_keeps_new_cards_for_their_second_request() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&mock.url(), &[("cache", "max_size = \"2MiB\"")]);
+    let mut conn = common::Raw::connect(&gw.addr);
+    let old: Vec<String> = (0..5_000).map(|_| token("fill")).collect();
+    ask_each(&mut conn, &old);
+    assert!(
+        gw.metric("cardgate_cache_evictions_total") >= 1.0,
+        "the cache is full"
+    );
+    // New chat sessions: each client's card is asked for once, then again later.
+    let new: Vec<String> = (0..300).map(|_| token("new")).collect();
+    assert!(ask_each(&mut conn, &new).iter().all(|x| x == "MISS"));
+    let again = ask_each(&mut conn, &new);
+    let hits = again.iter().filter(|x| *x == "HIT").count();
+    assert_eq!(hits, 300, "second requests that found their card");
+}
+
 #[test]
 fn cache_control_from_the_crm_is_obeyed() {
     let mock = Mock::start();
@@ -228,6 +272,7 @@ fn cache_control_from_the_crm_is_obeyed() {
     let t = token("maxage1");
     gw.post_card(&t);
     assert_eq!(gw.post_card(&t).header("x-cache"), Some("HIT"));
+    // The behaviour under test: the CRM's max-age=1 running out.
     thread::sleep(Duration::from_millis(1200));
     assert_eq!(gw.post_card(&t).header("x-cache"), Some("MISS"));
     assert_eq!(mock.calls_for(&t).len(), 2, "max-age=1 lowered the 60 s TTL");
@@ -244,13 +289,18 @@ fn instances_with_one_hash_key_agree_on_fingerprints() {
     let t = token("shared");
     let fp = |gw: &Gateway| {
         gw.post_card(&t);
-        thread::sleep(Duration::from_millis(100));
-        let out = gw.proc.output();
-        let line = out
-            .lines()
-            .find(|l| l.contains("\"tokenFp\""))
-            .expect("an access log line");
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let line = || {
+            gw.proc
+                .output()
+                .lines()
+                .find(|l| l.contains("\"tokenFp\""))
+                .map(str::to_string)
+        };
+        assert!(
+            common::eventually(Duration::from_secs(10), || line().is_some()),
+            "an access log line"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line().unwrap()).unwrap();
         v["tokenFp"].as_str().unwrap().to_string()
     };
     let (fa, fb, fc) = (fp(&a), fp(&b), fp(&c));

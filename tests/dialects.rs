@@ -173,6 +173,7 @@ fn gigma_steps_expire_and_wrong_codes_meet_the_guard() {
     assert_eq!(calls(&mock, "/counterparty/login").len(), before);
 
     let step = first_step(&gw, client);
+    // The behaviour under test: the step's 1 s lifetime (upstream.gigma.step_ttl) running out.
     thread::sleep(Duration::from_millis(1300));
     assert_eq!(login(&gw, client, &step, "1111").error_code(), "STEP_UNKNOWN");
 }
