@@ -7,7 +7,8 @@
 //! a card past its TTL but inside `stale_if_error` is served as `STALE`, and while it keeps
 //! failing at most one refresh per key per second is tried. Gateway-side failures are never
 //! stored; "not found" answers are stored for `negative_ttl`. Memory is bounded by the
-//! table's weigher ([`table`]), counting answer bytes plus [`ENTRY_OVERHEAD`].
+//! table's weigher ([`table`]), counting each card's allocation plus [`ENTRY_OVERHEAD`];
+//! a full table evicts the least recently used card.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,11 +36,12 @@ use crate::normalise::Card;
 use table::Table;
 
 /// Bytes charged per entry on top of its allocation (header and body, as the allocator
-/// sizes it): the key and the table's per-entry bookkeeping (its slot in the table's slab
-/// and index). Measured with `benches/memory.rs` (0.3–1.5 M cards of 1 KB, and 1 M of 300
-/// bytes): 99–155 RSS bytes per entry beyond the allocation (78–121 heap bytes); rounded
-/// up, so that `cache.max_size` bounds what the process really holds.
-pub const ENTRY_OVERHEAD: u32 = 176;
+/// sizes it): the key and moka's per-entry bookkeeping (its hash table slot, the entry's
+/// node in the recency and timer queues). `benches/memory.rs` measures the process to hold
+/// 334–361 bytes of RSS per entry beyond the allocation (1 M cards of 300 bytes and of
+/// 1 KB, and a full 256 MiB cache); rounded up, so that `cache.max_size` bounds what the
+/// process really holds.
+pub const ENTRY_OVERHEAD: u32 = 368;
 
 /// What a card of `body_len` bytes counts against `cache.max_size`: its allocation as the
 /// allocator sizes it, plus [`ENTRY_OVERHEAD`].

@@ -1,118 +1,84 @@
-//! The table the card cache keeps its entries in: a sharded, weight-bounded map from key
-//! to entry (quick_cache's CLOCK-Pro cache), where an entry past the end of its stale
-//! window is no longer found.
+//! The table the card cache keeps its entries in: moka's concurrent cache, bounded by the
+//! weight of its entries, evicting the least recently used card, and dropping an entry at
+//! the end of its stale window.
 //!
-//! quick_cache rather than moka: on a miss that stores a card in a full cache (the
-//! gateway's steady state under unique tokens) moka spent 2.6–2.8 µs per insert with the
-//! weigher, per-entry expiry and eviction listener the cache needs, and its admission
-//! policy turned most new cards away; quick_cache keeps every new card for 0.15 µs.
-//! Expiry is a field of the entry, checked on every read, and a sweeper thread drops
-//! expired entries every [`SWEEP_EVERY`] (the role of nginx's cache manager), so that the
-//! entry count and weight report live cards.
+//! Recency, not frequency, decides what stays: a chat session asks for its client's card
+//! again minutes after the first time, so a card stored once must outlive older ones in a
+//! full cache (moka's default TinyLFU admission turns most new keys away). The keys are
+//! already keyed hashes, so moka hashes them with [`KeyHashBuilder`], which folds their
+//! bits. No eviction listener: moka would call it on every insert's removal work; an
+//! insert into a full table is counted as an eviction instead ([`Table::insert`]).
 
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use quick_cache::sync::Cache;
-use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
+use moka::policy::{EvictionPolicy, Expiry};
+use moka::sync::Cache;
 
+use super::entry_weight;
 use super::stored::{clock_ms, Stored};
-use super::{entry_weight, ENTRY_OVERHEAD};
 use crate::keys::{CacheKey, KeyHashBuilder};
-
-/// How often expired entries are dropped.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// The average body the table is sized for: it remembers the keys of recently evicted
-/// entries (ghosts, which bring a key asked for again straight back among the hot ones)
-/// up to half the entries of that size that `max_size` holds.
-const TYPICAL_BODY: u64 = 512;
-
-/// What one remembered key of an evicted entry costs (its slot in the table's slab and
-/// index); this memory is set aside from `max_size` before entries are weighed against it.
-/// Measured with `benches/memory.rs` in a full cache.
-const GHOST_BYTES: u64 = 96;
 
 /// The share of `max_size` set aside for pages the allocator has freed and not yet given
 /// back (jemalloc returns them over ten seconds): a full cache of 16 KB cards, which
-/// churns the largest extents, held 1.3 % more than the weighed bytes without it (a
-/// 32nd is set aside: with it, RSS 0.96–0.98 of `max_size` for cards of 300 bytes to 16 KB).
+/// churns the largest extents, held 1.3 % more than the weighed bytes without it.
 const FREED_SHARE: u64 = 32;
-
-type Map = Cache<CacheKey, Entry, Weigh, KeyHashBuilder, Evictions>;
 
 /// A bounded map of cache entries.
 pub(super) struct Table {
-    map: Arc<Map>,
+    map: Cache<CacheKey, Entry, KeyHashBuilder>,
+    /// The weight the entries may reach.
+    capacity: u64,
+    on_evict: Box<dyn Fn() + Send + Sync>,
 }
 
 #[derive(Clone)]
 struct Entry {
     stored: Stored,
-    /// End of the stale window in the entries' clock: read without touching the body's
-    /// allocation, so that a sweep stays in the table's own memory.
+    /// End of the stale window in the entries' clock.
     until: u64,
 }
 
-/// An entry weighs [`entry_weight`]: its allocation plus [`ENTRY_OVERHEAD`].
-#[derive(Clone, Copy)]
-struct Weigh;
+/// An entry lives until the end of its stale window.
+struct UntilStale;
 
-impl Weighter<CacheKey, Entry> for Weigh {
-    fn weight(&self, _key: &CacheKey, e: &Entry) -> u64 {
-        entry_weight(e.stored.body().len())
+impl UntilStale {
+    fn left(e: &Entry, at: Instant) -> Option<Duration> {
+        Some(Duration::from_millis(e.until.saturating_sub(clock_ms(at))))
     }
 }
 
-/// Counts entries dropped to stay within the weight bound (not expired ones, not replaced
-/// ones); the dropped entries are freed after the shard's lock is released.
-#[derive(Clone)]
-struct Evictions(Arc<dyn Fn() + Send + Sync>);
+impl Expiry<CacheKey, Entry> for UntilStale {
+    fn expire_after_create(&self, _key: &CacheKey, e: &Entry, created_at: Instant) -> Option<Duration> {
+        Self::left(e, created_at)
+    }
 
-impl Lifecycle<CacheKey, Entry> for Evictions {
-    type RequestState = [Option<Entry>; 2];
-
-    fn on_evict(&self, state: &mut Self::RequestState, _key: CacheKey, e: Entry) {
-        (self.0)();
-        if let Some(free) = state.iter_mut().find(|s| s.is_none()) {
-            *free = Some(e);
-        }
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        e: &Entry,
+        updated_at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::left(e, updated_at)
     }
 }
 
 impl Table {
-    /// A table holding at most `max_size` bytes, with what it remembers of evicted keys;
-    /// `on_evict` is called once per
-    /// entry dropped to stay within it. Starts the sweeper thread, which ends with the table.
+    /// A table holding at most `max_size` bytes; `on_evict` is called once per entry
+    /// stored while the table is full (each such store evicts the least recent card).
     pub(super) fn new(max_size: u64, on_evict: impl Fn() + Send + Sync + 'static) -> Self {
-        let items = max_size / (TYPICAL_BODY + u64::from(ENTRY_OVERHEAD));
-        let ghosts = items / 2;
-        let options = OptionsBuilder::new()
-            .estimated_items_capacity(usize::try_from(items.max(1)).unwrap_or(usize::MAX))
-            .ghost_allocation(0.5)
-            .weight_capacity(max_size - max_size / FREED_SHARE - (ghosts * GHOST_BYTES).min(max_size / 2))
-            .build()
-            .unwrap_or_else(|e| unreachable!("both capacities are set: {e}"));
-        let map = Arc::new(Cache::with_options(
-            options,
-            Weigh,
-            KeyHashBuilder,
-            Evictions(Arc::new(on_evict)),
-        ));
-        let weak = Arc::downgrade(&map);
-        // Without the thread, expired entries still go unread and are evicted first; only
-        // the reported counts would lag. Not fatal, so a failed spawn is only logged.
-        if let Err(e) = std::thread::Builder::new()
-            .name("cardgate-cache-sweep".into())
-            .spawn(move || sweep_while_alive(&weak))
-        {
-            crate::logs::event_with(
-                crate::config::LogLevel::Warn,
-                "the cache sweeper did not start",
-                serde_json::json!({ "why": e.to_string() }),
-            );
+        let capacity = max_size - max_size / FREED_SHARE;
+        let map = Cache::builder()
+            .max_capacity(capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .weigher(|_key, e: &Entry| u32::try_from(entry_weight(e.stored.body().len())).unwrap_or(u32::MAX))
+            .expire_after(UntilStale)
+            .build_with_hasher(KeyHashBuilder);
+        Table {
+            map,
+            capacity,
+            on_evict: Box::new(on_evict),
         }
-        Table { map }
     }
 
     /// The entry for `key`, unless it is past its stale window at `now`.
@@ -122,6 +88,10 @@ impl Table {
     }
 
     pub(super) fn insert(&self, key: CacheKey, stored: Stored) {
+        let weight = entry_weight(stored.body().len());
+        if self.map.weighted_size().saturating_add(weight) > self.capacity {
+            (self.on_evict)();
+        }
         let until = stored.stale_until();
         self.map.insert(key, Entry { stored, until });
     }
@@ -133,16 +103,17 @@ impl Table {
 
     /// Drop every entry; how many live ones there were.
     pub(super) fn clear(&self) -> u64 {
-        sweep(&self.map, Instant::now());
-        let n = self.map.len() as u64;
-        self.map.clear();
+        self.map.run_pending_tasks();
+        let n = self.map.entry_count();
+        self.map.invalidate_all();
+        self.map.run_pending_tasks();
         n
     }
 
     /// (live entries, their weighted bytes).
     pub(super) fn usage(&self) -> (u64, u64) {
-        sweep(&self.map, Instant::now());
-        (self.map.len() as u64, self.map.weight())
+        self.map.run_pending_tasks();
+        (self.map.entry_count(), self.map.weighted_size())
     }
 
     /// Whether `key` has an entry, without touching its recency.
@@ -151,26 +122,11 @@ impl Table {
     }
 }
 
-/// Drop the entries past their stale window at `now`.
-fn sweep(map: &Map, now: Instant) {
-    let now = clock_ms(now);
-    map.retain(|_, e| e.until > now);
-}
-
-fn sweep_while_alive(map: &Weak<Map>) {
-    loop {
-        std::thread::sleep(SWEEP_EVERY);
-        match map.upgrade() {
-            Some(map) => sweep(&map, Instant::now()),
-            None => return,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     fn entry(body: &[u8], now: Instant, fresh_ms: u64, stale_ms: u64) -> Stored {
         Stored::new(
@@ -192,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_past_its_stale_window_is_not_found_and_is_swept() {
+    fn an_entry_past_its_stale_window_is_not_found() {
         super::super::stored::start_clock();
         let t = Table::new(1 << 20, || {});
         let now = Instant::now();
@@ -204,11 +160,24 @@ mod tests {
             "stale, still kept"
         );
         assert!(t.get(&key(1), now + Duration::from_millis(250)).is_none());
-        // A sweep then drops it from the counts.
-        sweep(&t.map, now + Duration::from_millis(250));
         let (entries, bytes) = t.usage();
-        assert_eq!(entries, 1);
-        assert_eq!(bytes, entry_weight(2));
+        assert_eq!(entries, 2);
+        assert_eq!(bytes, 2 * entry_weight(2));
+    }
+
+    #[test]
+    fn an_expired_entry_leaves_the_counts() {
+        super::super::stored::start_clock();
+        let t = Table::new(1 << 20, || {});
+        let now = Instant::now();
+        // Expiry is moka's own, on its clock: this waits out a 1 ms stale window.
+        t.insert(key(1), entry(b"{}", now, 1, 0));
+        t.insert(key(2), entry(b"{}", now, 60_000, 0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while t.usage().0 != 1 {
+            assert!(Instant::now() < deadline, "the expired entry is still counted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(!t.contains(&key(1)));
         assert!(t.contains(&key(2)));
     }
@@ -233,8 +202,36 @@ mod tests {
         let (entries, bytes) = t.usage();
         assert!(bytes <= max, "{bytes} over {max}");
         assert_eq!(bytes, entries * per);
-        assert_eq!(evicted.load(Ordering::Relaxed), 5_000 - entries);
-        assert!(entries > max / per / 2, "only {entries} entries kept");
+        assert!(entries > max / per * 9 / 10, "only {entries} entries kept");
+        let counted = evicted.load(Ordering::Relaxed);
+        let dropped = 5_000 - entries;
+        assert!(
+            counted.abs_diff(dropped) <= dropped / 20,
+            "{counted} counted, {dropped} dropped"
+        );
+    }
+
+    #[test]
+    fn a_card_asked_for_again_outlives_older_ones() {
+        super::super::stored::start_clock();
+        let max = 256 * 1024;
+        let t = Table::new(max, || {});
+        let now = Instant::now();
+        let body = vec![b'x'; 400];
+        let room = u32::try_from(max / entry_weight(400)).unwrap();
+        // Fill the table, then store new cards, each read again after a hundred newer ones.
+        for i in 0..room * 2 {
+            t.insert(key(i), entry(&body, now, 60_000, 0));
+        }
+        let mut kept = 0;
+        for i in 0..300 {
+            let new = room * 2 + i;
+            t.insert(key(new), entry(&body, now, 60_000, 0));
+            if i >= 100 {
+                kept += u32::from(t.get(&key(new - 100), now).is_some());
+            }
+        }
+        assert_eq!(kept, 200, "new cards were evicted before older ones");
     }
 
     #[test]
