@@ -1,8 +1,9 @@
 //! Our request framing against Pingora's own HTTP/1 server parser, on one corpus of
 //! requests: both must accept or refuse alike and, when both accept, agree on the method,
 //! the target's path, the number of header fields and the body the framing delimits.
-//! Where they disagree, ours is the stricter one, for a reason listed in README.md
-//! ("Differences from Pingora's parser"); any other disagreement fails this test.
+//! Where they disagree, ours is the stricter one, for a reason listed in
+//! docs/architecture.md ("Differences from Pingora's parser"); any other disagreement
+//! fails this test.
 
 use std::path::Path;
 
@@ -54,7 +55,7 @@ fn pingora(raw: &[u8]) -> Theirs {
     })
 }
 
-/// Requests where ours refuses and Pingora accepts, each for a reason in the README.
+/// Requests where ours refuses and Pingora accepts, each for a reason in docs/architecture.md.
 const STRICTER: &[&str] = &[
     "no-host",
     "connect",

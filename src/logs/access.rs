@@ -33,7 +33,7 @@ pub struct Line<'a> {
 }
 
 impl Line<'_> {
-    /// The line as one JSON object (no newline), fields in the README's order; absent
+    /// The line as one JSON object (no newline), fields in docs/operations.md's order; absent
     /// fields are left out; durations in milliseconds with three decimals.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         // Each field's `,"name":` is one constant piece: a line is some twenty copies.

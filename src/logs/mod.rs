@@ -3,9 +3,9 @@
 //! with their cause), Pingora's own messages and panics, all through one [`sink`] that
 //! never blocks a worker.
 //!
-//! Every event line has `ts`, `level` and `msg`, plus fields of its kind (the README lists
-//! them). Events less severe than `log.level` are not written; request lines follow
-//! `log.access` instead.
+//! Every event line has `ts`, `level` and `msg`, plus fields of its kind
+//! (docs/operations.md lists them). Events less severe than `log.level` are not written;
+//! request lines follow `log.access` instead.
 
 pub mod access;
 pub mod sink;
