@@ -1,7 +1,8 @@
 //! The one reload path: read the configuration file again and put in force what can
 //! change in place (SIGHUP).
 //!
-//! An invalid file changes nothing. Keys that only a restart can change (listen
+//! An invalid file changes nothing, and neither do TLS files (certificate, key, client
+//! CA) that no longer load: the reload fails as a whole. Keys that only a restart can change (listen
 //! addresses, threads, the dialect and the CRM's address…, see
 //! [`crate::config::Config::keep_restart_only`]) keep their running values and are named
 //! in a warning line. Every reload is counted (`cardgate_config_reloads_total{result}`)

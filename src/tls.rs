@@ -4,10 +4,12 @@
 //! Pingora's rustls listener does the handshakes (TLS 1.2 and 1.3, ALPN `http/1.1`); this
 //! module gives it a certificate resolver and a client-certificate verifier whose material
 //! lives behind an [`ArcSwap`], so a reload changes what new handshakes see and leaves open
-//! connections alone. A bad new file keeps the old material. A refused client certificate
-//! ends the handshake and is counted by reason
+//! connections alone. A bad new file keeps the old material. The certificate request
+//! names the client CA's subjects, so that a client with several certificates sends the
+//! right one. A refused client certificate ends the handshake and is counted by reason
 //! (`cardgate_tls_client_refused_total{reason}`); after a handshake the connection knows
-//! its TLS version and the client certificate's subject name, for the access log.
+//! its TLS version and the name its client certificate was taken for ([`names`]), for the
+//! access log. The files are read by [`files`].
 
 // Input from the chat server or the CRM reaches this module: nothing here may panic on it.
 #![cfg_attr(
@@ -22,37 +24,57 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{TlsAccept, ALPN};
 use pingora::protocols::tls::TlsRef;
-use prometheus::IntCounterVec;
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::config::TlsSection;
+use crate::metrics::Metrics;
+
+mod files;
+mod names;
+
+use files::days_left;
+pub use files::{key_pair, roots};
 
 /// The `reason` label values of refused client certificates.
-pub const CLIENT_REFUSALS: [&str; 4] = ["unknown_ca", "expired", "bad_certificate", "name_not_allowed"];
+pub const CLIENT_REFUSALS: [&str; 5] = [
+    "unknown_ca",
+    "expired",
+    "not_yet_valid",
+    "bad_certificate",
+    "name_not_allowed",
+];
 
 /// The files of `[server.tls]`, read and checked.
 pub struct Material {
     key: Arc<CertifiedKey>,
-    client: Option<(Arc<dyn ClientCertVerifier>, Vec<String>)>,
+    client: Option<ClientCheck>,
+    /// The leaf's notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
+impl Material {
     /// Days until the leaf expires (a warning is due when few are left).
-    pub days_left: i64,
+    pub fn days_left(&self) -> i64 {
+        days_left(self.not_after)
+    }
 }
 
 /// Read and check the files; errors name the key.
 pub fn load(cfg: &TlsSection) -> Result<Material, String> {
-    let (certified, days_left) = key_pair(
+    let (certified, not_after) = key_pair(
         ("server.tls.cert_file", &cfg.cert_file),
         ("server.tls.key_file", &cfg.key_file),
     )?;
@@ -60,130 +82,68 @@ pub fn load(cfg: &TlsSection) -> Result<Material, String> {
         None => None,
         Some(path) => {
             let roots = roots(path, "server.tls.client_ca_file")?;
+            let hints = interned(roots.subjects());
             let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
                 .build()
                 .map_err(|e| format!("server.tls.client_ca_file: {path}: {e}"))?;
-            Some((verifier, cfg.client_names.clone()))
+            Some(ClientCheck {
+                verifier,
+                names: cfg.client_names.clone(),
+                hints,
+            })
         }
     };
     Ok(Material {
         key: Arc::new(certified),
         client,
-        days_left,
+        not_after,
     })
 }
 
-/// A certificate chain and its private key, checked: readable PEM, a usable key that
-/// matches the leaf, a leaf valid now. The days the leaf has left come with it. Each pair
-/// is (config key, path), so that errors name the key.
-pub fn key_pair(cert: (&str, &str), key: (&str, &str)) -> Result<(CertifiedKey, i64), String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ((cert_key, cert_path), (key_key, key_path)) = (cert, key);
-    let chain = certs(cert_path, cert_key)?;
-    let days_left = check_validity(&chain, cert_key, cert_path)?;
-    let signing = rustls::crypto::ring::default_provider()
-        .key_provider
-        .load_private_key(private_key(key_path, key_key)?)
-        .map_err(|e| format!("{key_key}: {key_path}: not a usable key: {e}"))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| format!("{key_key}: {key_path} does not match the certificate in {cert_path}: {e}"))?;
-    Ok((certified, days_left))
-}
-
-/// The CA certificates of a PEM file, as trust roots.
-pub fn roots(path: &str, key: &str) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for ca in certs(path, key)? {
-        roots
-            .add(ca)
-            .map_err(|e| format!("{key}: {path}: not a CA certificate: {e}"))?;
-    }
-    Ok(roots)
-}
-
-/// Every certificate of a PEM file (at least one).
-pub fn certs(path: &str, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{key}: cannot read {path}: {e}"))?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{key}: {path} is not PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{key}: {path} holds no certificate"));
-    }
-    Ok(certs)
-}
-
-/// The private key of a PEM file.
-pub fn private_key(path: &str, key: &str) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{key}: cannot read {path}: {e}"))?;
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|e| format!("{key}: {path} is not PEM: {e}"))?
-        .ok_or_else(|| format!("{key}: {path} holds no private key"))
-}
-
-/// The leaf must be valid now: the days it has left, or why not.
-pub fn check_validity(chain: &[CertificateDer<'_>], key: &str, path: &str) -> Result<i64, String> {
-    let leaf = chain
-        .first()
-        .ok_or_else(|| format!("{key}: {path} holds no certificate"))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| format!("{key}: {path}: not an X.509 certificate: {e}"))?;
-    let validity = cert.validity();
-    let now = x509_parser::time::ASN1Time::now();
-    if validity.not_after < now {
-        return Err(format!(
-            "{key}: the certificate in {path} expired on {}",
-            validity.not_after
-        ));
-    }
-    if validity.not_before > now {
-        return Err(format!(
-            "{key}: the certificate in {path} is valid only from {}",
-            validity.not_before
-        ));
-    }
-    Ok(validity
-        .not_after
-        .timestamp()
-        .saturating_sub(now.timestamp())
-        .checked_div(86_400)
-        .unwrap_or(0))
-}
-
-/// The names a client certificate carries: SAN DNS names, or the CN when it has none.
-fn names_of(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
+/// The client CA's subject names, kept once per distinct set for the life of the process.
+/// rustls borrows the names it puts in a CertificateRequest from the verifier, which lives
+/// as long as the listener's `ServerConfig`, while the CA behind it changes on a reload;
+/// each set is a few hundred bytes and a process sees few of them.
+fn interned(subjects: Vec<DistinguishedName>) -> &'static [DistinguishedName] {
+    static SEEN: Mutex<Vec<&'static [DistinguishedName]>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
+    let same = |known: &&&'static [DistinguishedName]| {
+        known.len() == subjects.len() && known.iter().zip(&subjects).all(|(a, b)| a.as_ref() == b.as_ref())
     };
-    let sans: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|ext| {
-            ext.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if !sans.is_empty() {
-        return sans;
+    if let Some(known) = seen.iter().find(same) {
+        return known;
     }
-    subject_cn(der).into_iter().collect()
+    let kept: &'static [DistinguishedName] = Box::leak(subjects.into_boxed_slice());
+    seen.push(kept);
+    kept
 }
 
-/// The subject's common name, else its whole subject.
-fn subject_cn(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let cn = subject.iter_common_name().next().and_then(|cn| cn.as_str().ok());
-    Some(cn.map_or_else(|| subject.to_string(), str::to_string))
+/// `cardgate_tls_certificate_expiry_seconds{listener="chat"}`, registered: it exists only
+/// where there is a TLS listener (a 0 would read as long expired).
+// Built once from a constant name and help text: registering cannot fail.
+#[allow(clippy::expect_used)]
+fn expiry_gauge(metrics: &Metrics) -> IntGauge {
+    let gauge = IntGaugeVec::new(
+        Opts::new(
+            "cardgate_tls_certificate_expiry_seconds",
+            "notAfter of the certificate a TLS listener serves, Unix time",
+        ),
+        &["listener"],
+    )
+    .expect("metric");
+    metrics.register(Box::new(gauge.clone()));
+    gauge.with_label_values(&["chat"])
+}
+
+/// The reason label of a client certificate the CA check refused.
+fn refusal(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => "unknown_ca",
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => "not_yet_valid",
+        _ => "bad_certificate",
+    }
 }
 
 /// The live TLS state of the chat-server listener.
@@ -191,37 +151,58 @@ pub struct Tls {
     key: ArcSwap<CertifiedKey>,
     client: Option<Arc<ArcSwap<ClientCheck>>>,
     refused: IntCounterVec,
+    /// `cardgate_tls_certificate_expiry_seconds` of this listener.
+    expiry: IntGauge,
 }
 
-/// The verifier of the client CA in force, and the names a client must carry.
-type ClientCheck = (Arc<dyn ClientCertVerifier>, Vec<String>);
+/// The client CA in force: its verifier and subject names, and the names a client
+/// certificate must carry.
+struct ClientCheck {
+    verifier: Arc<dyn ClientCertVerifier>,
+    names: Vec<String>,
+    hints: &'static [DistinguishedName],
+}
 
 impl Tls {
-    pub fn new(material: Material, refused: IntCounterVec) -> Arc<Self> {
+    pub fn new(material: Material, metrics: &Metrics) -> Arc<Self> {
+        let expiry = expiry_gauge(metrics);
+        expiry.set(material.not_after);
         Arc::new(Tls {
             key: ArcSwap::new(material.key),
             client: material.client.map(|c| Arc::new(ArcSwap::from_pointee(c))),
-            refused,
+            refused: metrics.tls_client_refused.clone(),
+            expiry,
         })
     }
 
-    /// Put new material in force for the next handshakes. Whether client certificates are
-    /// asked for at all is fixed at start.
-    pub fn apply(&self, material: Material) -> Result<(), String> {
-        match (&self.client, material.client) {
-            (Some(slot), Some(client)) => slot.store(Arc::new(client)),
-            (None, None) => {}
-            _ => {
-                return Err("server.tls.client_ca_file: turning mutual TLS on or off needs a restart".into())
-            }
+    /// Whether `material` can be put in force: whether client certificates are asked
+    /// for at all is fixed at start.
+    pub fn check(&self, material: &Material) -> Result<(), String> {
+        if self.client.is_some() == material.client.is_some() {
+            Ok(())
+        } else {
+            Err("server.tls.client_ca_file: turning mutual TLS on or off needs a restart".into())
+        }
+    }
+
+    /// Put material that passed [`Tls::check`] in force for the next handshakes.
+    pub fn put(&self, material: Material) {
+        if let (Some(slot), Some(client)) = (&self.client, material.client) {
+            slot.store(Arc::new(client));
         }
         self.key.store(material.key);
-        Ok(())
+        self.expiry.set(material.not_after);
+    }
+
+    /// The name a client certificate was taken for (see [`names`]).
+    pub fn client_name(&self, der: &[u8]) -> Option<String> {
+        let allowed = self.client.as_ref().map(|slot| slot.load_full());
+        names::identity(der, allowed.as_ref().map_or(&[][..], |c| &c.names[..]))
     }
 
     /// Pingora's listener settings over this state.
     pub fn settings(self: &Arc<Self>) -> Result<TlsSettings, String> {
-        let callbacks: Box<dyn TlsAccept + Send + Sync> = Box::new(Handshaken);
+        let callbacks: Box<dyn TlsAccept + Send + Sync> = Box::new(Handshaken(self.clone()));
         let mut settings = TlsSettings::with_callbacks(callbacks).map_err(|e| format!("server.tls: {e}"))?;
         settings.set_cert_resolver(Arc::new(Resolver(self.clone())));
         if let Some(slot) = &self.client {
@@ -271,10 +252,10 @@ impl Verifier {
 }
 
 impl ClientCertVerifier for Verifier {
+    /// The subject names of the client CA in force: the TLS 1.2 `certificate_authorities`
+    /// list and the TLS 1.3 extension, by which clients with several certificates choose.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // The hints of the CA in force at start (hints are advisory; verification uses
-        // the current CA).
-        &[]
+        self.slot.load().hints
     }
 
     fn verify_client_cert(
@@ -284,27 +265,18 @@ impl ClientCertVerifier for Verifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let current = self.current();
-        let (inner, names) = (&current.0, &current.1);
-        if let Err(e) = inner.verify_client_cert(end_entity, intermediates, now) {
-            let reason = match &e {
-                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => "unknown_ca",
-                rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => "expired",
-                _ => "bad_certificate",
-            };
-            self.tls.refuse(reason);
+        if let Err(e) = current
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            self.tls.refuse(refusal(&e));
             return Err(e);
         }
-        if !names.is_empty() {
-            let carried = names_of(end_entity);
-            if !carried
-                .iter()
-                .any(|c| names.iter().any(|n| n.eq_ignore_ascii_case(c)))
-            {
-                self.tls.refuse("name_not_allowed");
-                return Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForName,
-                ));
-            }
+        if !current.names.is_empty() && names::identity(end_entity, &current.names).is_none() {
+            self.tls.refuse("name_not_allowed");
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ));
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -315,7 +287,7 @@ impl ClientCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().0.verify_tls12_signature(message, cert, dss)
+        self.current().verifier.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -324,11 +296,11 @@ impl ClientCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().0.verify_tls13_signature(message, cert, dss)
+        self.current().verifier.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current().0.supported_verify_schemes()
+        self.current().verifier.supported_verify_schemes()
     }
 }
 
@@ -336,18 +308,18 @@ impl ClientCertVerifier for Verifier {
 #[derive(Debug, Clone)]
 pub struct Handshake {
     pub version: &'static str,
-    /// The client certificate's subject name (mutual TLS).
+    /// The name the client certificate was taken for (mutual TLS).
     pub client: Option<String>,
 }
 
-struct Handshaken;
+struct Handshaken(Arc<Tls>);
 
 #[async_trait]
 impl TlsAccept for Handshaken {
     async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
         Some(Arc::new(Handshake {
             version: tls.version().unwrap_or("TLS"),
-            client: tls.peer_certificate_der().and_then(subject_cn),
+            client: tls.peer_certificate_der().and_then(|der| self.0.client_name(der)),
         }))
     }
 }

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::certs::{ca, der_certs, leaf, write, Ca};
+use common::certs::{ca, der_certs, der_key, leaf, write, Ca};
 use common::{token, Gateway, Mock};
 
 /// A TLS server on a loopback port that relays each connection to `backend`.
@@ -37,9 +37,7 @@ fn front(cert: &(String, String), client_ca: Option<&Ca>, backend: &str) -> Fron
         }
         None => builder.with_no_client_auth(),
     };
-    let key = rustls_pemfile::private_key(&mut cert.1.as_bytes())
-        .unwrap()
-        .unwrap();
+    let key = der_key(&cert.1);
     let config = Arc::new(builder.with_single_cert(der_certs(&cert.0), key).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -1,7 +1,7 @@
 //! The operator kit in `deploy/`, checked with the real tools: the alert rules with
 //! `promtool check rules` and their unit tests with `promtool test rules`; every PromQL
 //! expression of the Grafana dashboard parses and names only metrics a running gateway
-//! exports; the systemd unit passes `systemd-analyze verify`. CI installs the tools; where
+//! exports, and the dashboard shows refusals, the CRM's nodes, Redis and TLS; the systemd unit passes `systemd-analyze verify`. CI installs the tools; where
 //! one is missing outside CI, its test says so and passes.
 
 mod common;
@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::tls::Setup;
 use common::{Gateway, Mock};
 
 fn deploy(path: &str) -> PathBuf {
@@ -109,9 +110,36 @@ fn every_dashboard_expression_parses_and_uses_exported_metrics_only() {
         .map(|t| t["expr"].as_str().unwrap().to_string())
         .collect();
     assert!(exprs.len() >= 16, "{}", exprs.len());
+    // The operator sees refusals at every layer, the CRM's nodes, Redis and the
+    // certificate's expiry.
+    for metric in [
+        "cardgate_tls_client_refused_total",
+        "cardgate_connections_refused_total",
+        "cardgate_source_refusals_total",
+        "cardgate_upstream_node_up",
+        "cardgate_shared_up",
+        "cardgate_tls_certificate_expiry_seconds",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(metric)),
+            "no panel shows {metric}"
+        );
+    }
 
+    // A gateway with every optional part (a TLS listener, [shared] on a Redis that is not
+    // there), so that every metric a panel may use exists.
     let mock = Mock::start();
-    let gw = Gateway::start(&mock.url(), &[]);
+    let tls = Setup::new();
+    let tls_lines = tls.tls_lines(&format!("127.0.0.1:{}", common::free_port()), false);
+    let shared = "url = \"redis://127.0.0.1:1/0\"\nencryption_key_env = \"CARDGATE_SHARED_KEY\"";
+    let gw = Gateway::start_with_env(
+        &mock.url(),
+        &[("server", &tls_lines), ("shared", shared)],
+        &[(
+            "CARDGATE_SHARED_KEY",
+            "0123456789abcdef0123456789abcdef-test-secret",
+        )],
+    );
     let exported: BTreeSet<String> = gw
         .metrics_now()
         .lines()

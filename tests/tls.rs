@@ -1,123 +1,17 @@
 //! TLS on the chat-server listener, with certificates made here (rcgen): a card over TLS,
-//! mutual TLS (the right CA, another CA, none, a name not allowed), rotation by SIGHUP
-//! and by the admin port seen through the serial a new handshake gets, a bad new file
-//! that keeps the old certificate, and misconfigured TLS refused where it is made.
+//! rotation by SIGHUP and by the admin port seen through the serial a new handshake gets
+//! and the expiry gauge, a bad new file that keeps the old certificate and fails a SIGHUP
+//! reload as a whole, and misconfigured TLS refused where it is made. Client
+//! certificates: tests/mtls.rs.
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::certs::{ca, der_certs, leaf, write, Ca};
+use common::certs::{leaf, write};
+use common::tls::{get, get_after, not_after, Setup};
 use common::{eventually, free_port, token, Gateway, Mock, BIN};
-use rustls::pki_types::PrivateKeyDer;
-
-/// A GET over TLS: Ok((status line, the server certificate's serial)) or the failure.
-fn get(
-    addr: &str,
-    server_ca: &Ca,
-    client: Option<&(String, String)>,
-    path: &str,
-) -> Result<(String, Vec<u8>), String> {
-    get_after(b"", addr, server_ca, client, path)
-}
-
-/// [`get`], with `prefix` (a PROXY header) sent on the connection before the handshake.
-fn get_after(
-    prefix: &[u8],
-    addr: &str,
-    server_ca: &Ca,
-    client: Option<&(String, String)>,
-    path: &str,
-) -> Result<(String, Vec<u8>), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(server_ca.cert.der().clone()).unwrap();
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-    let mut cfg = match client {
-        Some((cert, key)) => {
-            let key: PrivateKeyDer<'static> =
-                rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
-            builder.with_client_auth_cert(der_certs(cert), key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
-    let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.write_all(prefix).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let read = tls.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    if !text.starts_with("HTTP/1.1 ") {
-        return Err(format!("no answer ({read:?})"));
-    }
-    let serial = tls
-        .conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| {
-            let (_, x) = x509_parser::parse_x509_certificate(c).unwrap();
-            x.raw_serial().to_vec()
-        })
-        .unwrap_or_default();
-    Ok((text.lines().next().unwrap_or("").to_string(), serial))
-}
-
-struct Setup {
-    dir: tempfile::TempDir,
-    server_ca: Ca,
-    chat_ca: Ca,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let s = Setup {
-            dir: tempfile::tempdir().unwrap(),
-            server_ca: ca("server CA"),
-            chat_ca: ca("chat CA"),
-        };
-        s.server_cert(1);
-        write(s.dir.path(), "chat-ca.pem", &s.chat_ca.cert.pem());
-        s
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    /// (Re)write the server's chain and key with this serial.
-    fn server_cert(&self, serial: u64) {
-        let (cert, key) = leaf(&self.server_ca, &["localhost"], serial, false);
-        write(self.dir.path(), "chain.pem", &cert);
-        write(self.dir.path(), "key.pem", &key);
-    }
-
-    fn tls_lines(&self, listen: &str, mtls: bool) -> String {
-        let mut lines = format!(
-            "[server.tls]\nlisten = \"{listen}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            self.path("chain.pem"),
-            self.path("key.pem")
-        );
-        if mtls {
-            lines.push_str(&format!(
-                "client_ca_file = \"{}\"\nclient_names = [\"chat.example.com\"]\n",
-                self.path("chat-ca.pem")
-            ));
-        }
-        lines
-    }
-}
 
 #[test]
 fn a_card_over_tls_with_the_version_in_the_access_log() {
@@ -150,61 +44,21 @@ fn a_card_over_tls_with_the_version_in_the_access_log() {
 }
 
 #[test]
-fn mutual_tls_takes_the_right_ca_and_name_only() {
-    let mock = Mock::start();
-    let s = Setup::new();
-    let tls_addr = format!("127.0.0.1:{}", free_port());
-    let gw = Gateway::start(&mock.url(), &[("server", &s.tls_lines(&tls_addr, true))]);
-    let right = leaf(&s.chat_ca, &["chat.example.com"], 10, false);
-    let (status, _) = get(
-        &tls_addr,
-        &s.server_ca,
-        Some(&right),
-        "/rest/chat/client/id/mtls-1",
-    )
-    .unwrap();
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(eventually(Duration::from_secs(5), || gw
-        .proc
-        .output()
-        .contains("\"clientCert\":\"chat.example.com\"")));
-
-    let stranger = ca("another CA");
-    let other_ca = leaf(&stranger, &["chat.example.com"], 11, false);
-    assert!(get(
-        &tls_addr,
-        &s.server_ca,
-        Some(&other_ca),
-        "/rest/chat/client/id/mtls-2"
-    )
-    .is_err());
-    assert!(get(&tls_addr, &s.server_ca, None, "/rest/chat/client/id/mtls-3").is_err());
-    let wrong_name = leaf(&s.chat_ca, &["intruder.example.com"], 12, false);
-    assert!(get(
-        &tls_addr,
-        &s.server_ca,
-        Some(&wrong_name),
-        "/rest/chat/client/id/mtls-4"
-    )
-    .is_err());
-    assert_eq!(
-        gw.metric("cardgate_tls_client_refused_total{reason=\"unknown_ca\"}"),
-        1.0
-    );
-    assert_eq!(
-        gw.metric("cardgate_tls_client_refused_total{reason=\"name_not_allowed\"}"),
-        1.0
-    );
-    assert!(mock.calls_for("mtls-2").is_empty() && mock.calls_for("mtls-4").is_empty());
-}
-
-#[test]
 fn certificates_rotate_without_a_restart_and_a_bad_file_keeps_the_old_one() {
     let mock = Mock::start();
     let s = Setup::new();
     let tls_addr = format!("127.0.0.1:{}", free_port());
-    let mut gw = Gateway::start(&mock.url(), &[("server", &s.tls_lines(&tls_addr, false))]);
+    let mut gw = Gateway::start(
+        &mock.url(),
+        &[
+            ("server", &s.tls_lines(&tls_addr, false)),
+            ("cache", "ttl = \"60s\""),
+        ],
+    );
     assert_eq!(get(&tls_addr, &s.server_ca, None, "/healthz").unwrap().1, vec![1]);
+    let expiry = "cardgate_tls_certificate_expiry_seconds{listener=\"chat\"}";
+    let chain = s.path("chain.pem");
+    assert_eq!(gw.metric_now(expiry), not_after(&chain) as f64);
 
     s.server_cert(2);
     gw.proc.signal("HUP");
@@ -216,6 +70,7 @@ fn certificates_rotate_without_a_restart_and_a_bad_file_keeps_the_old_one() {
         vec![2],
         "SIGHUP"
     );
+    assert_eq!(gw.metric_now(expiry), not_after(&chain) as f64);
 
     s.server_cert(3);
     let r = gw.admin("POST", "/tls/reload", &[]);
@@ -247,6 +102,39 @@ fn certificates_rotate_without_a_restart_and_a_bad_file_keeps_the_old_one() {
     );
     assert!(!gw.proc.exited());
     gw.wait_event("TLS certificate not reloaded");
+
+    // SIGHUP with the same garbage, and a cache change beside it: the reload fails as a
+    // whole, and nothing of it is in force.
+    let t = token("tls-reload");
+    assert_eq!(gw.get_card(&t).header("x-cache"), Some("MISS"));
+    gw.edit_config(|text| text.replace("ttl = \"60s\"", "ttl = \"0s\""));
+    gw.proc.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || gw
+        .metric_now("cardgate_config_reloads_total{result=\"error\"}")
+        == 1.0));
+    let line = gw.wait_event("configuration not reloaded");
+    assert!(
+        line["error"].as_str().unwrap().contains("server.tls.cert_file"),
+        "{line}"
+    );
+    assert_eq!(gw.metric_now("cardgate_config_last_reload_successful"), 0.0);
+    assert_eq!(gw.metric_now("cardgate_config_reloads_total{result=\"ok\"}"), 1.0);
+    assert_eq!(gw.metric_now("cardgate_tls_reloads_total{result=\"error\"}"), 2.0);
+    assert_eq!(gw.get_card(&t).header("x-cache"), Some("HIT"), "the old TTL");
+    assert_eq!(get(&tls_addr, &s.server_ca, None, "/healthz").unwrap().1, vec![3]);
+
+    // Repaired, the whole reload goes through.
+    s.server_cert(4);
+    gw.proc.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || gw
+        .metric_now("cardgate_config_reloads_total{result=\"ok\"}")
+        == 2.0));
+    assert_eq!(gw.metric_now("cardgate_config_last_reload_successful"), 1.0);
+    assert_eq!(get(&tls_addr, &s.server_ca, None, "/healthz").unwrap().1, vec![4]);
+    assert_eq!(gw.metric_now(expiry), not_after(&chain) as f64);
+    let u = token("tls-reload-2");
+    assert_eq!(gw.get_card(&u).header("x-cache"), Some("MISS"));
+    assert_eq!(gw.get_card(&u).header("x-cache"), Some("MISS"), "the new TTL");
 }
 
 /// `cardgate check` on a config with these lines: (success, output).

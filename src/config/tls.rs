@@ -16,7 +16,8 @@ pub struct TlsSection {
     /// PEM CA(s): when set, a client certificate signed by one of them is required.
     #[serde(default)]
     pub client_ca_file: Option<String>,
-    /// The client certificate must carry one of these names (SAN DNS, or CN without SAN).
+    /// The client certificate must carry one of these names: a SAN DNS name, URI or IP
+    /// address; the CN only when the certificate has no SAN (RFC 6125).
     #[serde(default)]
     pub client_names: Vec<String>,
 }

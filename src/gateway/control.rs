@@ -7,15 +7,17 @@ use std::sync::Arc;
 
 use arc_swap::Guard;
 use prometheus::IntGauge;
+use serde_json::json;
 
 use super::Gateway;
-use crate::config::Config;
+use crate::config::{Config, LogLevel, TlsSection};
 use crate::edge::Gate;
 use crate::error::GatewayError;
 use crate::keys::Fingerprint;
 use crate::logs;
+use crate::metrics::Metrics;
 use crate::parse;
-use crate::tls::Tls;
+use crate::tls::{Material, Tls};
 use crate::upstream::CallRecord;
 
 /// What an admin purge did.
@@ -45,12 +47,16 @@ impl Gateway {
 
     /// Put a newly read configuration in force: what can change in place changes for
     /// the next request; keys that need a restart keep their running values. `Err`: the
-    /// new settings cannot be applied (a log file that does not open); nothing changed.
+    /// new settings cannot be applied (a log file that does not open, TLS files that do
+    /// not load); nothing changed.
     pub fn reload(&self, mut next: Config) -> Result<Reloaded, String> {
         let running = self.cfg.load_full();
         let need_restart = next.keep_restart_only(&running);
         let changed = next.changed_sections(&running);
         let admin_token = next.admin.token().map_err(|e| e.to_string())?;
+        // The TLS files are part of the configuration, as in nginx: a certificate that
+        // does not load fails the reload as a whole.
+        let tls = self.read_tls(next.server.tls.as_ref())?;
         logs::apply(&next.log, Some(&running.log))?;
         self.admin_token.store(Arc::new(
             admin_token.map(|t| *blake3::hash(t.as_bytes()).as_bytes()),
@@ -63,9 +69,9 @@ impl Gateway {
         self.admin_gate
             .apply(next.admin.allow.clone(), Vec::new(), usize::MAX);
         self.sources.apply(&next.limits);
-        // A bad TLS file is reported on its own and keeps the old certificate; the rest
-        // of the reload stands.
-        let _ = self.reload_tls(next.server.tls.as_ref(), "SIGHUP");
+        if let Some((tls, material)) = tls {
+            put_tls(&self.metrics, &tls, material, "SIGHUP");
+        }
         self.cache.apply(&next.cache);
         self.guard.apply(&next.search);
         self.upstream.apply(&next);
@@ -81,37 +87,36 @@ impl Gateway {
         self.tls.clone()
     }
 
-    /// Read the TLS files again; a bad file keeps the old material. Counted and logged
-    /// either way; `Ok(false)`: there is no TLS listener.
-    pub fn reload_tls(
-        &self,
-        section: Option<&crate::config::TlsSection>,
-        trigger: &str,
-    ) -> Result<bool, String> {
-        let (Some(tls), Some(section)) = (&self.tls, section) else {
-            return Ok(false);
-        };
-        let result = crate::tls::load(section).and_then(|m| {
-            let days = m.days_left;
-            tls.apply(m).map(|()| days)
-        });
-        let label = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.tls_reloads.with_label_values(&[label]).inc();
-        match result {
-            Ok(days) => {
-                logs::event_with(
-                    crate::config::LogLevel::Info,
-                    "TLS certificate reloaded",
-                    serde_json::json!({ "trigger": trigger, "daysLeft": days }),
-                );
+    /// Read the TLS files again and put them in force; a bad file keeps the old material.
+    /// Counted and logged either way; `Ok(false)`: there is no TLS listener.
+    pub fn reload_tls(&self, section: Option<&TlsSection>, trigger: &str) -> Result<bool, String> {
+        match self.read_tls(section) {
+            Ok(Some((tls, material))) => {
+                put_tls(&self.metrics, &tls, material, trigger);
                 Ok(true)
             }
+            Ok(None) => Ok(false),
             Err(why) => {
                 logs::event_with(
-                    crate::config::LogLevel::Error,
+                    LogLevel::Error,
                     "TLS certificate not reloaded: the old one stays in use",
-                    serde_json::json!({ "trigger": trigger, "error": why }),
+                    json!({ "trigger": trigger, "error": why }),
                 );
+                Err(why)
+            }
+        }
+    }
+
+    /// The TLS files of `section`, read and checked against the listener, not yet in
+    /// force (a failure is counted). `None`: there is no TLS listener.
+    fn read_tls(&self, section: Option<&TlsSection>) -> Result<Option<(Arc<Tls>, Material)>, String> {
+        let (Some(tls), Some(section)) = (&self.tls, section) else {
+            return Ok(None);
+        };
+        match crate::tls::load(section).and_then(|m| tls.check(&m).map(|()| m)) {
+            Ok(material) => Ok(Some((tls.clone(), material))),
+            Err(why) => {
+                self.metrics.tls_reloads.with_label_values(&["error"]).inc();
                 Err(why)
             }
         }
@@ -224,4 +229,16 @@ impl Gateway {
         }
         self.cache.clear().await
     }
+}
+
+/// Put checked TLS material in force, counted and logged.
+fn put_tls(metrics: &Metrics, tls: &Tls, material: Material, trigger: &str) {
+    let days = material.days_left();
+    tls.put(material);
+    metrics.tls_reloads.with_label_values(&["ok"]).inc();
+    logs::event_with(
+        LogLevel::Info,
+        "TLS certificate reloaded",
+        json!({ "trigger": trigger, "daysLeft": days }),
+    );
 }

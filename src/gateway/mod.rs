@@ -159,14 +159,14 @@ impl Gateway {
         let tls = match &cfg.server.tls {
             Some(section) => {
                 let material = crate::tls::load(section).map_err(ConfigError)?;
-                if material.days_left < 30 {
+                if material.days_left() < 30 {
                     logs::event_with(
                         crate::config::LogLevel::Warn,
                         "the TLS certificate expires soon",
-                        serde_json::json!({ "certFile": section.cert_file, "daysLeft": material.days_left }),
+                        serde_json::json!({ "certFile": section.cert_file, "daysLeft": material.days_left() }),
                     );
                 }
-                Some(Tls::new(material, metrics.tls_client_refused.clone()))
+                Some(Tls::new(material, &metrics))
             }
             None => None,
         };

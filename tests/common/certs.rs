@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SerialNumber};
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub struct Ca {
     pub cert: rcgen::Certificate,
@@ -21,17 +22,29 @@ pub fn ca(name: &str) -> Ca {
     }
 }
 
-/// A leaf for `names`, signed by `ca`: (cert PEM, key PEM).
+/// A leaf for `names` (SAN DNS names or IP addresses; the first also as CN), signed by
+/// `ca`: (cert PEM, key PEM).
 pub fn leaf(ca: &Ca, names: &[&str], serial: u64, expired: bool) -> (String, String) {
+    let mut p = params(names, serial);
+    if expired {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    signed(ca, p)
+}
+
+/// The parameters [`leaf`] starts from, for a test to change before [`signed`].
+pub fn params(names: &[&str], serial: u64) -> CertificateParams {
     let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     p.serial_number = Some(SerialNumber::from(serial));
     if let Some(first) = names.first() {
         p.distinguished_name.push(rcgen::DnType::CommonName, *first);
     }
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
+    p
+}
+
+/// A leaf made from `p`, signed by `ca`: (cert PEM, key PEM).
+pub fn signed(ca: &Ca, p: CertificateParams) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
     (cert.pem(), key.serialize_pem())
@@ -44,7 +57,11 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 pub fn der_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .map(Result::unwrap)
         .collect()
+}
+
+pub fn der_key(pem: &str) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
 }
