@@ -14,10 +14,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use crate::shared::{InRedis, Shared};
 use stored::SharedRecord;
@@ -162,7 +163,7 @@ impl CardCache {
     /// Store an entry, and count it in its key's slot (after it is in the cache, and
     /// before its lead leaves the in-flight map).
     fn store(&self, key: CacheKey, stored: Stored) {
-        self.cards.insert(key, stored);
+        self.cards.insert(key, stored, Instant::now());
         self.slot(&key).fetch_add(1, Ordering::Release);
     }
 
@@ -272,7 +273,7 @@ impl CardCache {
                 Some(InRedis::Lead(token)) => lock = Some(token),
                 Some(InRedis::Follow) => {
                     let until = Instant::now().checked_add(*hold).unwrap_or_else(Instant::now);
-                    let waited = Box::pin(l2.card_wait(&key, until)).await;
+                    let waited = Box::pin(l2.card_wait(&key, until.into_std())).await;
                     if let Some(found) = self.adopt_from_l2(key, waited) {
                         return Ok((found, false));
                     }
@@ -523,7 +524,7 @@ mod tests {
         assert!(!s.claim_refresh(t0 + ten), "expired: no longer ahead");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn hit_after_miss_and_max_age_lowers_ttl() {
         let c = CardCache::new(&cfg(60_000, 1000, 0), || {});
         let (r, how) = c.get_or_fetch([1; 32], || async { card("{}") }).await;
@@ -543,7 +544,7 @@ mod tests {
         assert!(!c.contains(&[2; 32]));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_lead_reads_the_cache_again_only_after_a_store_in_its_slot() {
         let c = CardCache::new(&cfg(60_000, 1000, 0), || {});
         let key = [9; 32];
@@ -580,7 +581,7 @@ mod tests {
         assert_ne!(c.stores_of(&key), before);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn concurrent_misses_share_one_fetch() {
         let c = Arc::new(CardCache::new(&cfg(60_000, 1000, 0), || {}));
         let calls = Arc::new(AtomicUsize::new(0));
@@ -607,7 +608,7 @@ mod tests {
         assert!(!c.contains(&[7; 32]), "failures are never stored");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn stale_is_served_on_failure_and_retries_are_spaced() {
         let c = CardCache::new(&cfg(20, 0, 60_000), || {});
         c.get_or_fetch([3; 32], || async { card("{\"v\":1}") })
@@ -633,7 +634,7 @@ mod tests {
         assert!(r.is_err());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn negative_answers_are_stored_briefly() {
         let c = CardCache::new(&cfg(60_000, 40, 60_000), || {});
         let not_found = || async {

@@ -296,7 +296,7 @@ impl Gateway {
             Err(e) => e.is_negative(),
         };
         let stored = result?;
-        if how == CacheResult::Hit && stored.claim_refresh(Instant::now()) {
+        if how == CacheResult::Hit && stored.claim_refresh(tokio::time::Instant::now()) {
             self.refresh_ahead(key, token, stored.clone());
         }
         if logged {
