@@ -23,6 +23,7 @@
     )
 )]
 
+mod exchange;
 mod failure;
 mod health;
 mod node;
