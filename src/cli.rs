@@ -33,7 +33,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the configuration (and resolve the CRM's host, as startup does), then exit:
-    /// 0 when it is valid, 2 with a message naming the key when it is not.
+    /// 0 when it is valid (a host that does not resolve now is a warning), 2 with a message
+    /// naming the key when it is not.
     Check,
     /// Run the built-in mock of the internal system (fake cards, for trying things out).
     #[cfg(feature = "mock")]
@@ -77,7 +78,10 @@ pub fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Some(Command::Check) => match Config::load(&cli.config).and_then(|cfg| server::check(&cfg)) {
-            Ok(()) => {
+            Ok(warnings) => {
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }

@@ -240,16 +240,17 @@ pub fn run(
     Ok(())
 }
 
-/// What `cardgate check` adds to reading the file: the CRM's host resolves now, exactly as
-/// it must at startup.
-pub fn check(cfg: &Config) -> Result<(), ConfigError> {
-    for url in cfg.upstream_urls()? {
-        crate::upstream::resolve(&url)?;
-    }
+/// What `cardgate check` adds to reading the file: the TLS files load, and the CRM's hosts
+/// are resolved as at startup. A name that does not resolve now is not an error (the
+/// gateway starts and resolves it again): the result is the warnings to print.
+pub fn check(cfg: &Config) -> Result<Vec<String>, ConfigError> {
     if let Some(tls) = &cfg.server.tls {
         crate::tls::load(tls).map_err(ConfigError)?;
     }
-    crate::upstream::check_tls(&cfg.upstream)
+    crate::upstream::check_tls(&cfg.upstream)?;
+    let (_, unresolved) = crate::upstream::resolve_at_start(&cfg.upstream_urls()?);
+    let every = cfg.upstream.resolve_interval;
+    Ok(unresolved.iter().map(|u| u.warning(every)).collect())
 }
 
 /// Run only the mock internal system (`cardgate mock-crm`); SIGTERM ends it at once.

@@ -36,14 +36,15 @@ fn a_connect_tunnel_is_refused_and_its_bytes_never_read_as_a_request() {
 }
 
 #[test]
-fn host_must_be_there_once_and_agree_with_the_target() {
+fn host_must_be_there_once_and_valid_and_an_absolute_target_overrides_it() {
     let mock = Mock::start();
     let gw = Gateway::start(&mock.url(), &[]);
     let t = token("host");
     for raw in [
         format!("GET /rest/chat/client/id/{t} HTTP/1.1\r\n\r\n"),
         format!("GET /rest/chat/client/id/{t} HTTP/1.1\r\nHost: gw\r\nHost: gw\r\n\r\n"),
-        format!("GET http://elsewhere/rest/chat/client/id/{t} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        format!("GET /rest/chat/client/id/{t} HTTP/1.1\r\nHost: g w\r\n\r\n"),
+        format!("GET http://elsewhere/rest/chat/client/id/{t} HTTP/1.1\r\nHost: gw:\r\n\r\n"),
     ] {
         let mut c = Raw::connect(&gw.addr);
         let r = c.roundtrip(raw.as_bytes()).expect("an answer");
@@ -55,11 +56,13 @@ fn host_must_be_there_once_and_agree_with_the_target() {
         assert!(c.is_closed(), "{raw:?}");
     }
     assert!(mock.calls_for(&t).is_empty());
-    let mut c = Raw::connect(&gw.addr);
-    let r = c
-        .roundtrip(format!("GET http://GW/rest/chat/client/id/{t} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
+    // RFC 9112 §3.2.2: the target's authority is the host, whatever Host says.
+    for authority in ["GW", "elsewhere"] {
+        let mut c = Raw::connect(&gw.addr);
+        let raw = format!("GET http://{authority}/rest/chat/client/id/{t} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let r = c.roundtrip(raw.as_bytes()).unwrap();
+        assert_eq!(r.status, 200, "{authority}: {}", r.body);
+    }
 }
 
 #[test]

@@ -44,10 +44,14 @@ fn check_accepts_the_shipped_config_and_names_bad_keys() {
         (format!("{url}dialect = \"soap\"\n"), "upstream.dialect"),
         ("[upstream]\nurl = \"ftp://crm\"\n".to_string(), "upstream.url"),
         (format!("{url}[unknown]\nx = 1\n"), "unknown"),
-        // Resolved as startup resolves it.
+        // An address that is not one is a mistake, not a name to resolve later.
         (
-            "[upstream]\nurl = \"http://no-such-host.invalid:1\"\n".to_string(),
-            "upstream.url: cannot resolve",
+            "[upstream]\nurl = \"http://10.0.0.256:1\"\n".to_string(),
+            "upstream.url: \"http://10.0.0.256:1\": not a valid IPv4 address",
+        ),
+        (
+            "[upstream]\nurls = [\"http://crm-a:1\", \"http://crm b:1\"]\n".to_string(),
+            "upstream.urls[1]",
         ),
     ];
     for (toml, key) in cases {
@@ -61,6 +65,17 @@ fn check_accepts_the_shipped_config_and_names_bad_keys() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+
+    // A name that does not resolve now is resolved as startup resolves it: a warning, and
+    // the gateway would start (`.invalid` never resolves, RFC 6761).
+    let (ok, text) = check("[upstream]\nurl = \"http://no-such-host.invalid:1\"\n");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning: upstream: cannot resolve no-such-host.invalid now (")
+            && text.contains("resolves it again every upstream.resolve_interval (30s)")
+            && text.contains(": ok"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -31,10 +31,10 @@ pub enum FramingError {
     HeadTooLarge,
     /// A request target with bytes outside ASCII.
     NonAsciiTarget,
-    /// A request target this server does not take (why): CONNECT, authority-form.
+    /// A target this server does not take (why): CONNECT, authority form, a bad authority.
     BadTarget(&'static str),
-    /// No `Host` field in an HTTP/1.1 request, several, or one that the target's
-    /// authority contradicts (RFC 9112 §3.2).
+    /// No `Host` field in an HTTP/1.1 request, several, or one whose value is not a valid
+    /// host[:port] (RFC 9112 §3.2).
     BadHost(&'static str),
     /// The body's length cannot be trusted (why): conflicting or invalid `Content-Length`,
     /// both `Transfer-Encoding` and `Content-Length`, an unsupported transfer coding.

@@ -1,6 +1,7 @@
 //! HTTP/1.1 on the wire, for both sides of the gateway, and nothing above it.
 //!
-//! [`server`] finds requests in a connection's read buffer (the chat-server side);
+//! [`server`] finds requests in a connection's read buffer (the chat-server side), and
+//! [`target`] judges their targets and `Host`;
 //! [`client`] reads the internal system's answers; [`common`] holds what both share: the
 //! framing fields, the chunked decoder and [`FramingError`], the wire-level refusal. This
 //! layer never builds a gateway answer: [`crate::error`] maps a `FramingError` to a status
@@ -20,5 +21,6 @@
 pub mod client;
 pub mod common;
 pub mod server;
+mod target;
 
 pub use common::{ChunkedDecoder, FramingError};

@@ -2,7 +2,8 @@
 //!
 //! Membership and active health are Pingora's (`pingora-load-balancing`): our
 //! [`Discovery`] resolves every configured URL each `upstream.resolve_interval` (every
-//! address a node; a name that fails to resolve keeps its last addresses), and
+//! address a node; a name that fails to resolve keeps its last addresses, none for a name
+//! that has not resolved since startup), and
 //! [`Backends`] runs the checks each `upstream.health.interval` — Pingora's TCP check (and
 //! TLS handshake, for https) or, with `upstream.health.path`, its HTTP check, which must
 //! answer 2xx or 3xx within `upstream.health.timeout`; `healthy_after` and
@@ -33,9 +34,9 @@ use pingora::{Error as PError, ErrorType, Result as PResult};
 
 use super::node::{Node, Target};
 use super::nodes::Nodes;
-use super::resolve;
+use super::resolve::Lookup;
 use super::stats::Stats;
-use crate::config::{Config, HealthSection};
+use crate::config::{Config, HealthSection, LogLevel};
 use crate::logs;
 
 /// Resolves the configured URLs into nodes, keeping the node of an address that stays.
@@ -47,6 +48,8 @@ pub struct Discovery {
     known: Mutex<HashMap<(usize, SocketAddr), Arc<Node>>>,
     /// The first resolution, done at startup.
     seed: Mutex<Option<Vec<Vec<SocketAddr>>>>,
+    /// How names are resolved after that.
+    lookup: Box<dyn Lookup>,
     last_warning: Mutex<Option<Instant>>,
 }
 
@@ -54,6 +57,7 @@ impl Discovery {
     pub fn new(
         targets: Vec<Arc<Target>>,
         seed: Vec<Vec<SocketAddr>>,
+        lookup: Box<dyn Lookup>,
         cfg: &Config,
         stats: Arc<Stats>,
     ) -> Self {
@@ -63,6 +67,7 @@ impl Discovery {
             stats,
             known: Mutex::new(HashMap::new()),
             seed: Mutex::new(Some(seed)),
+            lookup,
             last_warning: Mutex::new(None),
         }
     }
@@ -74,19 +79,31 @@ impl Discovery {
         let mut all = Vec::with_capacity(self.targets.len());
         let mut failed = false;
         for target in &self.targets {
-            match resolve::lookup(&target.url).await {
-                Ok(addrs) => all.push(addrs),
+            let known: Vec<SocketAddr> = {
+                let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+                let kept = known.keys().filter(|(i, _)| *i == target.index).map(|(_, a)| *a);
+                kept.collect()
+            };
+            match self.lookup.lookup(&target.url).await {
+                Ok(addrs) => {
+                    if known.is_empty() {
+                        logs::event_with(
+                            LogLevel::Info,
+                            "CRM host resolves: its nodes take traffic",
+                            serde_json::json!({ "host": target.url.host, "addresses": addrs.len() }),
+                        );
+                    }
+                    all.push(addrs);
+                }
                 Err(e) => {
                     failed = true;
                     logs::warn(
                         "cannot resolve a CRM host: its last addresses stay",
-                        &format_args!("{}: {e}", target.url.host),
+                        &format_args!("{}: {e} ({} addresses kept)", target.url.host, known.len()),
                         &self.last_warning,
                         Duration::from_secs(10),
                     );
-                    let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-                    let kept = known.keys().filter(|(i, _)| *i == target.index).map(|(_, a)| *a);
-                    all.push(kept.collect());
+                    all.push(known);
                 }
             }
         }
@@ -253,6 +270,31 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// The service for `targets`, first resolved to `seed` and later through `lookup`; its
+    /// nodes are published by the first [`Watch::refresh`].
+    pub fn new(
+        cfg: &Config,
+        targets: &[Arc<Target>],
+        seed: Vec<Vec<SocketAddr>>,
+        lookup: Box<dyn Lookup>,
+        stats: Arc<Stats>,
+        options: impl Fn() -> ConnectorOptions,
+    ) -> Self {
+        let discovery = Discovery::new(targets.to_vec(), seed, lookup, cfg, stats.clone());
+        let mut backends = Backends::new(Box::new(discovery));
+        let check = Arc::new(NodeCheck::new(targets, &cfg.upstream.health, options));
+        backends.set_health_check(Box::new(Scheduled(check.clone())));
+        Watch {
+            backends,
+            check,
+            circuit_open: Notify::new(),
+            nodes: Arc::new(Nodes::new(Vec::new())),
+            stats,
+            resolve_every: cfg.upstream.resolve_interval,
+            check_every: cfg.upstream.health.interval,
+        }
+    }
+
     /// Check every node that is out and due for its probe (at most one a second each);
     /// one that passes is back at once.
     async fn probe(&self) {
@@ -285,7 +327,7 @@ impl Watch {
         if let Err(e) = published.await {
             // Discovery itself never fails (a failed name keeps its addresses).
             logs::event_with(
-                crate::config::LogLevel::Warn,
+                LogLevel::Warn,
                 "CRM node discovery failed",
                 serde_json::json!({ "error": e.to_string() }),
             );
@@ -326,5 +368,64 @@ impl BackgroundService for Watch {
             () = check => {}
             () = probe => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamUrl;
+    use crate::metrics::Metrics;
+    use crate::upstream::nodes::Tried;
+    use crate::upstream::resolve;
+
+    /// A name server the test answers for: nothing (the name does not resolve) or addresses.
+    #[derive(Clone, Default)]
+    struct Dns(Arc<Mutex<Option<Vec<SocketAddr>>>>);
+
+    #[async_trait]
+    impl Lookup for Dns {
+        async fn lookup(&self, url: &UpstreamUrl) -> std::io::Result<Vec<SocketAddr>> {
+            let answer = self.0.lock().unwrap().clone();
+            answer.ok_or_else(|| std::io::Error::other(format!("{}: no such host", url.host)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_at_startup_has_its_node_once_it_does() {
+        // `.invalid` never resolves (RFC 6761), whatever this machine's resolver.
+        let cfg = Config::from_toml("[upstream]\nurl = \"http://crm.staging.invalid:8080\"\n").unwrap();
+        let urls = cfg.upstream_urls().unwrap();
+        let (seed, unresolved) = resolve::at_start(&urls);
+        assert_eq!((seed.as_slice(), unresolved.len()), (&[vec![]][..], 1));
+        let targets: Vec<_> = urls.into_iter().map(|u| Arc::new(Target::new(0, u))).collect();
+        let stats = Arc::new(Stats::new(&Metrics::new("iq")));
+        let dns = Dns::default();
+        let watch = Watch::new(&cfg, &targets, seed, Box::new(dns.clone()), stats, || {
+            ConnectorOptions::new(0)
+        });
+        let resolves = |result: &str| watch.stats.resolves.with_label_values(&[result]).get();
+
+        // Startup, and two rounds of re-resolution while the name server knows nothing.
+        for _ in 0..3 {
+            watch.refresh().await;
+            assert!(watch.nodes.pick(&Tried::default(), true).is_none());
+            assert!(watch.nodes.due_for_probe().is_empty());
+        }
+        assert_eq!((resolves("error"), resolves("ok")), (2, 0));
+
+        // The name resolves: its address is a node that takes calls.
+        *dns.0.lock().unwrap() = Some(vec!["127.0.0.1:8080".parse().unwrap()]);
+        watch.refresh().await;
+        let node = watch.nodes.pick(&Tried::default(), true).expect("a node");
+        assert_eq!(node.label, "crm.staging.invalid:8080@127.0.0.1:8080");
+        assert!(node.up());
+        assert_eq!((resolves("error"), resolves("ok")), (2, 1));
+
+        // Silent again: the node stays.
+        *dns.0.lock().unwrap() = None;
+        watch.refresh().await;
+        let again = watch.nodes.pick(&Tried::default(), true).expect("the node stays");
+        assert_eq!(again.id, node.id);
     }
 }
