@@ -213,23 +213,30 @@ fn a_crm_code_that_echoes_the_token_never_reaches_the_log() {
         ("echo403", 403, "FORBIDDEN_{fp}"),
     ];
     let tokens: Vec<String> = cases.iter().map(|(kind, _, _)| token(kind)).collect();
-    for ((kind, status, _), t) in cases.iter().zip(&tokens) {
+    let lines = || -> Vec<serde_json::Value> {
+        gw.proc
+            .output()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["api"] == "auth")
+            .collect()
+    };
+    for (i, ((kind, status, _), t)) in cases.iter().zip(&tokens).enumerate() {
         let r = gw.post_card(t);
         // The chat server gets the CRM's own answer, token and all.
         assert_eq!(r.status, *status, "{kind}: {}", r.body);
         assert!(r.error_code().to_lowercase().contains(t), "{kind}: {}", r.body);
+        // A request's line is written after its answer: wait for it, so lines keep order.
+        assert!(
+            common::eventually(Duration::from_secs(10), || lines().len() > i),
+            "{kind}: no log line"
+        );
     }
     let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
     let upper: Vec<String> = tokens.iter().map(|t| t.to_uppercase()).collect();
     gw.assert_never_shown(&refs);
     gw.assert_never_shown(&upper.iter().map(String::as_str).collect::<Vec<_>>());
-    let lines: Vec<serde_json::Value> = gw
-        .proc
-        .output()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["api"] == "auth")
-        .collect();
+    let lines = lines();
     assert_eq!(lines.len(), cases.len(), "{lines:?}");
     for ((kind, _, logged), line) in cases.iter().zip(&lines) {
         let fp = line["tokenFp"].as_str().unwrap();
