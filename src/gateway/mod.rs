@@ -169,8 +169,7 @@ impl Gateway {
             .admit(peer, matches!(route, Ok(Route::Card(_))))
             .map_err(|refusal| self.source_refused(refusal));
         // The token is taken out before the lookup is awaited: a match that awaited in its
-        // arm would keep its scrutinee (112 bytes) in every lookup's future, and that
-        // future (one allocation a request) past glibc's per-thread cache sizes (1 KiB).
+        // arm would keep its scrutinee in every lookup's future, one allocation a request.
         let token = match admitted.and(route) {
             Ok(Route::Card(token)) => token,
             // Boxed: the search future is the larger, and inline it would size every
