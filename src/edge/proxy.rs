@@ -5,7 +5,7 @@
 //!
 //! The header is read before anything else: before the TLS handshake on the TLS listener
 //! (Pingora's pre-TLS step), before the first request on the plain one. Bytes read past
-//! the header are given back to what follows.
+//! the header are given back to what follows. A header may arrive in pieces, split anywhere.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::io::AsRawFd;
@@ -25,6 +25,10 @@ use crate::edge::Gate;
 
 /// Bytes read at most while looking for a header (a v2 header with TLVs fits).
 const MAX_HEADER: usize = 4096;
+
+/// The longest v1 header, its CRLF included (the protocol's own bound: TCP6 with the
+/// longest addresses and ports).
+const MAX_V1: usize = 107;
 
 /// The source a PROXY header names (None: a LOCAL or UNKNOWN header, as a balancer's
 /// own health check sends: the connection's own peer stands), and the bytes read past it.
@@ -68,6 +72,11 @@ enum Parsed {
 }
 
 fn parse(buf: &[u8]) -> Parsed {
+    // A v1 header is judged once its line is whole: before that, ppp takes some prefixes
+    // of a valid header for invalid ones (an empty port after a space).
+    if buf.starts_with(b"PROXY ") && buf.len() < MAX_V1 && !buf.contains(&b'\n') {
+        return Parsed::Incomplete;
+    }
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
         return Parsed::Incomplete;
@@ -174,6 +183,43 @@ mod tests {
                 read_header(&mut &bad[..], Duration::from_secs(1)).await.is_err(),
                 "{bad:?}"
             );
+        }
+    }
+
+    /// Every header below, sent in two pieces split at every byte, names its source and
+    /// keeps what follows it.
+    #[tokio::test]
+    async fn a_header_split_anywhere_is_read_whole() {
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        v2.extend_from_slice(&[0x21, 0x21, 0x00, 0x24]);
+        v2.extend_from_slice(&"2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        v2.extend_from_slice(&"::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        v2.extend_from_slice(&[0x9c, 0x40, 0x1f, 0x90]);
+        let headers: [(&[u8], Option<&str>); 4] = [
+            (
+                b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8080\r\n",
+                Some("192.0.2.7:40000"),
+            ),
+            (
+                b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 8443\r\n",
+                Some("[2001:db8::7]:40000"),
+            ),
+            (b"PROXY UNKNOWN\r\n", None),
+            (&v2, Some("[2001:db8::7]:40000")),
+        ];
+        let follows = b"\x16\x03\x01GET";
+        for (header, source) in headers {
+            let expect = source.map(|s| s.parse::<SocketAddr>().unwrap());
+            for at in 1..header.len() {
+                let (first, second) = header.split_at(at);
+                let mut io = tokio_test::io::Builder::new()
+                    .read(first)
+                    .read(&[second, &follows[..]].concat())
+                    .build();
+                let got = read_header(&mut io, Duration::from_secs(1)).await;
+                let shown = String::from_utf8_lossy(first);
+                assert_eq!(got, Ok((expect, follows.to_vec())), "split after {shown:?}");
+            }
         }
     }
 }
