@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_test::io::{Builder, Mock};
 
+use super::connection::{method_label, LINGER};
 use super::*;
 use crate::config::Config;
 
