@@ -30,6 +30,8 @@ pub enum GatewayError {
     HeadersTooLarge,
     /// The request did not arrive whole within `server.client_timeout`.
     RequestTimeout,
+    /// Plain HTTP on the TLS port (the connection is closed after the answer).
+    PlainHttpOnTlsPort,
     /// The configured dialect has no Search client API.
     SearchNotSupported,
     /// A `secretWord` that does not match the validator the previous step sent.
@@ -82,6 +84,7 @@ impl GatewayError {
             GatewayError::UriTooLong => 414,
             GatewayError::HeadersTooLarge => 431,
             GatewayError::RequestTimeout => 408,
+            GatewayError::PlainHttpOnTlsPort => 400,
             GatewayError::SearchNotSupported => 501,
             GatewayError::SecretWordInvalid => 400,
             GatewayError::TooManyAttempts | GatewayError::TooManySearches => 429,
@@ -111,6 +114,7 @@ impl GatewayError {
             GatewayError::UriTooLong => "URI_TOO_LONG",
             GatewayError::HeadersTooLarge => "HEADERS_TOO_LARGE",
             GatewayError::RequestTimeout => "REQUEST_TIMEOUT",
+            GatewayError::PlainHttpOnTlsPort => "PLAIN_HTTP_ON_TLS_PORT",
             GatewayError::SearchNotSupported => "SEARCH_NOT_SUPPORTED",
             GatewayError::SecretWordInvalid => "SECRET_WORD_INVALID",
             GatewayError::TooManyAttempts => "TOO_MANY_ATTEMPTS",
@@ -144,6 +148,9 @@ impl GatewayError {
                 "request head is larger than the configured limit or has too many fields".into()
             }
             GatewayError::RequestTimeout => "the request did not arrive in time".into(),
+            GatewayError::PlainHttpOnTlsPort => {
+                "a plain HTTP request was sent to the TLS port; use https".into()
+            }
             GatewayError::SearchNotSupported => {
                 "client search is not supported by the configured internal system".into()
             }

@@ -5,119 +5,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::certs::{ca, der_certs, leaf, write, Ca};
+use common::certs::{ca, leaf, write};
+use common::tls::{get, get_after, Setup};
 use common::{eventually, free_port, token, Gateway, Mock, BIN};
-use rustls::pki_types::PrivateKeyDer;
-
-/// A GET over TLS: Ok((status line, the server certificate's serial)) or the failure.
-fn get(
-    addr: &str,
-    server_ca: &Ca,
-    client: Option<&(String, String)>,
-    path: &str,
-) -> Result<(String, Vec<u8>), String> {
-    get_after(b"", addr, server_ca, client, path)
-}
-
-/// [`get`], with `prefix` (a PROXY header) sent on the connection before the handshake.
-fn get_after(
-    prefix: &[u8],
-    addr: &str,
-    server_ca: &Ca,
-    client: Option<&(String, String)>,
-    path: &str,
-) -> Result<(String, Vec<u8>), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(server_ca.cert.der().clone()).unwrap();
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-    let mut cfg = match client {
-        Some((cert, key)) => {
-            let key: PrivateKeyDer<'static> =
-                rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
-            builder.with_client_auth_cert(der_certs(cert), key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
-    let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.write_all(prefix).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let read = tls.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    if !text.starts_with("HTTP/1.1 ") {
-        return Err(format!("no answer ({read:?})"));
-    }
-    let serial = tls
-        .conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| {
-            let (_, x) = x509_parser::parse_x509_certificate(c).unwrap();
-            x.raw_serial().to_vec()
-        })
-        .unwrap_or_default();
-    Ok((text.lines().next().unwrap_or("").to_string(), serial))
-}
-
-struct Setup {
-    dir: tempfile::TempDir,
-    server_ca: Ca,
-    chat_ca: Ca,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let s = Setup {
-            dir: tempfile::tempdir().unwrap(),
-            server_ca: ca("server CA"),
-            chat_ca: ca("chat CA"),
-        };
-        s.server_cert(1);
-        write(s.dir.path(), "chat-ca.pem", &s.chat_ca.cert.pem());
-        s
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    /// (Re)write the server's chain and key with this serial.
-    fn server_cert(&self, serial: u64) {
-        let (cert, key) = leaf(&self.server_ca, &["localhost"], serial, false);
-        write(self.dir.path(), "chain.pem", &cert);
-        write(self.dir.path(), "key.pem", &key);
-    }
-
-    fn tls_lines(&self, listen: &str, mtls: bool) -> String {
-        let mut lines = format!(
-            "[server.tls]\nlisten = \"{listen}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            self.path("chain.pem"),
-            self.path("key.pem")
-        );
-        if mtls {
-            lines.push_str(&format!(
-                "client_ca_file = \"{}\"\nclient_names = [\"chat.example.com\"]\n",
-                self.path("chat-ca.pem")
-            ));
-        }
-        lines
-    }
-}
 
 #[test]
 fn a_card_over_tls_with_the_version_in_the_access_log() {

@@ -39,6 +39,11 @@ const CODES: &[(&str, u16, &str)] = &[
         "the request did not arrive whole within server.client_timeout",
     ),
     (
+        "PLAIN_HTTP_ON_TLS_PORT",
+        400,
+        "plain HTTP sent to the TLS port (server.tls.listen); the connection is closed after it",
+    ),
+    (
         "SEARCH_NOT_SUPPORTED",
         501,
         "the configured dialect has no Search client API",
@@ -118,6 +123,7 @@ fn every_variant_renders_string_fields() {
         GatewayError::UriTooLong,
         GatewayError::HeadersTooLarge,
         GatewayError::RequestTimeout,
+        GatewayError::PlainHttpOnTlsPort,
         GatewayError::SearchNotSupported,
         GatewayError::SecretWordInvalid,
         GatewayError::TooManyAttempts,

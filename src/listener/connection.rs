@@ -69,13 +69,14 @@ impl Settings {
 }
 
 impl Listener {
-    /// Serve one connection until it ends, then close it.
+    /// Serve one connection until it ends, then close it; with `refusal`, answer that at
+    /// once instead.
     pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         io: S,
         peer: Option<IpAddr>,
         handshake: Option<crate::tls::Handshake>,
-        initial: Vec<u8>,
+        refusal: Option<GatewayError>,
         shutdown: ShutdownWatch,
     ) {
         let settings = Settings::of(&self.gateway);
@@ -84,12 +85,7 @@ impl Listener {
             app: self,
             settings,
             io,
-            buf: {
-                // What arrived behind a PROXY header is the start of the first request.
-                let mut buf = BytesMut::with_capacity(READ_CHUNK.max(initial.len()));
-                buf.extend_from_slice(&initial);
-                buf
-            },
+            buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(1024),
             chunked: ChunkedDecoder::default(),
             head: None,
@@ -104,7 +100,10 @@ impl Listener {
             },
             shutdown,
         };
-        conn.run().await;
+        match refusal {
+            Some(e) => conn.refuse(e, None, Instant::now()).await,
+            None => conn.run().await,
+        }
         // Closing flushes what is still buffered: a client that stops reading must not
         // hold the connection open through it.
         let _ = tokio::time::timeout(client_timeout, conn.io.shutdown()).await;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{LogLevel, LogSection};
-use throttle::Throttles;
+use throttle::{Throttle, Throttles};
 
 pub use access::now;
 pub use sink::flush;
@@ -102,6 +102,17 @@ pub fn warn(what: &str, cause: &dyn std::fmt::Display, limiter: &Mutex<Option<In
         what,
         Some(serde_json::json!({ "cause": cause.to_string() })),
     );
+}
+
+/// A warning a peer caused (`fields` is a JSON object), under `throttle`'s rule: the line
+/// that is written carries `suppressed`, the count of those left out before it.
+pub fn peer_warn(throttle: &Throttle, msg: &str, fields: Value) {
+    if !enabled(LogLevel::Warn) {
+        return;
+    }
+    if let Some(left_out) = throttle.admit() {
+        write_event(LogLevel::Warn, msg, Some(with_suppressed(fields, left_out)));
+    }
 }
 
 fn with_suppressed(mut fields: Value, left_out: u64) -> Value {

@@ -37,6 +37,19 @@ impl Window {
     }
 }
 
+/// The rule for one kind of line.
+#[derive(Debug, Default)]
+pub struct Throttle(Mutex<Window>);
+
+impl Throttle {
+    /// `Some(left out since the last line)` if a line may be written now; else it is
+    /// counted as left out.
+    pub fn admit(&self) -> Option<u64> {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.admit(Instant::now())
+    }
+}
+
 /// The rule for kinds named at run time (the `log` records of other crates, by target).
 #[derive(Debug, Default)]
 pub struct Throttles(Mutex<Option<HashMap<String, Window>>>);
