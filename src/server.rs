@@ -23,6 +23,7 @@ use serde_json::json;
 
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, LogLevel};
+use crate::edge::opening::Opening;
 use crate::gateway::Gateway;
 use crate::listener::Listener;
 use crate::logs;
@@ -159,33 +160,24 @@ pub fn run(
     }
 
     let upgrading = Arc::new(AtomicBool::new(false));
-    let mut listener = Service::new("cardgate listener".to_string(), Listener::new(gw.clone()));
+    // Both ports take plain TCP: the listener itself reads PROXY headers and does the TLS
+    // handshakes, bounded by server.client_timeout (crate::edge::opening).
+    let tls_port = tls_listen.as_ref().and_then(|a| a.parse().ok()).zip(gw.tls());
+    let opening = Opening::new(gw.chat_gate(), tls_port, listen.parse().ok())
+        .map_err(|e| StartError::Config(ConfigError(e)))?;
+    let mut listener = Service::new(
+        "cardgate listener".to_string(),
+        Listener::new(gw.clone(), opening),
+    );
     // Unbuffered: the connection state machine keeps its own (small, lazily grown) read
     // buffer and writes each answer whole, so Pingora's 64 KiB read and 1.4 KiB write
     // buffers per connection would only cost memory and a copy.
-    if !listen.is_empty() {
-        listener.add_listener(ListenerConfig::tcp(&listen).l4_buffer(L4BufferSettings::unbuffered()));
+    let plain = Some(listen.as_str()).filter(|l| !l.is_empty());
+    for addr in plain.into_iter().chain(tls_listen.as_deref()) {
+        listener.add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered()));
     }
-    if let (Some(addr), Some(tls)) = (&tls_listen, gw.tls()) {
-        let settings = tls.settings().map_err(|e| StartError::Config(ConfigError(e)))?;
-        listener.add_listener(
-            ListenerConfig::tcp(addr)
-                .tls(settings)
-                .l4_buffer(L4BufferSettings::unbuffered()),
-        );
-    }
-    // Allowlist and connection bound, at accept (before any TLS or HTTP).
+    // The allowlist (behind a balancer: who may send PROXY headers), at accept.
     listener.set_connection_filter(gw.chat_gate());
-    if gw.config().server.proxy_protocol {
-        // On the TLS listener the PROXY header comes before the handshake; the plain
-        // listener reads it itself.
-        listener
-            .endpoints()
-            .set_pre_tls_callback(Arc::new(crate::edge::proxy::BeforeTls {
-                gate: gw.chat_gate(),
-                limit: gw.config().server.client_timeout,
-            }));
-    }
 
     let mut admin = Service::new(
         "cardgate admin".to_string(),

@@ -1,12 +1,13 @@
 //! TLS on the chat-server listener: certificate, key and client CA read from PEM files,
 //! checked where they are configured, and swapped in place on a reload.
 //!
-//! Pingora's rustls listener does the handshakes (TLS 1.2 and 1.3, ALPN `http/1.1`); this
-//! module gives it a certificate resolver and a client-certificate verifier whose material
-//! lives behind an [`ArcSwap`], so a reload changes what new handshakes see and leaves open
-//! connections alone. A bad new file keeps the old material. The certificate request
-//! names the client CA's subjects, so that a client with several certificates sends the
-//! right one. A refused client certificate ends the handshake and is counted by reason
+//! The listener does the handshakes ([`crate::edge::opening`]) with the rustls server
+//! configuration made here (TLS 1.2 and 1.3, ALPN `http/1.1`): a certificate resolver and a
+//! client-certificate verifier whose material lives behind an [`ArcSwap`], so a reload
+//! changes what new handshakes see and leaves open connections alone. A bad new file keeps
+//! the old material. The certificate request names the client CA's subjects, so that a
+//! client with several certificates sends the right one. A refused client certificate ends
+//! the handshake and is counted by reason
 //! (`cardgate_tls_client_refused_total{reason}`); after a handshake the connection knows
 //! its TLS version and the name its client certificate was taken for ([`names`]), for the
 //! access log. The files are read by [`files`].
@@ -22,20 +23,15 @@
     )
 )]
 
-use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{TlsAccept, ALPN};
-use pingora::protocols::tls::TlsRef;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
@@ -200,19 +196,33 @@ impl Tls {
         names::identity(der, allowed.as_ref().map_or(&[][..], |c| &c.names[..]))
     }
 
-    /// Pingora's listener settings over this state.
-    pub fn settings(self: &Arc<Self>) -> Result<TlsSettings, String> {
-        let callbacks: Box<dyn TlsAccept + Send + Sync> = Box::new(Handshaken(self.clone()));
-        let mut settings = TlsSettings::with_callbacks(callbacks).map_err(|e| format!("server.tls: {e}"))?;
-        settings.set_cert_resolver(Arc::new(Resolver(self.clone())));
-        if let Some(slot) = &self.client {
-            settings.set_client_cert_verifier(Arc::new(Verifier {
+    /// What a connection whose handshake is done tells the access log.
+    pub fn handshake(&self, conn: &ServerConnection) -> Handshake {
+        Handshake {
+            version: conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS"),
+            client: conn
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| self.client_name(leaf)),
+        }
+    }
+
+    /// The rustls server configuration over this state, for the listener's handshakes.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+            .map_err(|e| format!("server.tls: {e}"))?;
+        let builder = match &self.client {
+            Some(slot) => builder.with_client_cert_verifier(Arc::new(Verifier {
                 slot: slot.clone(),
                 tls: self.clone(),
-            }));
-        }
-        settings.set_alpn(ALPN::H1);
-        Ok(settings)
+            })),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
     }
 
     fn refuse(&self, reason: &str) {
@@ -310,16 +320,4 @@ pub struct Handshake {
     pub version: &'static str,
     /// The name the client certificate was taken for (mutual TLS).
     pub client: Option<String>,
-}
-
-struct Handshaken(Arc<Tls>);
-
-#[async_trait]
-impl TlsAccept for Handshaken {
-    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
-        Some(Arc::new(Handshake {
-            version: tls.version().unwrap_or("TLS"),
-            client: tls.peer_certificate_der().and_then(|der| self.0.client_name(der)),
-        }))
-    }
 }
