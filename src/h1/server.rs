@@ -13,7 +13,8 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
 
-use super::common::{trim, BodyFraming, ChunkedDecoder, FramingError, FramingFields};
+use super::chunked::ChunkedDecoder;
+use super::common::{trim, BodyFraming, FramingError, FramingFields};
 
 /// Header fields a request may carry at most (more: refused).
 pub const MAX_HEADERS: usize = 64;
