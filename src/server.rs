@@ -62,7 +62,7 @@ impl std::fmt::Display for StartError {
 /// Every listening address must be free before Pingora starts: its listener threads would
 /// otherwise retry a taken port for seconds and then panic while the rest runs on. An
 /// upgrade takes the sockets over from the old process instead, so it skips this.
-fn check_listeners(addrs: &[&str]) -> Result<(), StartError> {
+pub fn check_listeners(addrs: &[&str]) -> Result<(), StartError> {
     for addr in addrs {
         std::net::TcpListener::bind(addr)
             .map_err(|e| StartError::Listen(format!("cannot listen on {addr}: {e}")))?;
@@ -240,16 +240,18 @@ pub fn run(
     Ok(())
 }
 
-/// What `cardgate check` adds to reading the file: the CRM's host resolves now, exactly as
-/// it must at startup.
-pub fn check(cfg: &Config) -> Result<(), ConfigError> {
-    for url in cfg.upstream_urls()? {
-        crate::upstream::resolve(&url)?;
+/// What `cardgate check` adds to reading the file: the CRM's hosts resolve and the TLS
+/// files load now, exactly as they must at startup. Every problem found.
+pub fn check(cfg: &Config) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    for url in cfg.upstream_urls().unwrap_or_default() {
+        problems.extend(crate::upstream::resolve(&url).err());
     }
     if let Some(tls) = &cfg.server.tls {
-        crate::tls::load(tls).map_err(ConfigError)?;
+        problems.extend(crate::tls::load(tls).err().map(ConfigError));
     }
-    crate::upstream::check_tls(&cfg.upstream)
+    problems.extend(crate::upstream::check_tls(&cfg.upstream).err());
+    problems
 }
 
 /// Run only the mock internal system (`cardgate mock-crm`); SIGTERM ends it at once.
