@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::apps::http_app::HttpServer;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -21,7 +20,6 @@ use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
 use serde_json::json;
 
-use crate::admin::Admin;
 use crate::config::{Config, ConfigError, LogLevel};
 use crate::gateway::Gateway;
 use crate::listener::Listener;
@@ -187,10 +185,7 @@ pub fn run(
             }));
     }
 
-    let mut admin = Service::new(
-        "cardgate admin".to_string(),
-        HttpServer::new_app(Admin { gateway: gw.clone() }),
-    );
+    let mut admin = Service::new("cardgate admin".to_string(), crate::admin::app(gw.clone()));
     admin.add_tcp(&admin_listen);
     admin.set_connection_filter(gw.admin_gate());
     admin.threads = Some(1);

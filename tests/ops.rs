@@ -231,6 +231,31 @@ fn health_and_readiness() {
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
     let r = gw.admin("GET", "/readyz", &[]);
     assert_eq!(r.status, 200);
+    // As balancers and monitors ask: HEAD is GET without the body; OPTIONS (HAProxy's
+    // default check) answers like GET; neither is ever cached.
+    for path in ["/healthz", "/readyz"] {
+        let get = gw.admin("GET", path, &[]);
+        let head = gw.admin("HEAD", path, &[]);
+        assert_eq!((head.status, head.body.as_str()), (200, ""), "{path}");
+        assert_eq!(head.header("content-length"), get.header("content-length"));
+        let options = gw.admin("OPTIONS", path, &[]);
+        assert_eq!((options.status, options.body.as_str()), (200, get.body.as_str()));
+        for r in [&get, &head, &options] {
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{path}: {r:?}");
+            assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
+        }
+    }
+    // Every 405 says what the route takes.
+    for (method, path, allow) in [
+        ("POST", "/healthz", "GET, HEAD, OPTIONS"),
+        ("DELETE", "/readyz", "GET, HEAD, OPTIONS"),
+        ("POST", "/metrics", "GET, HEAD"),
+        ("GET", "/cache/clear", "POST"),
+    ] {
+        let r = gw.admin(method, path, &[]);
+        assert_eq!((r.status, r.error_code().as_str()), (405, "METHOD_NOT_ALLOWED"));
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
     let r = gw.admin("GET", "/nope", &[]);
     assert_eq!((r.status, r.error_code().as_str()), (404, "NOT_FOUND"));
     let metrics = gw.metrics();
