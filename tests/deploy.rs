@@ -1,8 +1,9 @@
 //! The operator kit in `deploy/`, checked with the real tools: the alert rules with
 //! `promtool check rules` and their unit tests with `promtool test rules`; every PromQL
 //! expression of the Grafana dashboard parses and names only metrics a running gateway
-//! exports; the systemd unit passes `systemd-analyze verify`. CI installs the tools; where
-//! one is missing outside CI, its test says so and passes.
+//! exports; the systemd unit passes `systemd-analyze verify`; the README and the shipped
+//! config agree on what a reload changes and on the defaults the config's comments name.
+//! CI installs the tools; where one is missing outside CI, its test says so and passes.
 
 mod common;
 
@@ -179,4 +180,87 @@ fn metric_names_are_read_outside_label_matchers() {
         names.into_iter().collect::<Vec<_>>(),
         ["cardgate_x_bucket", "cardgate_y"]
     );
+}
+
+/// The shipped config's keys, commented out or not, as `section.key`, with their lines.
+fn shipped_keys() -> Vec<(String, String)> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/cardgate.toml")).unwrap();
+    let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == '.');
+    let (mut section, mut keys) = (String::new(), Vec::new());
+    for line in text.lines() {
+        let bare = line.trim_start_matches('#').trim();
+        if let Some(name) = bare.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            if word(name) {
+                section = name.to_string();
+            }
+        } else if let Some((key, _)) = bare.split_once(" = ") {
+            if !section.is_empty() && word(key) {
+                keys.push((format!("{section}.{key}"), line.to_string()));
+            }
+        }
+    }
+    keys
+}
+
+/// The README's text from the heading that starts with `heading` to the next heading.
+fn readme_part(heading: &str) -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in the README"));
+    let rest = &text[start + heading.len()..];
+    rest[..rest.find("\n#").unwrap_or(rest.len())].to_string()
+}
+
+#[test]
+fn the_readme_says_of_every_shipped_key_whether_a_reload_changes_it() {
+    let part = readme_part("### Reloading the configuration");
+    // Keys in backticks: `section.key`, then bare `key`s of the same section, or `[section]`
+    // for all of it.
+    let (mut named, mut section) = (BTreeSet::new(), String::new());
+    for token in part.split('`').skip(1).step_by(2) {
+        if let Some(whole) = token.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            named.insert(format!("{whole}.*"));
+        } else if let Some((s, _)) = token.rsplit_once('.') {
+            section = s.to_string();
+            named.insert(token.to_string());
+        } else if token.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            named.insert(format!("{section}.{token}"));
+        }
+    }
+    let keys = shipped_keys();
+    assert!(keys.len() > 60, "{keys:?}");
+    for (key, _) in keys {
+        let whole_section = named
+            .iter()
+            .any(|n| n.strip_suffix('*').is_some_and(|prefix| key.starts_with(prefix)));
+        assert!(
+            named.contains(&key) || whole_section,
+            "the README's reload section does not say whether {key} changes in place"
+        );
+    }
+}
+
+#[test]
+fn the_defaults_the_shipped_config_names_are_the_readmes() {
+    let table = readme_part("## Configuration");
+    let mut checked = 0;
+    for (key, line) in shipped_keys() {
+        let Some((_, said)) = line.split_once("default ") else {
+            continue;
+        };
+        let Some(row) = table.lines().find(|l| l.starts_with(&format!("| `{key}` |"))) else {
+            continue;
+        };
+        let default = row.split('|').nth(2).unwrap();
+        for value in default.split('`').skip(1).step_by(2) {
+            assert!(
+                said.contains(value),
+                "{key}: the README's default {value} is not in {line:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "{checked} defaults compared");
 }
