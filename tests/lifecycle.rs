@@ -1,6 +1,6 @@
 //! The life of the process: what it says when it starts and stops, draining on SIGTERM as
 //! a balancer needs it, SIGQUIT with and without a successor (the old process leaves as
-//! soon as its last request is answered), `--upgrade` with nothing to take over from or
+//! soon as its last request is answered), SIGINT, `--upgrade` with nothing to take over from or
 //! that never gets the sockets, and the private runtime directory.
 
 mod common;
@@ -106,7 +106,7 @@ fn sigterm_turns_readiness_503_first_and_keeps_accepting_for_the_drain_delay() {
 }
 
 #[test]
-fn sigquit_without_a_successor_is_logged_and_the_gateway_keeps_serving() {
+fn sigquit_without_a_successor_is_logged_and_serving_goes_on_until_sigint() {
     let mock = Mock::start();
     let mut gw = Gateway::start(&mock.url(), &[]);
     gw.proc.signal("QUIT");
@@ -115,6 +115,13 @@ fn sigquit_without_a_successor_is_logged_and_the_gateway_keeps_serving() {
     assert_eq!(gw.get_card(&token("after-quit")).status, 200);
     assert_eq!(gw.admin("GET", "/readyz", &[]).status, 200);
     assert!(!gw.proc.exited());
+    // SIGINT ends it at once, cleanly, and says so.
+    gw.proc.signal("INT");
+    gw.proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("SIGINT ends the process");
+    assert!(gw.proc.child.wait().unwrap().success());
+    assert_eq!(gw.wait_event("cardgate stopped")["reason"], "SIGINT");
 }
 
 #[test]
