@@ -12,6 +12,9 @@ mod url;
 
 pub use url::UpstreamUrl;
 
+/// The most `upstream.urls` (each may resolve to several nodes).
+pub const MAX_URLS: usize = 16;
+
 /// The internal system's dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -146,34 +149,33 @@ impl Default for HealthSection {
 }
 
 impl HealthSection {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, problems: &mut Vec<ConfigError>) {
         if let Some(path) = &self.path {
             if !path.starts_with('/') || http::uri::PathAndQuery::from_maybe_shared(path.clone()).is_err() {
-                return Err(err(
+                problems.push(err(
                     "upstream.health.path",
                     format!("{path:?} must be a path starting with /"),
                 ));
             }
         }
         if self.interval.is_zero() || self.timeout.is_zero() {
-            return Err(err(
+            problems.push(err(
                 "upstream.health",
                 "interval and timeout must be greater than 0",
             ));
         }
         if self.timeout > self.interval {
-            return Err(err(
+            problems.push(err(
                 "upstream.health.timeout",
                 "must not exceed upstream.health.interval",
             ));
         }
         if self.healthy_after == 0 || self.unhealthy_after == 0 {
-            return Err(err(
+            problems.push(err(
                 "upstream.health",
                 "healthy_after and unhealthy_after must be at least 1",
             ));
         }
-        Ok(())
     }
 }
 
@@ -319,54 +321,59 @@ impl UpstreamSection {
         }
     }
 
-    /// Check the section; the result is its parsed URLs.
-    pub fn validate(&self) -> Result<Vec<UpstreamUrl>, ConfigError> {
-        let urls = self.parsed_urls()?;
-        let tls = urls[0].tls;
-        self.health.validate()?;
+    /// Check the section: every problem goes to `problems`.
+    pub fn validate(&self, problems: &mut Vec<ConfigError>) {
+        // Without valid URLs it is not known whether the TLS keys apply (their files are
+        // still checked).
+        let tls = self
+            .parsed_urls()
+            .map_err(|e| problems.push(e))
+            .ok()
+            .map(|u| u[0].tls);
+        self.health.validate(problems);
         if self.resolve_interval < Duration::from_millis(100) {
-            return Err(err("upstream.resolve_interval", "must be at least 100ms"));
+            problems.push(err("upstream.resolve_interval", "must be at least 100ms"));
         }
         if self.eject_for.is_zero() {
-            return Err(err("upstream.eject_for", "must be greater than 0"));
+            problems.push(err("upstream.eject_for", "must be greater than 0"));
         }
         if self.retries > 8 {
-            return Err(err("upstream.retries", "must be between 0 and 8"));
+            problems.push(err("upstream.retries", "must be between 0 and 8"));
         }
         if let Some(h) = self.hedge_after {
             if h.is_zero() || h >= self.timeout {
-                return Err(err(
+                problems.push(err(
                     "upstream.hedge_after",
                     "must be greater than 0 and less than upstream.timeout",
                 ));
             }
         }
         if self.timeout.is_zero() {
-            return Err(err("upstream.timeout", "must be greater than 0"));
+            problems.push(err("upstream.timeout", "must be greater than 0"));
         }
         if self.connect_timeout.is_zero() {
-            return Err(err("upstream.connect_timeout", "must be greater than 0"));
+            problems.push(err("upstream.connect_timeout", "must be greater than 0"));
         }
         if self.connect_timeout > self.timeout {
-            return Err(err(
+            problems.push(err(
                 "upstream.connect_timeout",
                 "must not exceed upstream.timeout",
             ));
         }
         if http::HeaderName::from_bytes(self.token_header.as_bytes()).is_err() {
-            return Err(err(
+            problems.push(err(
                 "upstream.token_header",
                 format!("{:?} is not a valid header name", self.token_header),
             ));
         }
         if self.max_inflight == 0 || self.max_inflight > 65536 {
-            return Err(err("upstream.max_inflight", "must be between 1 and 65536"));
+            problems.push(err("upstream.max_inflight", "must be between 1 and 65536"));
         }
         if self.pool_idle_timeout.is_zero() {
-            return Err(err("upstream.pool_idle_timeout", "must be greater than 0"));
+            problems.push(err("upstream.pool_idle_timeout", "must be greater than 0"));
         }
         if self.max_response_bytes == 0 {
-            return Err(err("upstream.max_response_bytes", "must be greater than 0"));
+            problems.push(err("upstream.max_response_bytes", "must be greater than 0"));
         }
         let tls_keys = [
             ("upstream.ca_file", &self.ca_file),
@@ -375,56 +382,48 @@ impl UpstreamSection {
         ];
         for (key, value) in tls_keys {
             if let Some(path) = value {
-                if !tls {
-                    return Err(err(key, "only applies to an https:// upstream.url"));
-                }
-                if !Path::new(path).is_file() {
-                    return Err(err(key, format!("{path:?} is not a readable file")));
+                if tls == Some(false) {
+                    problems.push(err(key, "only applies to an https:// upstream.url"));
+                } else if !Path::new(path).is_file() {
+                    problems.push(err(key, format!("{path:?} is not a readable file")));
                 }
             }
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
-            return Err(err(
+            problems.push(err(
                 "upstream.client_key",
                 "client_cert and client_key go together",
             ));
         }
         match self.dialect {
-            DialectKind::Gigma => self.gigma.validate()?,
+            DialectKind::Gigma => self.gigma.validate(problems),
             DialectKind::Bearer => {
                 if !self.bearer.path.starts_with('/') {
-                    return Err(err("upstream.bearer.path", "must start with /"));
+                    problems.push(err("upstream.bearer.path", "must start with /"));
                 }
             }
             DialectKind::Iq => {}
         }
-        Ok(urls)
     }
 }
 
 impl GigmaSection {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, problems: &mut Vec<ConfigError>) {
         match std::env::var(&self.app_token_env) {
             Ok(v) if !v.trim().is_empty() && http::HeaderValue::from_str(&v).is_ok() => {}
-            _ => {
-                return Err(err(
-                    "upstream.gigma.app_token_env",
-                    format!(
-                        "environment variable {} must hold the gigma application token",
-                        self.app_token_env
-                    ),
-                ))
-            }
+            _ => problems.push(err(
+                "upstream.gigma.app_token_env",
+                format!(
+                    "environment variable {} must hold the gigma application token",
+                    self.app_token_env
+                ),
+            )),
         }
         if self.step_ttl.is_zero() || self.session_ttl.is_zero() {
-            return Err(err(
+            problems.push(err(
                 "upstream.gigma",
                 "step_ttl and session_ttl must be greater than 0",
             ));
         }
-        Ok(())
     }
 }
-
-/// The most `upstream.urls` (each may resolve to several nodes).
-pub const MAX_URLS: usize = 16;

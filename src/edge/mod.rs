@@ -178,6 +178,14 @@ impl Gate {
         self.open.inc();
         Some(OpenConnection(self.clone()))
     }
+
+    /// Count a connection as open until the returned guard is dropped, whatever the bound
+    /// (the admin port's connections, which are bounded by its allowlist and one thread).
+    pub fn opened(self: &Arc<Self>) -> OpenConnection {
+        self.counted.fetch_add(1, Ordering::AcqRel);
+        self.open.inc();
+        OpenConnection(self.clone())
+    }
 }
 
 /// An open connection, counted until dropped.
