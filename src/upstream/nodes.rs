@@ -61,6 +61,11 @@ impl Nodes {
             .collect()
     }
 
+    /// Every node, in order.
+    pub fn all(&self) -> Arc<Vec<Arc<Node>>> {
+        self.list.load_full()
+    }
+
     /// The node for the next attempt of a call that has tried `tried`; None when none may
     /// be asked now. `may_probe`: while another node is up, the attempt may go to an
     /// ejected node whose time is up (its failure can be retried elsewhere).
