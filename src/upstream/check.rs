@@ -89,7 +89,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::metrics::Metrics;
-    use crate::upstream::node::Target;
+    use crate::upstream::node::{Clock, Target};
     use crate::upstream::stats::Stats;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,7 +105,7 @@ mod tests {
         let cfg = Config::from_toml(&toml).unwrap();
         let url = cfg.upstream_urls().unwrap().remove(0);
         let stats = Stats::new(&Metrics::new("iq"));
-        let node = Node::new(Arc::new(Target::new(0, url)), addr, &cfg, &stats);
+        let node = Node::new(Arc::new(Target::new(0, url)), addr, &cfg, &stats, Clock::start());
         (Check::new(&cfg.upstream.health, 1024, options), node)
     }
 

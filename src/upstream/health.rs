@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
 use super::check::Check;
-use super::node::{Node, Target};
+use super::node::{Clock, Node, Target};
 use super::nodes::Nodes;
 use super::resolve::Lookup;
 use super::stats::Stats;
@@ -36,6 +36,7 @@ struct Discovery {
     targets: Vec<Arc<Target>>,
     cfg: Config,
     stats: Arc<Stats>,
+    clock: Clock,
     /// The nodes of the last resolution, by (URL index, address).
     known: Mutex<HashMap<(usize, SocketAddr), Arc<Node>>>,
     /// How names are resolved after startup.
@@ -92,10 +93,15 @@ impl Discovery {
         for (target, addrs) in self.targets.iter().zip(resolved) {
             for addr in addrs {
                 let key = (target.index, addr);
-                let node = known
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Node::new(target.clone(), addr, &self.cfg, &self.stats)));
+                let node = known.get(&key).cloned().unwrap_or_else(|| {
+                    Arc::new(Node::new(
+                        target.clone(),
+                        addr,
+                        &self.cfg,
+                        &self.stats,
+                        self.clock,
+                    ))
+                });
                 list.push(node.clone());
                 next.insert(key, node);
             }
@@ -129,15 +135,17 @@ impl Watch {
         stats: Arc<Stats>,
         options: ConnectorOptions,
     ) -> Self {
+        let clock = Clock::start();
         let discovery = Discovery {
             targets: targets.to_vec(),
             cfg: cfg.clone(),
             stats: stats.clone(),
+            clock,
             known: Mutex::new(HashMap::new()),
             lookup,
             last_warning: Mutex::new(None),
         };
-        let nodes = Arc::new(Nodes::new(discovery.nodes(seed)));
+        let nodes = Arc::new(Nodes::new(discovery.nodes(seed), clock));
         let max_body = usize::try_from(cfg.upstream.max_response_bytes).unwrap_or(usize::MAX);
         Watch {
             discovery,

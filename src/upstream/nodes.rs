@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::node::{now_ms, Node};
+use super::node::{Clock, Node};
 
 pub struct Nodes {
     list: ArcSwap<Vec<Arc<Node>>>,
     next: AtomicUsize,
+    /// The clock the nodes were made with.
+    clock: Clock,
 }
 
 /// The nodes one call has tried already (at most `retries` + 1, plus a hedge).
@@ -45,10 +47,12 @@ impl Tried {
 }
 
 impl Nodes {
-    pub fn new(list: Vec<Arc<Node>>) -> Self {
+    /// The set of `list`, whose nodes keep time by `clock`.
+    pub fn new(list: Vec<Arc<Node>>, clock: Clock) -> Self {
         Nodes {
             list: ArcSwap::from_pointee(list),
             next: AtomicUsize::new(0),
+            clock,
         }
     }
 
@@ -73,7 +77,7 @@ impl Nodes {
         let list = self.list.load();
         // The clock is read only for a node that is not up.
         let mut now = None;
-        let mut now = || *now.get_or_insert_with(now_ms);
+        let mut now = || *now.get_or_insert_with(|| self.clock.now());
         let start = self.next.fetch_add(1, Relaxed).checked_rem(list.len())?;
         let mut best: Option<&Arc<Node>> = None;
         // An ejected node whose time is up, and one of those that no check can bring back.
@@ -108,7 +112,7 @@ impl Nodes {
     /// The nodes that are not up, that a passing check would bring back, and that may be
     /// checked now (one probe a second each).
     pub fn due_for_probe(&self) -> Vec<Arc<Node>> {
-        let now = now_ms();
+        let now = self.clock.now();
         let list = self.list.load();
         list.iter()
             .filter(|n| !n.up() && n.check_vouches() && n.claim_probe(now))
@@ -116,3 +120,6 @@ impl Nodes {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
