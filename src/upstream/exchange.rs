@@ -110,7 +110,7 @@ impl Node {
 }
 
 /// One exchange on one connection: the answer, and whether the connection may be reused.
-async fn once(
+pub(super) async fn once(
     io: &mut Stream,
     buf: &mut BytesMut,
     wire: &[u8],

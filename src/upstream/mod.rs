@@ -23,6 +23,7 @@
     )
 )]
 
+mod check;
 mod exchange;
 mod failure;
 mod health;
@@ -177,22 +178,10 @@ impl Upstream {
         }
         let stats = Arc::new(stats::Stats::new(&metrics));
         let lookup = Box::new(resolve::System);
-        let watch = Watch::new(cfg, &targets, seed, lookup, stats.clone(), || {
-            connector_options(cfg)
-        });
+        // The startup resolution's nodes take the first requests.
+        let watch = Watch::new(cfg, &targets, seed, lookup, stats.clone(), connector_options(cfg));
         let watch = Arc::new(watch);
         let nodes = watch.nodes.clone();
-        // The startup resolution, published before the first request (on a thread of its
-        // own: this may be called from within a runtime).
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-                rt.map(|rt| rt.block_on(watch.refresh()))
-            })
-            .join()
-        })
-        .map_err(|_| ConfigError("upstream: the first resolution failed".into()))?
-        .map_err(|e| ConfigError(format!("upstream: cannot start a resolver: {e}")))?;
         Ok(Upstream {
             connector: TransportConnector::new(Some(connector_options(cfg))),
             nodes,

@@ -18,8 +18,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::{IntCounter, IntGauge};
@@ -30,6 +30,7 @@ use super::plain;
 use super::pool::Pool;
 use super::stats::Stats;
 use super::UpstreamAnswer;
+use crate::config::millis as ms;
 use crate::config::{Config, LogLevel, UpstreamUrl};
 use crate::logs;
 
@@ -103,27 +104,36 @@ pub struct Node {
     http_checks: bool,
     /// The ejection under way was for failures after the connection was taken.
     ejected_after_connect: AtomicBool,
-    /// When the ejection ends, and its length, in ms of [`now_ms`].
+    /// The clock of ejections and probes, the same for every node of a set.
+    clock: Clock,
+    /// When the ejection ends, and its length, in ms of [`Clock::now`].
     ejected_until: AtomicU64,
     eject_len: AtomicU64,
     next_probe: AtomicU64,
     up_gauge: IntGauge,
     requests: IntCounter,
     failures: IntCounter,
-    last_warning: Mutex<Option<Instant>>,
+    last_warning: Mutex<Option<std::time::Instant>>,
 }
 
-/// Milliseconds since the first call: the clock of ejections and probes.
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
+/// The clock of ejections and probes: milliseconds since it started, on tokio's clock
+/// (the system's monotonic clock, unless a test pauses it). The nodes of one set share one,
+/// so that their times compare.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(tokio::time::Instant);
 
-use crate::config::millis as ms;
+impl Clock {
+    pub fn start() -> Self {
+        Clock(tokio::time::Instant::now())
+    }
+
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
 
 impl Node {
-    pub fn new(target: Arc<Target>, addr: SocketAddr, cfg: &Config, stats: &Stats) -> Self {
+    pub fn new(target: Arc<Target>, addr: SocketAddr, cfg: &Config, stats: &Stats, clock: Clock) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         let label = format!("{}:{}@{addr}", target.url.host, target.url.port);
         let mut peer = HttpPeer::new(addr, target.url.tls, target.url.host.clone());
@@ -148,6 +158,7 @@ impl Node {
             ejected: AtomicBool::new(false),
             http_checks: cfg.upstream.health.path.is_some(),
             ejected_after_connect: AtomicBool::new(false),
+            clock,
             ejected_until: AtomicU64::new(0),
             eject_len: AtomicU64::new(0),
             next_probe: AtomicU64::new(0),
@@ -216,7 +227,7 @@ impl Node {
             if n >= after.0 {
                 self.set_active(true, "health checks pass");
             }
-            if self.ejection_over(now_ms()) && self.check_vouches() {
+            if self.ejection_over(self.clock.now()) && self.check_vouches() {
                 self.lift("a health check passed");
             }
         } else {
@@ -266,7 +277,7 @@ impl Node {
         } else {
             base
         };
-        let until = now_ms().saturating_add(len);
+        let until = self.clock.now().saturating_add(len);
         self.ejected_after_connect.store(failure.after_connect, Relaxed);
         self.eject_len.store(len, Relaxed);
         self.ejected_until.store(until, Relaxed);
@@ -356,3 +367,6 @@ impl Drop for Busy<'_> {
         self.node.outstanding.fetch_sub(1, Relaxed);
     }
 }
+
+#[cfg(test)]
+pub(super) mod tests;

@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::node::{now_ms, Node};
+use super::node::{Clock, Node};
 
 pub struct Nodes {
     list: ArcSwap<Vec<Arc<Node>>>,
     next: AtomicUsize,
+    /// The clock the nodes were made with.
+    clock: Clock,
 }
 
 /// The nodes one call has tried already (at most `retries` + 1, plus a hedge).
@@ -45,10 +47,12 @@ impl Tried {
 }
 
 impl Nodes {
-    pub fn new(list: Vec<Arc<Node>>) -> Self {
+    /// The set of `list`, whose nodes keep time by `clock`.
+    pub fn new(list: Vec<Arc<Node>>, clock: Clock) -> Self {
         Nodes {
             list: ArcSwap::from_pointee(list),
             next: AtomicUsize::new(0),
+            clock,
         }
     }
 
@@ -61,6 +65,11 @@ impl Nodes {
             .collect()
     }
 
+    /// Every node, in order.
+    pub fn all(&self) -> Arc<Vec<Arc<Node>>> {
+        self.list.load_full()
+    }
+
     /// The node for the next attempt of a call that has tried `tried`; None when none may
     /// be asked now. `may_probe`: while another node is up, the attempt may go to an
     /// ejected node whose time is up (its failure can be retried elsewhere).
@@ -68,7 +77,7 @@ impl Nodes {
         let list = self.list.load();
         // The clock is read only for a node that is not up.
         let mut now = None;
-        let mut now = || *now.get_or_insert_with(now_ms);
+        let mut now = || *now.get_or_insert_with(|| self.clock.now());
         let start = self.next.fetch_add(1, Relaxed).checked_rem(list.len())?;
         let mut best: Option<&Arc<Node>> = None;
         // An ejected node whose time is up, and one of those that no check can bring back.
@@ -103,7 +112,7 @@ impl Nodes {
     /// The nodes that are not up, that a passing check would bring back, and that may be
     /// checked now (one probe a second each).
     pub fn due_for_probe(&self) -> Vec<Arc<Node>> {
-        let now = now_ms();
+        let now = self.clock.now();
         let list = self.list.load();
         list.iter()
             .filter(|n| !n.up() && n.check_vouches() && n.claim_probe(now))
@@ -111,3 +120,6 @@ impl Nodes {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
