@@ -199,8 +199,11 @@ fn every_metric_the_code_creates_is_on_the_metrics_page() {
     metric_names_in_source(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut names);
     assert!(names.len() >= 40, "the scan found only {names:?}");
 
-    // Everything that creates metrics on: two CRM nodes, and [shared] (Redis need not answer).
+    // Everything that creates metrics on: two CRM nodes, a TLS listener, and [shared]
+    // (Redis need not answer).
     let (a, b) = (Mock::start(), Mock::start());
+    let tls = common::tls::Setup::new();
+    let tls_lines = tls.tls_lines(&format!("127.0.0.1:{}", common::free_port()), false);
     let key = (
         "CARDGATE_TEST_SHARED_KEY",
         "0123456789abcdef0123456789abcdef-metrics",
@@ -209,6 +212,7 @@ fn every_metric_the_code_creates_is_on_the_metrics_page() {
         "",
         &[
             ("upstream", &format!("urls = [\"{}\", \"{}\"]", a.url(), b.url())),
+            ("server", &tls_lines),
             (
                 "shared",
                 &format!(
