@@ -99,10 +99,12 @@ impl Shared {
             _ => InRedis::Follow,
         };
         let hit = matches!(lookup, InRedis::Found(Some(_)));
-        self.stats
-            .l2
-            .with_label_values(&[if hit { "hit" } else { "miss" }])
-            .inc();
+        if hit {
+            &self.stats.l2_hit
+        } else {
+            &self.stats.l2_miss
+        }
+        .inc();
         Some(lookup)
     }
 
@@ -150,7 +152,7 @@ impl Shared {
                 (1, Some(sealed)) => {
                     let opened = self.open(&card, &sealed);
                     if opened.is_some() {
-                        self.stats.l2.with_label_values(&["waited"]).inc();
+                        self.stats.l2_waited.inc();
                     }
                     return opened;
                 }

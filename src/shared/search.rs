@@ -101,7 +101,7 @@ impl Shared {
         let _: Option<()> = self.query("guard", Query::Pipe(&pipe)).await;
     }
 
-    /// Forget the `kind` entry of `id`; a failure is counted under `op` ([`super::OPS`]).
+    /// Forget the `kind` entry of `id`; a failure is counted under `op` ([`super::stats::OPS`]).
     pub async fn forget(&self, op: &'static str, kind: &str, id: &CacheKey) {
         let mut del = redis::cmd("DEL");
         del.arg(self.key(kind, id));
