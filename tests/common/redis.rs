@@ -56,6 +56,31 @@ impl Node {
         }
     }
 
+    /// A server that speaks TLS only, from the config file `conf`, on a free port; up once
+    /// the port takes connections.
+    pub fn tls_server(conf: &Path) -> Node {
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let port = addr.rsplit(':').next().unwrap();
+            let child = Command::new("redis-server")
+                .arg(conf)
+                .args(["--port", "0", "--tls-port", port, "--bind", "127.0.0.1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            let mut n = Node { addr, child };
+            let up = eventually(Duration::from_secs(5), || {
+                n.child.try_wait().ok().flatten().is_none() && TcpStream::connect(&n.addr).is_ok()
+            });
+            if up {
+                return n;
+            }
+            n.stop();
+        }
+        panic!("redis-server (TLS) did not start");
+    }
+
     /// Start a server with `args` on a free port, retried on a clash.
     pub fn server(args: &[String]) -> Node {
         for _ in 0..5 {
