@@ -200,7 +200,12 @@ impl SharedSection {
         {
             return Err(err("shared.username", "must be non-empty, without spaces"));
         }
-        self.password()?;
+        if self.password()?.is_none() && self.username.is_some() {
+            return Err(err(
+                "shared.username",
+                "needs its password: shared.password_env or shared.password_file",
+            ));
+        }
         self.sentinel_password()?;
         self.certificates()?;
         // Keys carry a hash tag in braces (`{…}`), so that a cluster keeps the keys of one

@@ -13,10 +13,12 @@
 //! second-level card cache; [`search`] the guard's counters and gigma's open steps.
 
 pub mod cards;
-pub use cards::{InRedis, Record};
+pub use cards::InRedis;
+pub use record::Record;
 pub use search::Counter;
 mod endpoint;
 mod invalidate;
+mod record;
 mod seal;
 pub mod search;
 mod stats;
@@ -24,14 +26,14 @@ mod watch;
 pub use watch::Watch;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::config::{ConfigError, SharedSection};
+use crate::config::{ConfigError, SharedSection, UpstreamSection};
 use crate::keys::{CacheKey, TokenHasher};
 use crate::logs;
 use crate::metrics::Metrics;
@@ -54,6 +56,11 @@ pub struct Shared {
     hasher: TokenHasher,
     /// The second-level card cache is on.
     pub cards: bool,
+    /// The longest a replica holds the lock on a card it calls the CRM for.
+    hold: Duration,
+    /// This process's lock values: a random prefix, then a count.
+    lock_prefix: u64,
+    locks: AtomicU64,
     stats: Stats,
     last_warning: Mutex<Option<Instant>>,
     /// How many times the connections were dropped for another master (Sentinel): a
@@ -66,10 +73,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// `hasher`: the gateway's own keyed hash, which every replica shares (its secret is
-    /// required with `[shared]`).
+    /// `hasher`: the gateway's own keyed hash, which every replica shares ([`hasher`]);
+    /// `upstream`: the CRM calls a lock on a card waits for.
     pub fn new(
         cfg: &SharedSection,
+        upstream: &UpstreamSection,
         hasher: TokenHasher,
         metrics: &Metrics,
     ) -> Result<Arc<Self>, ConfigError> {
@@ -89,12 +97,22 @@ impl Shared {
             seal,
             hasher,
             cards: cfg.cards,
+            // The lock outlives the leader's call: its wait for a slot, then its budget.
+            hold: upstream.queue_timeout.saturating_add(upstream.timeout),
+            lock_prefix: u64::from_le_bytes(random_secret()[..8].try_into().unwrap_or_default()),
+            locks: AtomicU64::new(0),
             stats: Stats::new(metrics),
             last_warning: Mutex::new(None),
             switched: tokio::sync::watch::Sender::new(0),
             lost: AtomicBool::new(false),
             master_lost: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// A lock value no other lock (of this replica or another) has: 32 hex digits.
+    fn lock_value(&self) -> String {
+        let n = self.locks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:016x}{n:016x}", self.lock_prefix)
     }
 
     /// `<prefix><kind>:{<hex>}` of a keyed hash. The hex is the key's hash tag: every key
@@ -243,6 +261,15 @@ enum Query<'a> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The keyed hash of the cache keys when `cache.hash_key_env` is not set: derived from the
+/// shared secret, so that every replica derives the same keys.
+pub fn hasher(cfg: &SharedSection) -> Result<TokenHasher, ConfigError> {
+    Ok(TokenHasher::from_secret(&blake3::derive_key(
+        "cardgate cache keys v1",
+        &cfg.secret()?,
+    )))
 }
 
 fn random_secret() -> [u8; 32] {

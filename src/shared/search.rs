@@ -126,7 +126,7 @@ impl Shared {
         let mut get = redis::cmd("GET");
         get.arg(&key);
         let sealed: Option<Vec<u8>> = self.query("steps", Query::Cmd(&get)).await?;
-        Some(sealed.and_then(|s| self.open(&key, &s)))
+        Some(sealed.and_then(|s| self.open(&key, s)))
     }
 
     /// A keyed hash of a step id or identifier, the same on every replica.
