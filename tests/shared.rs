@@ -11,133 +11,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, free_port, token, Gateway, Mock};
+use common::redis::Redis;
+use common::{eventually, token, Gateway, Mock};
 
 const KEY_ENV: (&str, &str) = (
     "CARDGATE_SHARED_KEY",
     "0123456789abcdef0123456789abcdef-test-secret",
 );
-
-struct Redis {
-    addr: String,
-    child: Child,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        for _ in 0..5 {
-            let addr = format!("127.0.0.1:{}", free_port());
-            if let Some(r) = Self::start_at(&addr) {
-                return r;
-            }
-        }
-        panic!("redis-server did not start (is Debian's redis-server installed?)");
-    }
-
-    fn start_at(addr: &str) -> Option<Redis> {
-        let port = addr.rsplit(':').next().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let mut r = Redis {
-            addr: addr.to_string(),
-            child,
-        };
-        let up = eventually(Duration::from_secs(5), || r.command(&["PING"]).is_some());
-        if up {
-            Some(r)
-        } else {
-            r.stop();
-            None
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// One command over RESP: the bulk strings of the answer (flattened), None if Redis
-    /// does not answer.
-    fn command(&self, args: &[&str]) -> Option<Vec<Vec<u8>>> {
-        let mut conn = TcpStream::connect(&self.addr).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-        }
-        conn.write_all(&req).ok()?;
-        let mut r = BufReader::new(conn);
-        let mut out = Vec::new();
-        read_value(&mut r, &mut out)?;
-        Some(out)
-    }
-
-    /// Every key under the gateways' prefix, with its value (a hash's fields and values
-    /// one after another).
-    fn dump(&self) -> Vec<(String, Vec<u8>)> {
-        let keys = self.command(&["KEYS", "cardgate:*"]).unwrap();
-        keys.into_iter()
-            .map(|k| String::from_utf8(k).unwrap())
-            .map(|k| {
-                let kind = self.command(&["TYPE", &k]).unwrap().concat();
-                let read = if kind == b"hash" { "HGETALL" } else { "GET" };
-                let v = self.command(&[read, &k]).unwrap().concat();
-                (k, v)
-            })
-            .collect()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn read_value(r: &mut impl BufRead, out: &mut Vec<Vec<u8>>) -> Option<()> {
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let (kind, rest) = line.trim_end().split_at(1);
-    match kind {
-        "+" | ":" => out.push(rest.as_bytes().to_vec()),
-        "-" => return None,
-        "$" => {
-            let n: i64 = rest.parse().ok()?;
-            if n >= 0 {
-                let mut buf = vec![0u8; usize::try_from(n).ok()? + 2];
-                std::io::Read::read_exact(r, &mut buf).ok()?;
-                buf.truncate(buf.len() - 2);
-                out.push(buf);
-            }
-        }
-        "*" => {
-            let n: i64 = rest.parse().ok()?;
-            for _ in 0..n.max(0) {
-                read_value(r, out)?;
-            }
-        }
-        _ => return None,
-    }
-    Some(())
-}
 
 fn replica(mock: &Mock, redis: &Redis) -> Gateway {
     replica_with(mock, redis, true, &[], &[])
@@ -153,12 +35,13 @@ fn replica_with(
     env: &[(&str, &str)],
 ) -> Gateway {
     let shared = format!(
-        "url = \"redis://{}/0\"\ncards = {cards}\nencryption_key_env = \"{}\"\ntimeout = \"200ms\"",
-        redis.addr, KEY_ENV.0
+        "{}\ncards = {cards}\nencryption_key_env = \"{}\"\ntimeout = \"200ms\"",
+        redis.toml, KEY_ENV.0
     );
     let mut sections = vec![("shared", shared.as_str()), ("upstream", "timeout = \"3s\"")];
     sections.extend_from_slice(extra);
     let mut envs = vec![KEY_ENV];
+    envs.extend(redis.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     envs.extend_from_slice(env);
     let gw = Gateway::start_with_env(&mock.url(), &sections, &envs);
     let connected = eventually(Duration::from_secs(10), || {
@@ -170,11 +53,14 @@ fn replica_with(
 
 #[test]
 fn a_login_storm_over_three_replicas_makes_one_crm_call() {
+    login_storm(&Redis::start());
+}
+
+fn login_storm(redis: &Redis) {
     let mock = Mock::start();
-    let redis = Redis::start();
     let short = [("cache", "ttl = \"1s\"")];
     let replicas: Vec<Gateway> = (0..3)
-        .map(|_| replica_with(&mock, &redis, true, &short, &[]))
+        .map(|_| replica_with(&mock, redis, true, &short, &[]))
         .collect();
     // The mock answers `lag` tokens after 500 ms: every request arrives while the first waits.
     let t = token("lag-storm");
@@ -237,10 +123,13 @@ fn a_login_storm_over_three_replicas_makes_one_crm_call() {
 
 #[test]
 fn a_card_is_shared_a_purge_reaches_every_replica_and_redis_holds_nothing_in_clear() {
+    shared_card_and_purge(&Redis::start());
+}
+
+fn shared_card_and_purge(redis: &Redis) {
     let mock = Mock::start();
-    let redis = Redis::start();
-    let a = replica(&mock, &redis);
-    let b = replica(&mock, &redis);
+    let a = replica(&mock, redis);
+    let b = replica(&mock, redis);
     let t = token("shared");
     assert_eq!(a.get_card(&t).status, 200);
     let r = b.get_card(&t);
@@ -285,15 +174,15 @@ fn a_card_is_shared_a_purge_reaches_every_replica_and_redis_holds_nothing_in_cle
             .filter(|k| k.contains(":card:"))
             .collect()
     };
-    let before = cards(&redis);
+    let before = cards(redis);
     let bent = token("bent");
     assert_eq!(a.get_card(&bent).status, 200);
-    let key = cards(&redis)
+    let key = cards(redis)
         .into_iter()
         .find(|k| !before.contains(k))
         .expect("its key");
     redis.command(&["HSET", &key, "v", "not a sealed value"]).unwrap();
-    let c = replica(&mock, &redis);
+    let c = replica(&mock, redis);
     let r = c.get_card(&bent);
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), cardgate::testkit::mock::card(bent.as_bytes()));
@@ -308,7 +197,7 @@ fn a_card_is_shared_a_purge_reaches_every_replica_and_redis_holds_nothing_in_cle
         "B holds its own copy"
     );
     assert_eq!(a.admin("POST", "/cache/clear", &[]).status, 200);
-    assert!(cards(&redis).is_empty(), "{:?}", cards(&redis));
+    assert!(cards(redis).is_empty(), "{:?}", cards(redis));
     let dropped = eventually(Duration::from_secs(3), || {
         b.get_card(&t).header("x-cache") == Some("MISS")
     });
@@ -319,7 +208,7 @@ fn a_card_is_shared_a_purge_reaches_every_replica_and_redis_holds_nothing_in_cle
 fn without_redis_every_request_is_answered_and_it_is_shared_again_when_back() {
     let mock = Mock::start();
     let mut redis = Redis::start();
-    let addr = redis.addr.clone();
+    let addr = redis.addr().to_string();
     let a = replica(&mock, &redis);
     let b = replica(&mock, &redis);
 
@@ -366,12 +255,15 @@ fn searches(mock: &Mock) -> Vec<serde_json::Value> {
 
 #[test]
 fn the_guard_allows_exactly_its_limits_across_replicas_also_at_once() {
+    exact_guard(&Redis::start());
+}
+
+fn exact_guard(redis: &Redis) {
     let mock = Mock::start();
-    let redis = Redis::start();
     let limits = [("search", "max_attempts = 3\nmax_starts_per_hour = 4")];
     let replicas = [
-        replica_with(&mock, &redis, false, &limits, &[]),
-        replica_with(&mock, &redis, false, &limits, &[]),
+        replica_with(&mock, redis, false, &limits, &[]),
+        replica_with(&mock, redis, false, &limits, &[]),
     ];
     // First steps for one client, in several notations, over both replicas at once.
     let notations = ["+7 (999) 555-66-77", "8 999 555 66 77", "79995556677"];
@@ -432,12 +324,15 @@ fn the_guard_allows_exactly_its_limits_across_replicas_also_at_once() {
 
 #[test]
 fn a_gigma_search_and_its_session_continue_on_another_replica_and_end_everywhere() {
+    gigma_sessions(&Redis::start());
+}
+
+fn gigma_sessions(redis: &Redis) {
     let app = ("GIGMA_APP_TOKEN", "gigma-app-token-for-tests-5b1f");
     let mock = Mock::start_dialect("gigma", &[app]);
-    let redis = Redis::start();
     let gigma = [("upstream", "dialect = \"gigma\"")];
-    let a = replica_with(&mock, &redis, false, &gigma, &[app]);
-    let b = replica_with(&mock, &redis, false, &gigma, &[app]);
+    let a = replica_with(&mock, redis, false, &gigma, &[app]);
+    let b = replica_with(&mock, redis, false, &gigma, &[app]);
     let client = "+7 999 123-45-67";
 
     // Step 1 on A, step 2 on B.
@@ -473,7 +368,7 @@ fn a_gigma_search_and_its_session_continue_on_another_replica_and_end_everywhere
         "A dropped its copy and read the session back from Redis"
     );
     assert_eq!(b.get_card(&token).json(), card.json());
-    let c = replica_with(&mock, &redis, false, &gigma, &[app]);
+    let c = replica_with(&mock, redis, false, &gigma, &[app]);
     assert_eq!(c.get_card(&token).json(), card.json());
 
     // A purge on A ends it everywhere at once.
@@ -491,5 +386,55 @@ fn a_gigma_search_and_its_session_continue_on_another_replica_and_end_everywhere
                 "{key}"
             );
         }
+    }
+}
+
+/// The card keys in `redis`.
+fn card_keys(redis: &Redis) -> Vec<String> {
+    redis
+        .dump()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.contains(":card:"))
+        .collect()
+}
+
+#[test]
+fn on_a_cluster_the_shared_behaviours_hold_and_a_moved_slot_is_followed() {
+    let cluster = Redis::cluster();
+    login_storm(&cluster);
+    shared_card_and_purge(&cluster);
+    exact_guard(&cluster);
+    gigma_sessions(&cluster);
+
+    // A card's slot moves to another master after both replicas knew the slot map: B is
+    // answered `MOVED` and follows it, and A's next write lands on the new owner.
+    let mock = Mock::start();
+    let a = replica(&mock, &cluster);
+    let b = replica(&mock, &cluster);
+    let before = card_keys(&cluster);
+    let t = token("moved");
+    assert_eq!(a.get_card(&t).status, 200);
+    let key = card_keys(&cluster)
+        .into_iter()
+        .find(|k| !before.contains(k))
+        .expect("its key");
+    let (from, to) = cluster.move_slot_of(&key);
+    assert_ne!(from, to);
+    let r = b.get_card(&t);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-cache"), Some("MISS"), "B had no copy of its own");
+    assert_eq!(mock.calls_for(&t).len(), 1, "B read it from its new node");
+    assert_eq!(b.metric("cardgate_shared_cards_total{result=\"hit\"}"), 1.0);
+    assert_eq!(a.admin("POST", "/cache/purge", &[("token", &t)]).status, 200);
+    assert!(!card_keys(&cluster).contains(&key), "purged on its new node");
+    for gw in [&a, &b] {
+        let errors: f64 = gw
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("cardgate_shared_errors_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(errors, 0.0, "every command reached its slot");
     }
 }

@@ -20,8 +20,7 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::shared::{InRedis, Shared};
-use stored::SharedRecord;
+use crate::shared::{InRedis, Record, Shared};
 
 mod stored;
 mod table;
@@ -103,9 +102,8 @@ pub struct CardCache {
     stores: Box<[AtomicU32; STORE_SLOTS]>,
     /// The lifetimes of new entries (changed in place by a reload).
     ttls: ArcSwap<Ttls>,
-    /// The second level in Redis, and how long a replica's lock on a miss may last
-    /// (`upstream.timeout`).
-    l2: Option<(Arc<Shared>, Duration)>,
+    /// The second level in Redis.
+    l2: Option<Arc<Shared>>,
 }
 
 /// How long new entries live: `cache.ttl`, `negative_ttl`, `stale_if_error`.
@@ -141,10 +139,9 @@ impl CardCache {
         }
     }
 
-    /// Read and write cards through `shared` as well (`shared.cards`); a miss holds the
-    /// replicas' lock at most `hold`.
-    pub fn with_shared(mut self, shared: Arc<Shared>, hold: Duration) -> Self {
-        self.l2 = Some((shared, hold));
+    /// Read and write cards through `shared` as well (`shared.cards`).
+    pub fn with_shared(mut self, shared: Arc<Shared>) -> Self {
+        self.l2 = Some(shared);
         self
     }
 
@@ -261,10 +258,10 @@ impl CardCache {
         // same card, or one as old; its result goes to Redis all the same.
         let refreshing = existing.as_ref().is_some_and(|e| e.is_fresh(Instant::now()));
         let mut lock = None;
-        if let Some((l2, hold)) = self.l2.as_ref().filter(|_| !refreshing) {
+        if let Some(l2) = self.l2.as_ref().filter(|_| !refreshing) {
             // Boxed, as are the other Redis calls: inline, they would make every lookup's
             // future (and so every request's) larger than the allocator's fast sizes.
-            match Box::pin(l2.card_lookup(&key, *hold)).await {
+            match Box::pin(l2.card_lookup(&key)).await {
                 Some(InRedis::Found(record)) => {
                     if let Some(found) = self.adopt_from_l2(key, record) {
                         return Ok((found, false));
@@ -272,8 +269,7 @@ impl CardCache {
                 }
                 Some(InRedis::Lead(token)) => lock = Some(token),
                 Some(InRedis::Follow) => {
-                    let until = Instant::now().checked_add(*hold).unwrap_or_else(Instant::now);
-                    let waited = Box::pin(l2.card_wait(&key, until.into_std())).await;
+                    let waited = Box::pin(l2.card_wait(&key)).await;
                     if let Some(found) = self.adopt_from_l2(key, waited) {
                         return Ok((found, false));
                     }
@@ -282,25 +278,20 @@ impl CardCache {
             }
         }
         let (outcome, kept) = self.fetch_and_keep(key, existing, fetch).await;
-        if let Some((l2, _)) = &self.l2 {
+        if let Some(l2) = &self.l2 {
             let record = match &outcome {
                 Ok((stored, false)) if kept => Some(stored.to_shared(Instant::now())),
                 _ => None,
             };
-            Box::pin(l2.card_put(
-                &key,
-                record.as_ref().map(SharedRecord::as_record),
-                lock.as_deref(),
-            ))
-            .await;
+            Box::pin(l2.card_put(&key, record.as_ref(), lock.as_deref())).await;
         }
         outcome
     }
 
     /// A fresh card from Redis, now also in this replica's cache.
-    fn adopt_from_l2(&self, key: CacheKey, record: Option<Vec<u8>>) -> Option<Stored> {
+    fn adopt_from_l2(&self, key: CacheKey, record: Option<Record<Vec<u8>>>) -> Option<Stored> {
         let now = Instant::now();
-        let stored = Stored::from_shared(&record?, now)?;
+        let stored = Stored::from_shared(&record?, now);
         if !stored.is_fresh(now) {
             return None;
         }
@@ -410,17 +401,16 @@ impl CardCache {
         let now = Instant::now();
         let stored = Stored::new(200, &body, false, now, ttl, Duration::ZERO, Duration::ZERO);
         self.store(key, stored.clone());
-        if let Some((l2, _)) = &self.l2 {
+        if let Some(l2) = &self.l2 {
             // Every replica answers the session; one that remembered "no session" forgets it.
-            l2.card_put(&key, Some(stored.to_shared(now).as_record()), None)
-                .await;
+            l2.card_put(&key, Some(&stored.to_shared(now)), None).await;
             l2.announce(&key).await;
         }
     }
 
     /// The Redis this cache's second level is in, if it has one.
     pub fn shared(&self) -> Option<&Arc<Shared>> {
-        self.l2.as_ref().map(|(s, _)| s)
+        self.l2.as_ref()
     }
 
     /// Drop one entry; true if it was there.

@@ -12,6 +12,8 @@ use tokio::time::Instant;
 
 use triomphe::ThinArc;
 
+use crate::shared::Record;
+
 use super::STALE_RETRY_INTERVAL;
 
 /// Bytes of an entry's allocation before its body: the reference count, [`Meta`] and the
@@ -47,35 +49,6 @@ struct Meta {
 }
 
 const NEVER: u32 = u32::MAX;
-
-/// An entry as [`Stored::to_shared`] gives it: the bytes, how long they are fresh and how
-/// long they are worth keeping.
-pub struct SharedRecord {
-    pub bytes: Vec<u8>,
-    pub fresh: Duration,
-    pub keep: Duration,
-}
-
-impl SharedRecord {
-    pub fn as_record(&self) -> crate::shared::Record<'_> {
-        crate::shared::Record {
-            bytes: &self.bytes,
-            fresh: self.fresh,
-            keep: self.keep,
-        }
-    }
-}
-
-/// The shared record's version byte and head length (see [`Stored::to_shared`]).
-const SHARED_VERSION: u8 = 1;
-const SHARED_HEAD: usize = 20;
-
-/// Wall-clock milliseconds: replicas agree on these, not on their process clocks.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// The process clock's origin: entries keep times as milliseconds after it.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -119,66 +92,23 @@ impl Stored {
         Stored(ThinArc::from_header_and_slice(meta, body))
     }
 
-    /// The entry as replicas exchange it (see [`crate::shared`]): version, status,
-    /// negative, the end of freshness in Unix milliseconds, the stale window, the lead,
-    /// then the body; and how long it is worth keeping from `now`.
-    pub(super) fn to_shared(&self, now: Instant) -> SharedRecord {
+    /// The entry as replicas exchange it ([`crate::shared::Record`]), its times counted
+    /// from `now`.
+    pub(super) fn to_shared(&self, now: Instant) -> Record<&[u8]> {
         let m = self.meta();
-        let left = m.fresh_until.saturating_sub(clock_ms(now));
-        let fresh_until_unix = unix_ms().saturating_add(left);
-        let mut out = Vec::with_capacity(self.body().len().saturating_add(SHARED_HEAD));
-        out.push(SHARED_VERSION);
-        out.extend_from_slice(&m.status.to_le_bytes());
-        out.push(u8::from(m.negative));
-        out.extend_from_slice(&fresh_until_unix.to_le_bytes());
-        out.extend_from_slice(&m.stale_for.to_le_bytes());
-        out.extend_from_slice(&m.refresh_lead.to_le_bytes());
-        out.extend_from_slice(self.body());
-        let keep = left.saturating_add(u64::from(m.stale_for));
-        SharedRecord {
-            bytes: out,
-            fresh: Duration::from_millis(left),
-            keep: Duration::from_millis(keep),
+        Record {
+            status: m.status,
+            negative: m.negative,
+            fresh: Duration::from_millis(m.fresh_until.saturating_sub(clock_ms(now))),
+            stale: Duration::from_millis(u64::from(m.stale_for)),
+            lead: Duration::from_millis(u64::from(m.refresh_lead)),
+            body: self.body(),
         }
     }
 
-    /// An entry another replica stored, as this one keeps it; None if it is malformed or
-    /// entirely past its stale window.
-    pub(super) fn from_shared(bytes: &[u8], now: Instant) -> Option<Self> {
-        let (head, body) = (bytes.get(..SHARED_HEAD)?, bytes.get(SHARED_HEAD..)?);
-        if head.first() != Some(&SHARED_VERSION) {
-            return None;
-        }
-        let u16_at = |i: usize| {
-            Some(u16::from_le_bytes(
-                head.get(i..i.checked_add(2)?)?.try_into().ok()?,
-            ))
-        };
-        let u32_at = |i: usize| {
-            Some(u32::from_le_bytes(
-                head.get(i..i.checked_add(4)?)?.try_into().ok()?,
-            ))
-        };
-        let u64_at = |i: usize| {
-            Some(u64::from_le_bytes(
-                head.get(i..i.checked_add(8)?)?.try_into().ok()?,
-            ))
-        };
-        let status = u16_at(1)?;
-        let negative = *head.get(3)? != 0;
-        let fresh_until_unix = u64_at(4)?;
-        let stale_for = u32_at(12)?;
-        let lead = u32_at(16)?;
-        let unix = unix_ms();
-        let fresh = Duration::from_millis(fresh_until_unix.saturating_sub(unix));
-        // Part of the stale window may be gone already.
-        let past = unix.saturating_sub(fresh_until_unix);
-        let stale = Duration::from_millis(u64::from(stale_for).checked_sub(past)?);
-        if fresh.is_zero() && stale.is_zero() {
-            return None;
-        }
-        let lead = Duration::from_millis(u64::from(lead));
-        Some(Self::new(status, body, negative, now, fresh, stale, lead))
+    /// An entry another replica stored, as this one keeps it from `now`.
+    pub(super) fn from_shared(r: &Record<Vec<u8>>, now: Instant) -> Self {
+        Self::new(r.status, &r.body, r.negative, now, r.fresh, r.stale, r.lead)
     }
 
     /// Still fresh, within its refresh-ahead lead of the end of freshness, and no refresh

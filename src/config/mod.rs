@@ -29,7 +29,7 @@ pub use limits::LimitsSection;
 pub use log::{CorrelationSection, LogLevel, LogSection};
 pub use search::SearchSection;
 pub use server::{AdminSection, ServerSection};
-pub use shared::SharedSection;
+pub use shared::{SharedMode, SharedSection};
 pub use tls::TlsSection;
 pub use units::millis;
 #[cfg(test)]

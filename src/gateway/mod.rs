@@ -83,23 +83,19 @@ impl Gateway {
                     .map_err(|_| ConfigError(format!("cache.hash_key_env: {var} is not set")))?
                     .as_bytes(),
             ),
-            // Replicas must agree on the keys they share: derived from the shared secret
-            // (validated: with `[shared]`, one of the two secrets is set).
-            (None, Some(section)) => {
-                TokenHasher::from_secret(&blake3::derive_key("cardgate cache keys v1", &section.secret()?))
-            }
+            // Replicas must agree on the keys they share (validated: with `[shared]`, one
+            // of the two secrets is set).
+            (None, Some(section)) => crate::shared::hasher(section)?,
             (None, None) => TokenHasher::random(),
         };
         let shared = match &cfg.shared {
-            Some(section) => Some(Shared::new(section, hasher.clone(), &metrics)?),
+            Some(section) => Some(Shared::new(section, &cfg.upstream, hasher.clone(), &metrics)?),
             None => None,
         };
         // gigma's cards are its sessions: they live in Redis whenever it is there.
         let gigma = cfg.upstream.dialect == crate::config::DialectKind::Gigma;
         if let Some(shared) = shared.as_ref().filter(|s| s.cards || gigma) {
-            // The lock outlives the leader's call: its wait for a slot, then its whole budget.
-            let hold = cfg.upstream.queue_timeout.saturating_add(cfg.upstream.timeout);
-            cache = cache.with_shared(shared.clone(), hold);
+            cache = cache.with_shared(shared.clone());
         }
         let mut guard = SearchGuard::new(&cfg.search);
         if let Some(shared) = &shared {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
-use super::{Query, Shared};
+use super::{Query, Record, Shared};
 use crate::keys::CacheKey;
 
 /// How often a replica that waits for another one's result looks.
@@ -65,7 +65,7 @@ return 0
 /// What Redis holds for a card an L1 missed.
 pub enum InRedis {
     /// Another replica's fresh record, opened (None: it did not open, a miss).
-    Found(Option<Vec<u8>>),
+    Found(Option<Record<Vec<u8>>>),
     /// None fresh, and this replica now holds the lock (its value): it calls the CRM and
     /// puts the result.
     Lead(String),
@@ -73,40 +73,33 @@ pub enum InRedis {
     Follow,
 }
 
-/// A record to keep: the bytes, how long they are fresh, how long they are kept.
-pub struct Record<'a> {
-    pub bytes: &'a [u8],
-    pub fresh: Duration,
-    pub keep: Duration,
-}
-
 impl Shared {
     /// Look `id` up, taking its lock if there is no fresh card: None if Redis cannot say.
-    pub async fn card_lookup(&self, id: &CacheKey, hold: Duration) -> Option<InRedis> {
+    pub async fn card_lookup(&self, id: &CacheKey) -> Option<InRedis> {
         let key = self.key("card", id);
-        let mut token = [0u8; 16];
-        getrandom::getrandom(&mut token).ok()?;
-        let token = crate::keys::hex(&token);
+        let token = self.lock_value();
         let mut eval = LOOKUP.prepare_invoke();
         eval.key(&key)
             .key(self.key("lock", id))
             .arg(&token)
-            .arg(super::ms(hold));
+            .arg(super::ms(self.hold));
         let (what, sealed): (u8, Option<Vec<u8>>) = self.query("card_get", Query::Script(&eval)).await?;
         let lookup = match (what, sealed) {
-            (1, Some(sealed)) => InRedis::Found(self.open(&key, &sealed)),
+            (1, Some(sealed)) => InRedis::Found(self.open(&key, sealed).and_then(Record::decode)),
             (2, _) => InRedis::Lead(token),
             _ => InRedis::Follow,
         };
         let hit = matches!(lookup, InRedis::Found(Some(_)));
-        self.stats
-            .l2
-            .with_label_values(&[if hit { "hit" } else { "miss" }])
-            .inc();
+        if hit {
+            &self.stats.l2_hit
+        } else {
+            &self.stats.l2_miss
+        }
+        .inc();
         Some(lookup)
     }
 
-    pub(super) fn open(&self, key: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(super) fn open(&self, key: &str, sealed: Vec<u8>) -> Option<Vec<u8>> {
         let plain = self.seal.open(key.as_bytes(), sealed);
         if plain.is_none() {
             self.stats.undecryptable.inc();
@@ -116,16 +109,17 @@ impl Shared {
 
     /// Keep `record` (if any), and drop the lock on `id` if it still holds `lock`: one
     /// round trip.
-    pub async fn card_put(&self, id: &CacheKey, record: Option<Record<'_>>, lock: Option<&str>) {
+    pub async fn card_put(&self, id: &CacheKey, record: Option<&Record<&[u8]>>, lock: Option<&str>) {
         let key = self.key("card", id);
-        let sealed = match &record {
-            Some(r) if !r.keep.is_zero() => self.seal.seal(key.as_bytes(), r.bytes),
-            _ => None,
-        };
+        let record = record.filter(|r| !r.keep().is_zero());
+        let sealed = record.and_then(|r| {
+            self.seal
+                .seal_with(key.as_bytes(), r.len(), |out| r.encode_into(out))
+        });
         if sealed.is_none() && lock.is_none() {
             return;
         }
-        let (fresh, keep) = record.map_or((0, 0), |r| (super::ms(r.fresh), super::ms(r.keep)));
+        let (fresh, keep) = record.map_or((0, 0), |r| (super::ms(r.fresh), super::ms(r.keep())));
         let mut eval = PUT.prepare_invoke();
         eval.key(&key)
             .key(self.key("lock", id))
@@ -137,9 +131,10 @@ impl Shared {
     }
 
     /// Wait until the replica holding the lock on `id` stored a fresh card (Some), or the
-    /// lock went without one, or `until` (None: call the CRM yourself).
-    pub async fn card_wait(&self, id: &CacheKey, until: Instant) -> Option<Vec<u8>> {
+    /// lock went without one, or as long as a lock is held (None: call the CRM yourself).
+    pub async fn card_wait(&self, id: &CacheKey) -> Option<Record<Vec<u8>>> {
         self.stats.lock_waits.inc();
+        let until = Instant::now().checked_add(self.hold)?;
         let (card, lock) = (self.key("card", id), self.key("lock", id));
         let mut eval = POLL_CARD.prepare_invoke();
         eval.key(&card).key(&lock);
@@ -148,9 +143,9 @@ impl Shared {
             let (what, sealed): (u8, Option<Vec<u8>>) = self.query("card_get", Query::Script(&eval)).await?;
             match (what, sealed) {
                 (1, Some(sealed)) => {
-                    let opened = self.open(&card, &sealed);
+                    let opened = self.open(&card, sealed).and_then(Record::decode);
                     if opened.is_some() {
-                        self.stats.l2.with_label_values(&["waited"]).inc();
+                        self.stats.l2_waited.inc();
                     }
                     return opened;
                 }

@@ -1,62 +1,52 @@
 //! State that several replicas share through Redis (or Valkey): `[shared]`.
 //!
-//! [`Shared`] is the client: `redis` connection managers (they reconnect by themselves), one
-//! per worker thread made on its first request there, whose driver task runs on that
-//! thread's runtime, so a round trip wakes no other thread (measured: a second-level miss
-//! cost 80 µs of CPU through one connection on the background runtime); every
-//! command bounded by `shared.timeout`, every failure counted in
-//! `cardgate_shared_errors_total{op}` and logged at most once per 10 s; a request that meets
-//! one goes on without Redis (a card from this replica's cache or the CRM). [`Watch`], a
-//! background service, connects (also when Redis was down at start), pings once a second
-//! for `cardgate_shared_up`, and listens on the invalidation channel: a purge or clear on
-//! any replica drops the copies in every replica's own cache. Keys are
-//! `<key_prefix><kind>:<hex of the keyed token hash>`, never a token; values are sealed
-//! ([`seal`]). [`cards`] is the second-level card cache; [`search`] the guard's counters
-//! and gigma's open steps.
+//! [`Shared`] is the client: one connection per worker thread made on its first request
+//! there, whose driver task runs on that thread's runtime, so a round trip wakes no other
+//! thread (measured: a second-level miss cost 80 µs of CPU through one connection on the
+//! background runtime). [`endpoint`] makes them: to one server, to the master the Sentinels
+//! name, or to a Redis Cluster. Every command is bounded by `shared.timeout`, every failure
+//! counted in `cardgate_shared_errors_total{op}` and logged at most once per 10 s; a request
+//! that meets one goes on without Redis (a card from this replica's cache or the CRM).
+//! [`Watch`], a background service, keeps the connections and the invalidation channel
+//! ([`invalidate`]). Keys are `<key_prefix><kind>:{<hex of the keyed token hash>}`, never a
+//! token, the hex a cluster hash tag; values are sealed ([`seal`]). [`cards`] is the
+//! second-level card cache; [`search`] the guard's counters and gigma's open steps.
 
 pub mod cards;
-pub use cards::{InRedis, Record};
+pub use cards::InRedis;
+pub use record::Record;
 pub use search::Counter;
+mod endpoint;
+mod invalidate;
+mod record;
 mod seal;
 pub mod search;
+mod stats;
+mod watch;
+pub use watch::Watch;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use async_trait::async_trait;
-use futures_util::StreamExt;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::config::{ConfigError, SharedSection};
+use crate::config::{ConfigError, SharedSection, UpstreamSection};
 use crate::keys::{CacheKey, TokenHasher};
 use crate::logs;
 use crate::metrics::Metrics;
+use endpoint::{Conn, Endpoint};
 pub use seal::Seal;
-
-/// The `op` label values of `cardgate_shared_errors_total`.
-pub const OPS: [&str; 7] = [
-    "connect",
-    "card_get",
-    "card_put",
-    "invalidate",
-    "subscribe",
-    "guard",
-    "steps",
-];
+use stats::Stats;
 
 pub struct Shared {
-    client: redis::Client,
+    endpoint: Endpoint,
     /// The background service's connection: used by a thread until it has its own.
-    conn: ArcSwapOption<ConnectionManager>,
+    conn: ArcSwapOption<Conn>,
     /// Every worker thread's own connection, and the threads whose connection is being made.
-    locals: ArcSwap<HashMap<ThreadId, ConnectionManager>>,
+    locals: ArcSwap<HashMap<ThreadId, Conn>>,
     connecting: Mutex<HashSet<ThreadId>>,
     me: Weak<Shared>,
     prefix: String,
@@ -66,106 +56,38 @@ pub struct Shared {
     hasher: TokenHasher,
     /// The second-level card cache is on.
     pub cards: bool,
+    /// The longest a replica holds the lock on a card it calls the CRM for.
+    hold: Duration,
+    /// This process's lock values: a random prefix, then a count.
+    lock_prefix: u64,
+    locks: AtomicU64,
     stats: Stats,
     last_warning: Mutex<Option<Instant>>,
-}
-
-struct Stats {
-    up: IntGauge,
-    errors: IntCounterVec,
-    seconds: Histogram,
-    l2: IntCounterVec,
-    lock_waits: IntCounter,
-    invalidations: IntCounter,
-    undecryptable: IntCounter,
-}
-
-impl Stats {
-    // Built once from constant names and help texts: registering cannot fail.
-    #[allow(clippy::expect_used)]
-    fn new(metrics: &Metrics) -> Self {
-        let up = IntGauge::new("cardgate_shared_up", "1 while Redis answers this replica").expect("metric");
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "cardgate_shared_errors_total",
-                "Redis commands that failed or timed out; the request went on without Redis",
-            ),
-            &["op"],
-        )
-        .expect("metric");
-        let seconds = Histogram::with_opts(
-            HistogramOpts::new("cardgate_shared_command_duration_seconds", "Redis round trips")
-                .buckets(vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1]),
-        )
-        .expect("metric");
-        let l2 = IntCounterVec::new(
-            Opts::new(
-                "cardgate_shared_cards_total",
-                "Second-level (Redis) card lookups by result",
-            ),
-            &["result"],
-        )
-        .expect("metric");
-        let lock_waits = IntCounter::new(
-            "cardgate_shared_lock_waits_total",
-            "Misses that waited for another replica's CRM call instead of making their own",
-        )
-        .expect("metric");
-        let invalidations = IntCounter::new(
-            "cardgate_shared_invalidations_total",
-            "Purges and clears received from the invalidation channel",
-        )
-        .expect("metric");
-        let undecryptable = IntCounter::new(
-            "cardgate_shared_undecryptable_total",
-            "Values in Redis that did not open with this secret (treated as misses)",
-        )
-        .expect("metric");
-        for op in OPS {
-            errors.with_label_values(&[op]);
-        }
-        for r in ["hit", "miss", "waited"] {
-            l2.with_label_values(&[r]);
-        }
-        for c in [
-            Box::new(up.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(errors.clone()),
-            Box::new(seconds.clone()),
-            Box::new(l2.clone()),
-            Box::new(lock_waits.clone()),
-            Box::new(invalidations.clone()),
-            Box::new(undecryptable.clone()),
-        ] {
-            metrics.register(c);
-        }
-        Stats {
-            up,
-            errors,
-            seconds,
-            l2,
-            lock_waits,
-            invalidations,
-            undecryptable,
-        }
-    }
+    /// How many times the connections were dropped for another master (Sentinel): a
+    /// connection made for an earlier one is not kept.
+    switched: tokio::sync::watch::Sender<u64>,
+    /// Set (and `master_lost` notified) when a command met a replica: the Sentinels are
+    /// asked again at once.
+    lost: AtomicBool,
+    master_lost: tokio::sync::Notify,
 }
 
 impl Shared {
-    /// `hasher`: the gateway's own keyed hash, which every replica shares (its secret is
-    /// required with `[shared]`).
+    /// `hasher`: the gateway's own keyed hash, which every replica shares ([`hasher`]);
+    /// `upstream`: the CRM calls a lock on a card waits for.
     pub fn new(
         cfg: &SharedSection,
+        upstream: &UpstreamSection,
         hasher: TokenHasher,
         metrics: &Metrics,
     ) -> Result<Arc<Self>, ConfigError> {
-        let client =
-            redis::Client::open(cfg.url.as_str()).map_err(|e| ConfigError(format!("shared.url: {e}")))?;
+        let endpoint = Endpoint::new(cfg)?;
         // Validated: without cards and gigma nothing sealed is stored, and the guard's
         // keys come from the gateway's own hasher.
         let secret = cfg.secret().ok();
         let seal = Seal::new(secret.as_deref().unwrap_or(&random_secret()));
         Ok(Arc::new_cyclic(|me| Shared {
-            client,
+            endpoint,
             conn: ArcSwapOption::empty(),
             locals: ArcSwap::default(),
             connecting: Mutex::new(HashSet::new()),
@@ -175,23 +97,35 @@ impl Shared {
             seal,
             hasher,
             cards: cfg.cards,
+            // The lock outlives the leader's call: its wait for a slot, then its budget.
+            hold: upstream.queue_timeout.saturating_add(upstream.timeout),
+            lock_prefix: u64::from_le_bytes(random_secret()[..8].try_into().unwrap_or_default()),
+            locks: AtomicU64::new(0),
             stats: Stats::new(metrics),
             last_warning: Mutex::new(None),
+            switched: tokio::sync::watch::Sender::new(0),
+            lost: AtomicBool::new(false),
+            master_lost: tokio::sync::Notify::new(),
         }))
     }
 
-    /// `<prefix><kind>:<hex>` of a keyed hash.
-    fn key(&self, kind: &str, id: &CacheKey) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + kind.len() + 65);
-        k.push_str(&self.prefix);
-        k.push_str(kind);
-        k.push(':');
-        crate::keys::push_hex(&mut k, id);
-        k
+    /// A lock value no other lock (of this replica or another) has: 32 hex digits.
+    fn lock_value(&self) -> String {
+        let n = self.locks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:016x}{n:016x}", self.lock_prefix)
     }
 
-    fn channel(&self) -> String {
-        format!("{}invalidate", self.prefix)
+    /// `<prefix><kind>:{<hex>}` of a keyed hash. The hex is the key's hash tag: every key
+    /// of one id (a card and its lock) is in one cluster slot, so that a script may use
+    /// them together.
+    fn key(&self, kind: &str, id: &CacheKey) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + kind.len() + 67);
+        k.push_str(&self.prefix);
+        k.push_str(kind);
+        k.push_str(":{");
+        crate::keys::push_hex(&mut k, id);
+        k.push('}');
+        k
     }
 
     /// Run one command (or pipeline) within `shared.timeout`; None (counted, logged) if
@@ -212,7 +146,7 @@ impl Shared {
 
     async fn query_on<T: redis::FromRedisValue>(
         &self,
-        mut conn: ConnectionManager,
+        mut conn: Conn,
         op: &'static str,
         cmd: Query<'_>,
     ) -> Option<T> {
@@ -223,6 +157,9 @@ impl Shared {
                 Query::Pipe(p) => p.query_async::<T>(&mut conn).await,
                 // EVALSHA; the script is loaded on a NOSCRIPT answer (a restarted Redis).
                 Query::Script(s) => s.invoke_async::<T>(&mut conn).await,
+                Query::OnNode(c, host, port) => invalidate::on_node(&mut conn, c, host, port)
+                    .await
+                    .and_then(|v| redis::from_redis_value(v).map_err(Into::into)),
             }
         };
         match tokio::time::timeout(self.timeout, sent).await {
@@ -231,6 +168,9 @@ impl Shared {
                 Some(v)
             }
             Ok(Err(e)) => {
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+                    self.master_gone();
+                }
                 self.failed(op, &e);
                 None
             }
@@ -243,7 +183,7 @@ impl Shared {
 
     /// This thread's own connection; if it has none yet, one is made in a task on this
     /// thread's runtime (at most one attempt per thread and second) and None is returned.
-    fn local_conn(&self) -> Option<ConnectionManager> {
+    fn local_conn(&self) -> Option<Conn> {
         let thread = std::thread::current().id();
         if let Some(conn) = self.locals.load().get(&thread) {
             return Some(conn.clone());
@@ -253,15 +193,18 @@ impl Shared {
         if !lock(&self.connecting).insert(thread) {
             return None;
         }
+        let generation = *self.switched.borrow();
         runtime.spawn(async move {
             match tokio::time::timeout(Duration::from_secs(2), me.connect()).await {
-                Ok(Ok(conn)) => {
+                // Not if it was made for a master the Sentinels no longer name.
+                Ok(Ok(conn)) if *me.switched.borrow() == generation => {
                     me.locals.rcu(|locals| {
                         let mut locals = HashMap::clone(locals);
                         locals.insert(thread, conn.clone());
                         locals
                     });
                 }
+                Ok(Ok(_)) => {}
                 // The background service counts and logs unavailability; retry in a second.
                 _ => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -270,12 +213,30 @@ impl Shared {
         None
     }
 
-    async fn connect(&self) -> redis::RedisResult<ConnectionManager> {
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.timeout))
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1);
-        ConnectionManager::new_with_config(self.client.clone(), config).await
+    async fn connect(&self) -> redis::RedisResult<Conn> {
+        self.endpoint.connect(self.timeout).await
+    }
+
+    /// The master in use may be gone (a command met a replica, a Sentinel announced a
+    /// switch): have the watch ask the Sentinels at once.
+    fn master_gone(&self) {
+        if self.endpoint.is_sentinel() {
+            self.lost.store(true, std::sync::atomic::Ordering::Release);
+            self.master_lost.notify_one();
+        }
+    }
+
+    /// Drop every connection, for the master the Sentinels named now; whether there was
+    /// one before.
+    fn switch(&self) -> bool {
+        self.conn.store(None);
+        self.locals.store(Arc::default());
+        let mut before = 0;
+        self.switched.send_modify(|g| {
+            before = *g;
+            *g = g.wrapping_add(1);
+        });
+        before > 0
     }
 
     fn failed(&self, op: &'static str, cause: &dyn std::fmt::Display) {
@@ -287,60 +248,6 @@ impl Shared {
             Duration::from_secs(10),
         );
     }
-
-    /// Drop one card everywhere: from Redis, and (through the channel) from every
-    /// replica's own cache.
-    pub async fn purge(&self, id: &CacheKey) {
-        let mut pipe = redis::pipe();
-        pipe.del(self.key("card", id))
-            .ignore()
-            .publish(self.channel(), crate::keys::hex(id))
-            .ignore();
-        let _: Option<()> = self.query("invalidate", Query::Pipe(&pipe)).await;
-    }
-
-    /// Have every replica drop its own copy of one card (a newer one is in Redis).
-    pub async fn announce(&self, id: &CacheKey) {
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(self.channel()).arg(crate::keys::hex(id));
-        let _: Option<()> = self.query("invalidate", Query::Cmd(&publish)).await;
-    }
-
-    /// Drop every replica's own copies; and every card in Redis unless `keep` (gigma's
-    /// cards are sessions: a clear must not log every user out).
-    pub async fn clear(&self, keep: bool) {
-        if !keep {
-            self.delete_cards().await;
-        }
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(self.channel()).arg("*");
-        let _: Option<()> = self.query("invalidate", Query::Cmd(&publish)).await;
-    }
-
-    async fn delete_cards(&self) {
-        let pattern = format!("{}card:*", self.prefix);
-        let mut cursor: u64 = 0;
-        // Bounded: at most 10 000 rounds of 1 000 keys.
-        for _ in 0..10_000 {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
-            let Some((next, keys)) = self
-                .query::<(u64, Vec<String>)>("invalidate", Query::Cmd(&scan))
-                .await
-            else {
-                break;
-            };
-            if !keys.is_empty() {
-                let mut del = redis::cmd("DEL");
-                del.arg(&keys);
-                let _: Option<()> = self.query("invalidate", Query::Cmd(&del)).await;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-    }
 }
 
 /// A command, a pipeline or a Lua script: one round trip each.
@@ -348,10 +255,21 @@ enum Query<'a> {
     Cmd(&'a redis::Cmd),
     Pipe(&'a redis::Pipeline),
     Script(&'a redis::ScriptInvocation<'a>),
+    /// A command for one node of a cluster (`host`, `port`).
+    OnNode(&'a redis::Cmd, &'a str, u16),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The keyed hash of the cache keys when `cache.hash_key_env` is not set: derived from the
+/// shared secret, so that every replica derives the same keys.
+pub fn hasher(cfg: &SharedSection) -> Result<TokenHasher, ConfigError> {
+    Ok(TokenHasher::from_secret(&blake3::derive_key(
+        "cardgate cache keys v1",
+        &cfg.secret()?,
+    )))
 }
 
 fn random_secret() -> [u8; 32] {
@@ -363,100 +281,4 @@ fn random_secret() -> [u8; 32] {
 /// A Redis PX or PEXPIRE argument: whole milliseconds, at least 1.
 fn ms(d: Duration) -> u64 {
     crate::config::millis(d).max(1)
-}
-
-/// What to drop from this replica's cache: one card, or all (None).
-pub type Invalidate = Box<dyn Fn(Option<CacheKey>) + Send + Sync>;
-
-/// The background service: connection, liveness, invalidations.
-pub struct Watch {
-    pub shared: Arc<Shared>,
-    pub invalidate: Invalidate,
-    /// Set once connected the first time (for the log line).
-    pub connected_once: AtomicBool,
-}
-
-impl Watch {
-    async fn keep_connected(&self) {
-        let shared = &self.shared;
-        loop {
-            if shared.conn.load().is_none() {
-                let made = tokio::time::timeout(Duration::from_secs(2), shared.connect()).await;
-                match made {
-                    Ok(Ok(conn)) => {
-                        shared.conn.store(Some(Arc::new(conn)));
-                        if !self.connected_once.swap(true, Ordering::Relaxed) {
-                            logs::event_with(
-                                crate::config::LogLevel::Info,
-                                "connected to Redis",
-                                serde_json::json!({}),
-                            );
-                        }
-                    }
-                    Ok(Err(e)) => shared.failed("connect", &e),
-                    Err(_) => shared.failed("connect", &"timed out"),
-                }
-            }
-            // Up when every connection answers: a ping also has a thread's connection
-            // notice a restarted Redis before its next request does.
-            let ping = redis::cmd("PING");
-            let mut up = match shared.conn.load_full() {
-                Some(conn) => {
-                    let pong = shared.query_on::<String>((*conn).clone(), "connect", Query::Cmd(&ping));
-                    pong.await.is_some()
-                }
-                None => false,
-            };
-            for conn in shared.locals.load().values() {
-                let pong = shared.query_on::<String>(conn.clone(), "connect", Query::Cmd(&ping));
-                up &= pong.await.is_some();
-            }
-            shared.stats.up.set(i64::from(up));
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    async fn listen(&self) {
-        let shared = &self.shared;
-        let mut first_try = true;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(2), shared.client.get_async_pubsub()).await {
-                Ok(Ok(mut pubsub)) => {
-                    if pubsub.subscribe(shared.channel()).await.is_ok() {
-                        // Copies kept while the channel was down may have missed a purge:
-                        // drop them all (not when it was up from the start: none was missed).
-                        if !first_try {
-                            (self.invalidate)(None);
-                        }
-                        let mut messages = pubsub.on_message();
-                        while let Some(msg) = messages.next().await {
-                            let payload: Vec<u8> = msg.get_payload().unwrap_or_default();
-                            shared.stats.invalidations.inc();
-                            if payload == b"*" {
-                                (self.invalidate)(None);
-                            } else if let Some(key) = crate::keys::key_from_hex(&payload) {
-                                (self.invalidate)(Some(key));
-                            }
-                        }
-                    }
-                    shared.failed("subscribe", &"the invalidation channel closed");
-                }
-                Ok(Err(e)) => shared.failed("subscribe", &e),
-                Err(_) => shared.failed("subscribe", &"timed out"),
-            }
-            first_try = false;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Watch {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            () = self.keep_connected() => {}
-            () = self.listen() => {}
-        }
-    }
 }

@@ -3,10 +3,11 @@
 //! `shared.encryption_key_env`, a random 24-byte nonce per value, and the Redis key as
 //! associated data, so that a value moved to another key does not open.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 
 const NONCE: usize = 24;
+const TAG: usize = 16;
 
 pub struct Seal(XChaCha20Poly1305);
 
@@ -18,25 +19,37 @@ impl Seal {
 
     /// `nonce ‖ ciphertext ‖ tag` of `plain`, bound to `key`.
     pub fn seal(&self, key: &[u8], plain: &[u8]) -> Option<Vec<u8>> {
+        self.seal_with(key, plain.len(), |out| out.extend_from_slice(plain))
+    }
+
+    /// [`Self::seal`] of the `len` bytes `write` appends, encrypted where they are written:
+    /// one allocation.
+    pub fn seal_with(&self, key: &[u8], len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE];
         getrandom::getrandom(&mut nonce).ok()?;
-        let sealed = self
-            .0
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad: key })
-            .ok()?;
-        let mut out = Vec::with_capacity(NONCE.saturating_add(sealed.len()));
+        let mut out = Vec::with_capacity(NONCE.saturating_add(len).saturating_add(TAG));
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        write(&mut out);
+        let tag = self
+            .0
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), key, out.get_mut(NONCE..)?)
+            .ok()?;
+        out.extend_from_slice(&tag);
         Some(out)
     }
 
-    /// The plain value, if `sealed` was sealed for `key` with this secret.
-    pub fn open(&self, key: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        let nonce = sealed.get(..NONCE)?;
-        let body = sealed.get(NONCE..)?;
+    /// The plain value, if `sealed` was sealed for `key` with this secret (opened where it
+    /// is).
+    pub fn open(&self, key: &[u8], mut sealed: Vec<u8>) -> Option<Vec<u8>> {
+        let body_end = sealed.len().checked_sub(TAG).filter(|end| *end >= NONCE)?;
+        let tag = Tag::clone_from_slice(sealed.get(body_end..)?);
+        let (nonce, body) = sealed.get_mut(..body_end)?.split_at_mut(NONCE);
         self.0
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad: key })
-            .ok()
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), key, body, &tag)
+            .ok()?;
+        sealed.truncate(body_end);
+        sealed.drain(..NONCE);
+        Some(sealed)
     }
 }
 
@@ -49,17 +62,18 @@ mod tests {
         let seal = Seal::new(&[7u8; 32]);
         let sealed = seal.seal(b"k1", b"Ivanov").unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"Ivanov"));
-        assert_eq!(seal.open(b"k1", &sealed).unwrap(), b"Ivanov");
-        assert!(seal.open(b"k2", &sealed).is_none(), "moved to another key");
+        assert_eq!(seal.open(b"k1", sealed.clone()).unwrap(), b"Ivanov");
+        assert!(seal.open(b"k2", sealed.clone()).is_none(), "moved to another key");
         assert!(
-            Seal::new(&[8u8; 32]).open(b"k1", &sealed).is_none(),
+            Seal::new(&[8u8; 32]).open(b"k1", sealed.clone()).is_none(),
             "another secret"
         );
+        assert!(seal.open(b"k1", sealed[..20].to_vec()).is_none(), "too short");
         let mut bent = sealed.clone();
         if let Some(last) = bent.last_mut() {
             *last ^= 1;
         }
-        assert!(seal.open(b"k1", &bent).is_none(), "tampered");
+        assert!(seal.open(b"k1", bent).is_none(), "tampered");
         assert_ne!(
             seal.seal(b"k1", b"Ivanov").unwrap(),
             sealed,

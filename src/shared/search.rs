@@ -101,7 +101,7 @@ impl Shared {
         let _: Option<()> = self.query("guard", Query::Pipe(&pipe)).await;
     }
 
-    /// Forget the `kind` entry of `id`; a failure is counted under `op` ([`super::OPS`]).
+    /// Forget the `kind` entry of `id`; a failure is counted under `op` ([`super::stats::OPS`]).
     pub async fn forget(&self, op: &'static str, kind: &str, id: &CacheKey) {
         let mut del = redis::cmd("DEL");
         del.arg(self.key(kind, id));
@@ -126,7 +126,7 @@ impl Shared {
         let mut get = redis::cmd("GET");
         get.arg(&key);
         let sealed: Option<Vec<u8>> = self.query("steps", Query::Cmd(&get)).await?;
-        Some(sealed.and_then(|s| self.open(&key, &s)))
+        Some(sealed.and_then(|s| self.open(&key, s)))
     }
 
     /// A keyed hash of a step id or identifier, the same on every replica.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod certs;
+pub mod redis;
 pub mod tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cardgate");
