@@ -166,26 +166,13 @@ pub fn run(
     if !listen.is_empty() {
         listener.add_listener(ListenerConfig::tcp(&listen).l4_buffer(L4BufferSettings::unbuffered()));
     }
-    if let (Some(addr), Some(tls)) = (&tls_listen, gw.tls()) {
-        let settings = tls.settings().map_err(|e| StartError::Config(ConfigError(e)))?;
-        listener.add_listener(
-            ListenerConfig::tcp(addr)
-                .tls(settings)
-                .l4_buffer(L4BufferSettings::unbuffered()),
-        );
+    // The TLS listener is a TCP endpoint too: the listener runs its handshakes (see
+    // crate::tls), with the PROXY header first when one is due.
+    if let (Some(addr), Some(_)) = (&tls_listen, gw.tls()) {
+        listener.add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered()));
     }
     // Allowlist and connection bound, at accept (before any TLS or HTTP).
     listener.set_connection_filter(gw.chat_gate());
-    if gw.config().server.proxy_protocol {
-        // On the TLS listener the PROXY header comes before the handshake; the plain
-        // listener reads it itself.
-        listener
-            .endpoints()
-            .set_pre_tls_callback(Arc::new(crate::edge::proxy::BeforeTls {
-                gate: gw.chat_gate(),
-                limit: gw.config().server.client_timeout,
-            }));
-    }
 
     let mut admin = Service::new(
         "cardgate admin".to_string(),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::tls::TlsVersion;
 use super::units::{de_duration, de_opt_duration, de_size};
 use super::{err, ConfigError};
 
@@ -101,6 +102,13 @@ pub struct UpstreamSection {
     pub client_cert: Option<String>,
     #[serde(default)]
     pub client_key: Option<String>,
+    /// The lowest TLS version spoken to the internal system (https only; unset: 1.2).
+    #[serde(default)]
+    pub tls_min_version: Option<TlsVersion>,
+    /// The cipher suites offered to the internal system, by their rustls names, in order
+    /// (https only; empty: rustls' own).
+    #[serde(default)]
+    pub tls_cipher_suites: Vec<String>,
     /// iq: how search parameters are sent upstream: "form", "json", or "same" as the chat
     /// server sent them.
     #[serde(default = "default_search_encoding")]
@@ -364,6 +372,22 @@ impl UpstreamSection {
         if self.max_response_bytes == 0 {
             return Err(err("upstream.max_response_bytes", "must be greater than 0"));
         }
+        self.validate_tls(tls)?;
+        match self.dialect {
+            DialectKind::Gigma => self.gigma.validate()?,
+            DialectKind::Bearer => {
+                if !self.bearer.path.starts_with('/') {
+                    return Err(err("upstream.bearer.path", "must start with /"));
+                }
+            }
+            DialectKind::Iq => {}
+        }
+        Ok(urls)
+    }
+
+    /// The TLS keys apply to https:// URLs only; the files must exist (they are read by
+    /// [`crate::upstream::check_tls`]).
+    fn validate_tls(&self, tls: bool) -> Result<(), ConfigError> {
         let tls_keys = [
             ("upstream.ca_file", &self.ca_file),
             ("upstream.client_cert", &self.client_cert),
@@ -379,22 +403,25 @@ impl UpstreamSection {
                 }
             }
         }
+        if !tls && self.tls_min_version.is_some() {
+            return Err(err(
+                "upstream.tls_min_version",
+                "only applies to an https:// upstream.url",
+            ));
+        }
+        if !tls && !self.tls_cipher_suites.is_empty() {
+            return Err(err(
+                "upstream.tls_cipher_suites",
+                "only applies to an https:// upstream.url",
+            ));
+        }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(err(
                 "upstream.client_key",
                 "client_cert and client_key go together",
             ));
         }
-        match self.dialect {
-            DialectKind::Gigma => self.gigma.validate()?,
-            DialectKind::Bearer => {
-                if !self.bearer.path.starts_with('/') {
-                    return Err(err("upstream.bearer.path", "must start with /"));
-                }
-            }
-            DialectKind::Iq => {}
-        }
-        Ok(urls)
+        Ok(())
     }
 }
 

@@ -3,25 +3,15 @@
 //! the per-source limits and the logs. A connection without a valid header within
 //! `server.client_timeout` is closed (`cardgate_connections_refused_total{reason="proxy_header"}`).
 //!
-//! The header is read before anything else: before the TLS handshake on the TLS listener
-//! (Pingora's pre-TLS step), before the first request on the plain one. Bytes read past
-//! the header are given back to what follows.
+//! The header is read before anything else, by the listener: before the TLS handshake on
+//! the TLS listener, before the first request on the plain one. Bytes read past the header
+//! are given back to what follows.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::io::AsRawFd;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::listeners::PreTlsProcess;
-use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest};
-use pingora::{Error as PError, ErrorType};
 use ppp::{HeaderResult, PartialResult};
 use tokio::io::{AsyncRead, AsyncReadExt};
-
-use crate::edge::Gate;
 
 /// Bytes read at most while looking for a header (a v2 header with TLVs fits).
 const MAX_HEADER: usize = 4096;
@@ -98,44 +88,6 @@ fn parse(buf: &[u8]) -> Parsed {
             Parsed::Header(addr, h.len())
         }
         HeaderResult::V1(Err(_)) | HeaderResult::V2(Err(_)) => Parsed::Invalid,
-    }
-}
-
-/// The TLS listener's pre-TLS step: read the header, check the source, and make it the
-/// connection's peer address.
-pub struct BeforeTls {
-    pub gate: Arc<Gate>,
-    pub limit: Duration,
-}
-
-#[async_trait]
-impl PreTlsProcess for BeforeTls {
-    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
-        let refuse = |why: &'static str| PError::explain(ErrorType::AcceptError, why);
-        let (addr, rest) = match read_header(stream, self.limit).await {
-            Ok(found) => found,
-            Err(why) => {
-                self.gate.refuse_proxy_header();
-                return Err(refuse(why));
-            }
-        };
-        stream.rewind(&rest);
-        // A header without an address (LOCAL, UNKNOWN: a balancer's own check) leaves the
-        // connection's peer, which the allowlist then judges.
-        let tcp_peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        if let Some(ip) = addr.map(|a| a.ip()).or(tcp_peer) {
-            if !self.gate.allows_source(ip) {
-                return Err(refuse("source not allowed"));
-            }
-        }
-        if let Some(addr) = addr {
-            let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
-            let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(addr)));
-            stream.set_socket_digest(digest);
-        }
-        Ok(())
     }
 }
 

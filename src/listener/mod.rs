@@ -2,7 +2,9 @@
 //!
 //! Pingora accepts the connections (its listener sockets, handed over on a zero-downtime
 //! upgrade, its worker threads, its shutdown signal); this [`ServerApp`] runs each one:
-//! read a request ([`crate::h1::server`]), let the [`Gateway`] answer it, write the answer
+//! the PROXY header when one is due, on the TLS listener the handshake
+//! ([`crate::tls::Tls::accept`], within `server.client_timeout`), then read a request
+//! ([`crate::h1::server`]), let the [`Gateway`] answer it, write the answer
 //! ([`crate::respond`]) with one `write`, and wait for the next request on the same
 //! connection. An idle connection closes after `server.keepalive_timeout`; a started
 //! request must arrive whole, and its answer be taken, within `server.client_timeout`
@@ -106,14 +108,14 @@ impl ServerApp for Listener {
         let mut peer = io
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let tls = self.gateway.tls().filter(|t| t.accepted(&io));
         let mut initial = Vec::new();
-        // Behind a TCP balancer the plain listener reads the PROXY header itself (the TLS
-        // listener read it before the handshake, and its peer address is the header's).
+        // Behind a TCP balancer the PROXY header comes first, before any TLS handshake.
         let (proxy_protocol, limit) = {
             let cfg = self.gateway.config();
             (cfg.server.proxy_protocol, cfg.server.client_timeout)
         };
-        if proxy_protocol && io.get_ssl_digest().is_none() {
+        if proxy_protocol {
             match crate::edge::proxy::read_header(&mut io, limit).await {
                 Ok((source, rest)) => {
                     // Without an address (LOCAL, UNKNOWN) the connection's peer stands.
@@ -131,25 +133,40 @@ impl ServerApp for Listener {
                 }
             }
         }
-        let handshake = io
-            .get_ssl_digest()
-            .and_then(|d| d.extension.get::<crate::tls::Handshake>().cloned());
-        // The connection lives in a task of its own: the task Pingora spawned to accept it
-        // carries its handshake machinery (some 10 KiB) and ends here, instead of staying
-        // with every idle keep-alive connection.
-        let (app, shutdown) = (self.clone(), shutdown.clone());
-        let open = self.gate.opened();
-        crate::alloc::opened();
-        tokio::spawn(async move {
-            app.serve(io, peer, handshake, initial, shutdown).await;
-            drop(open);
-            crate::alloc::closed();
-        });
+        let app = self.clone();
+        match tls {
+            None => app.spawn(io, peer, None, initial, shutdown.clone()),
+            Some(tls) => {
+                // The handshake is bounded as the arrival of a request is.
+                let (io, handshake) = tls.accept(io, initial, limit).await?;
+                app.spawn(io, peer, Some(handshake), Vec::new(), shutdown.clone());
+            }
+        }
         None
     }
 }
 
 impl Listener {
+    /// Serve the connection in a task of its own: the task Pingora spawned to accept it
+    /// carries its handshake machinery (some 10 KiB) and ends here, instead of staying
+    /// with every idle keep-alive connection.
+    fn spawn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        self: Arc<Self>,
+        io: S,
+        peer: Option<IpAddr>,
+        handshake: Option<crate::tls::Handshake>,
+        initial: Vec<u8>,
+        shutdown: ShutdownWatch,
+    ) {
+        let open = self.gate.opened();
+        crate::alloc::opened();
+        tokio::spawn(async move {
+            self.serve(io, peer, handshake, initial, shutdown).await;
+            drop(open);
+            crate::alloc::closed();
+        });
+    }
+
     /// Serve one connection until it ends, then close it.
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         &self,

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use pingora::connectors::TransportConnector;
 use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::{IntCounter, IntGauge};
@@ -27,6 +26,7 @@ use super::failure::Failure;
 use super::plain;
 use super::pool::Pool;
 use super::stats::Stats;
+use super::tls::Connector;
 use super::{UpstreamAnswer, UpstreamRequest};
 use crate::config::{Config, LogLevel, UpstreamUrl};
 use crate::correlation::Correlation;
@@ -85,7 +85,7 @@ pub struct Node {
     /// `host:port@address`: the `node` label.
     pub label: String,
     pub target: Arc<Target>,
-    /// For TLS connections (Pingora's connector).
+    /// For TLS connections ([`super::tls`]).
     peer: HttpPeer,
     /// For plain-TCP connections ([`plain`]).
     addr: SocketAddr,
@@ -367,7 +367,7 @@ impl Node {
     /// is sent once more on a fresh one when `idempotent`.
     pub async fn exchange(
         &self,
-        connector: &TransportConnector,
+        connector: &Connector,
         wire: &[u8],
         idempotent: bool,
         max_body: usize,
@@ -399,7 +399,7 @@ impl Node {
     /// `fresh`).
     pub async fn checkout(
         &self,
-        connector: &TransportConnector,
+        connector: &Connector,
         fresh: bool,
     ) -> Result<(Stream, BytesMut, bool), Failure> {
         if !fresh {
