@@ -1,28 +1,63 @@
 //! The admin listener: metrics, health, readiness and cache administration.
 //!
 //! It listens on loopback by default and is never the chat-server-facing port.
-//! `GET /metrics` (Prometheus text; `HEAD` too), `GET /healthz`, `GET /readyz` (503 while
-//! draining), `POST /cache/purge` with the token in header `token`, `POST /cache/clear`,
-//! `POST /tls/reload`. With `admin.token_env` set, all but `/healthz` and `/readyz` (and
-//! `/metrics` when `admin.metrics_public`) need `Authorization: Bearer <secret>`. Every
-//! purge, clear and reload is logged with the caller's address (a purge with the token's
-//! fingerprint, never the token).
+//! `GET /metrics` (Prometheus text; `HEAD` too), `/healthz` and `/readyz` (503 while
+//! draining) by `GET`, `HEAD` or `OPTIONS` as balancers and monitors send them (never
+//! cached), `POST /cache/purge` with the token in header `token`, `POST /cache/clear`,
+//! `POST /tls/reload`; another method is 405 with `Allow`. With `admin.token_env` set, all
+//! but `/healthz` and `/readyz` (and `/metrics` when `admin.metrics_public`) need
+//! `Authorization: Bearer <secret>`. Every purge, clear and reload is logged with the
+//! caller's address (a purge with the token's fingerprint, never the token). Each open
+//! connection counts in `cardgate_admin_connections_open`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::Response;
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
 use serde_json::json;
 
 use crate::config::LogLevel;
+use crate::edge::Gate;
 use crate::gateway::Gateway;
 use crate::logs;
 
 pub struct Admin {
     pub gateway: Arc<Gateway>,
 }
+
+/// The admin port's application: [`Admin`] behind Pingora's HTTP server, each connection
+/// counted while it is open.
+pub fn app(gateway: Arc<Gateway>) -> Counted {
+    Counted {
+        gate: gateway.admin_gate(),
+        http: Arc::new(HttpServer::new_app(Admin { gateway })),
+    }
+}
+
+pub struct Counted {
+    gate: Arc<Gate>,
+    http: Arc<HttpServer<Admin>>,
+}
+
+#[async_trait]
+impl ServerApp for Counted {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let _open = self.gate.opened();
+        self.http.process_new(io, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.http.cleanup().await;
+    }
+}
+
+/// The methods of `/healthz` and `/readyz`.
+const HEALTH_METHODS: &str = "GET, HEAD, OPTIONS";
 
 fn json_response(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
     let body = serde_json::to_vec(&body).unwrap_or_default();
@@ -38,6 +73,14 @@ fn error(status: u16, code: &str, text: &str) -> Response<Vec<u8>> {
     json_response(status, json!({ "errorCode": code, "errorText": text }))
 }
 
+/// 405, with the methods the route takes (RFC 9110, 15.5.6).
+fn not_allowed(allow: &'static str) -> Response<Vec<u8>> {
+    let mut r = error(405, "METHOD_NOT_ALLOWED", &format!("use {allow}"));
+    r.headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    r
+}
+
 impl Admin {
     async fn metrics(&self, head_only: bool) -> Response<Vec<u8>> {
         let body = self.gateway.metrics_text().await;
@@ -48,6 +91,30 @@ impl Admin {
             .header(http::header::CONTENT_LENGTH, len)
             .body(if head_only { Vec::new() } else { body })
             .expect("static response parts are valid")
+    }
+
+    /// `/healthz` or `/readyz`; `head_only`: the same head, without the body.
+    fn health(&self, path: &str, head_only: bool) -> Response<Vec<u8>> {
+        let (status, body) = match path {
+            "/readyz" if self.gateway.draining() => (503, json!({ "status": "draining" })),
+            "/readyz" => (200, json!({ "status": "ready" })),
+            _ => (200, json!({ "status": "ok" })),
+        };
+        let mut r = json_response(status, body);
+        let headers = r.headers_mut();
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        headers.insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static(HEALTH_METHODS),
+        );
+        if head_only {
+            // Content-Length stays that of the GET answer.
+            r.body_mut().clear();
+        }
+        r
     }
 
     async fn purge(&self, session: &ServerSession, caller: &str) -> Response<Vec<u8>> {
@@ -154,14 +221,8 @@ impl ServeHttp for Admin {
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => self.metrics(false).await,
             ("HEAD", "/metrics") => self.metrics(true).await,
-            ("GET", "/healthz") => json_response(200, json!({ "status": "ok" })),
-            ("GET", "/readyz") => {
-                if self.gateway.draining() {
-                    json_response(503, json!({ "status": "draining" }))
-                } else {
-                    json_response(200, json!({ "status": "ready" }))
-                }
-            }
+            // OPTIONS is what HAProxy's `option httpchk` sends unless told otherwise.
+            ("GET" | "HEAD" | "OPTIONS", "/healthz" | "/readyz") => self.health(&path, method == "HEAD"),
             ("POST", "/cache/purge") => self.purge(session, &caller).await,
             ("POST", "/tls/reload") => {
                 let cfg = self.gateway.config();
@@ -182,10 +243,9 @@ impl ServeHttp for Admin {
                 action("admin clear", &caller, json!({ "cleared": n }));
                 json_response(200, json!({ "cleared": n }))
             }
-            (_, "/metrics" | "/healthz" | "/readyz") => error(405, "METHOD_NOT_ALLOWED", "use GET"),
-            (_, "/cache/purge" | "/cache/clear" | "/tls/reload") => {
-                error(405, "METHOD_NOT_ALLOWED", "use POST")
-            }
+            (_, "/metrics") => not_allowed("GET, HEAD"),
+            (_, "/healthz" | "/readyz") => not_allowed(HEALTH_METHODS),
+            (_, "/cache/purge" | "/cache/clear" | "/tls/reload") => not_allowed("POST"),
             _ => error(404, "NOT_FOUND", "no such route"),
         }
     }

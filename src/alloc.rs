@@ -2,12 +2,10 @@
 //! allocator), what an allocation really takes, and giving freed memory back after a
 //! burst of connections.
 //!
-//! jemalloc rather than glibc's malloc: with the card cache full, every miss frees an
-//! evicted card and allocates a new one across a large heap, and glibc's malloc then spent
-//! 5 % of the process's time in `_int_malloc` (1 % with no card kept); under jemalloc a
-//! stored miss costs 1.10x HAProxy's CPU against 1.22x (same run, `benches/miss_rounds.sh`).
-//! Its size classes are coarser than glibc's (up to a quarter of the size), so the cache
-//! weighs a card by [`usable_size`], what jemalloc really hands out.
+//! jemalloc rather than the system's malloc: with the card cache full, every miss frees an
+//! evicted card and allocates a new one across a large heap, which jemalloc serves from
+//! its size classes without searching free lists. Those classes are up to a quarter apart,
+//! so the cache weighs a card by [`usable_size`], what jemalloc really hands out.
 //!
 //! A burst of connections leaves their buffers and tasks freed but resident. The listener
 //! counts connections here; a background thread looks every two seconds and, when at least

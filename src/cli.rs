@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
 #[cfg(feature = "mock")]
 use crate::config::DialectKind;
+use crate::config::{Config, ConfigError};
 use crate::server;
 
 #[derive(Parser)]
@@ -32,8 +32,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the configuration (and resolve the CRM's host, as startup does), then exit:
-    /// 0 when it is valid, 2 with a message naming the key when it is not.
+    /// Validate the configuration (and resolve the CRM's host and load the TLS files, as
+    /// startup does), then exit: 0 when it is valid (a host that does not resolve now is a
+    /// warning), 2 with a line naming the file and the key for every mistake when it is not.
     Check,
     /// Run the built-in mock of the internal system (fake cards, for trying things out).
     #[cfg(feature = "mock")]
@@ -45,7 +46,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "iq")]
         dialect: DialectKind,
     },
-    /// Run the mock CRM and the gateway on loopback, and print requests to try.
+    /// Run the mock CRM and the gateway on loopback, and print requests to try (once all
+    /// three addresses are free).
     #[cfg(feature = "mock")]
     Demo {
         /// The dialect of the mock and of the gateway.
@@ -68,21 +70,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => match Config::load(&cli.config) {
-            Ok(cfg) => finish(server::run(
-                cfg,
-                Some(cli.config.clone()),
-                cli.upgrade,
-                Vec::new(),
-            )),
+            Ok(cfg) => finish(
+                server::run(cfg, Some(cli.config.clone()), cli.upgrade, Vec::new()),
+                Some(&cli.config),
+            ),
             Err(e) => fail(&e),
         },
-        Some(Command::Check) => match Config::load(&cli.config).and_then(|cfg| server::check(&cfg)) {
-            Ok(()) => {
-                println!("{}: ok", cli.config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e),
-        },
+        Some(Command::Check) => check(&cli.config),
         #[cfg(feature = "mock")]
         Some(Command::MockCrm { listen, dialect }) => {
             server::run_mock(&listen, dialect);
@@ -95,6 +89,31 @@ pub fn main() -> ExitCode {
             admin,
             crm,
         }) => demo(dialect, &listen, &admin, &crm),
+    }
+}
+
+/// `cardgate check`: every mistake of the file, those of its values and those startup would
+/// meet (a host that does not resolve, a TLS file that does not load), a line each.
+fn check(path: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load_unchecked(path) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(&e),
+    };
+    let mut problems = cfg.problems();
+    // A key already found wrong is not judged again by what startup would do with it.
+    let key = |p: &ConfigError| p.0.split(':').next().unwrap_or_default().to_string();
+    let wrong: Vec<String> = problems.iter().map(key).collect();
+    let (found, warnings) = server::check(&cfg);
+    problems.extend(found.into_iter().filter(|p| !wrong.contains(&key(p))));
+    match ConfigError::all(problems) {
+        None => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Some(e) => fail(&e.in_file(path)),
     }
 }
 
@@ -114,6 +133,11 @@ fn demo(kind: DialectKind, listen: &str, admin: &str, crm: &str) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    // Nothing is printed until all three addresses are free: a curl line must not reach
+    // another process that holds one of them.
+    if let Err(e) = server::check_listeners(&[listen, admin, crm]) {
+        return finish(Err(e), None);
+    }
     let id = format!("http://{listen}/rest/chat/client/id");
     let search = format!("http://{listen}/rest/chat/client/search/");
     println!("cardgate demo: mock CRM ({dialect}) on http://{crm}, gateway on http://{listen}, admin on http://{admin}");
@@ -161,21 +185,28 @@ fn demo(kind: DialectKind, listen: &str, admin: &str, crm: &str) -> ExitCode {
     println!("  curl -s http://{admin}/metrics | grep ^cardgate_");
     println!("Stop with Ctrl-C.");
     let mock: server::Extra = Box::new(crate::mock::service(crm, kind));
-    finish(server::run(cfg, None, false, vec![mock]))
+    finish(server::run(cfg, None, false, vec![mock]), None)
 }
 
-fn finish(r: Result<(), server::StartError>) -> ExitCode {
+/// The exit code of a run; a configuration mistake found at start is named with `file`.
+fn finish(r: Result<(), server::StartError>, file: Option<&std::path::Path>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(server::StartError::Listen(why) | server::StartError::Runtime(why)) => {
             eprintln!("cardgate: {why}");
             ExitCode::from(1)
         }
-        Err(server::StartError::Config(e)) => fail(&e),
+        Err(server::StartError::Config(e)) => match file {
+            Some(file) => fail(&e.in_file(file)),
+            None => fail(&e),
+        },
     }
 }
 
+/// Exit code 2, after each line of `e`.
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("cardgate: {e}");
+    for line in e.to_string().lines() {
+        eprintln!("cardgate: {line}");
+    }
     ExitCode::from(2)
 }

@@ -144,6 +144,68 @@ impl Fingerprint {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("????????")
     }
+
+    /// `text` (something the CRM said about `token`) with the token replaced by this
+    /// fingerprint wherever it is spelled out: as it is or percent-encoded (either case of
+    /// hex digit, any byte), a space also as `+`, letters in either case. None for a text
+    /// over [`REDACT_MAX`] bytes: too long to scan, and to log.
+    pub fn redact(&self, text: &str, token: &[u8]) -> Option<String> {
+        let bytes = text.as_bytes();
+        if bytes.len() > REDACT_MAX {
+            return None;
+        }
+        if token.is_empty() {
+            return Some(text.to_string());
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut at = 0;
+        while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+            match spelled_at(rest, token) {
+                Some(len) => {
+                    out.extend_from_slice(&self.0);
+                    at += len;
+                }
+                None => {
+                    out.push(rest[0]);
+                    at += 1;
+                }
+            }
+        }
+        // Only runs of ASCII bytes were replaced: what is left is still UTF-8.
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// The longest text [`Fingerprint::redact`] looks at.
+pub const REDACT_MAX: usize = 1024;
+
+/// The length of the longest spelling of `token` (see [`Fingerprint::redact`]) that
+/// `text` starts with. Every place a spelling could have reached is followed at once, so
+/// `%` in the token and `%25` in the text are both tried.
+fn spelled_at(text: &[u8], token: &[u8]) -> Option<usize> {
+    let digit = |at: usize| text.get(at).and_then(|c| char::from(*c).to_digit(16));
+    let mut ends = vec![0usize];
+    for &t in token {
+        let mut next = Vec::with_capacity(ends.len());
+        for &p in &ends {
+            let Some(&c) = text.get(p) else { continue };
+            if c.eq_ignore_ascii_case(&t) || (t == b' ' && c == b'+') {
+                next.push(p + 1);
+            }
+            if let (b'%', Some(hi), Some(lo)) = (c, digit(p + 1), digit(p + 2)) {
+                if u8::try_from(hi * 16 + lo).is_ok_and(|b| b.eq_ignore_ascii_case(&t)) {
+                    next.push(p + 3);
+                }
+            }
+        }
+        if next.is_empty() {
+            return None;
+        }
+        next.sort_unstable();
+        next.dedup();
+        ends = next;
+    }
+    ends.last().copied()
 }
 
 #[cfg(test)]
@@ -179,6 +241,33 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn a_token_the_crm_spells_out_becomes_its_fingerprint() {
+        let fp = TokenHasher::from_secret(b"0123456789abcdef").fingerprint(b"Tk7Q2mZ9pLx3");
+        let r = |text: &str, token: &str| fp.redact(text, token.as_bytes()).unwrap();
+        let f = fp.as_str();
+        assert_eq!(r("echo-Tk7Q2mZ9pLx3", "Tk7Q2mZ9pLx3"), format!("echo-{f}"));
+        assert_eq!(r("Tk7Q2mZ9pLx3", "Tk7Q2mZ9pLx3"), f);
+        assert_eq!(
+            r("BAD_TOKEN_TK7Q2MZ9PLX3", "Tk7Q2mZ9pLx3"),
+            format!("BAD_TOKEN_{f}")
+        );
+        assert_eq!(r("x-ab-ab-y", "ab"), format!("x-{f}-{f}-y"));
+        assert_eq!(r("1001", "Tk7Q2mZ9pLx3"), "1001");
+        // Percent-encoded, in either case, a space as %20 or +, a % itself as %25.
+        for spelled in ["a%2Fb%20c%2Bd", "a%2fb+c+d", "%61/b c%2bd", "a/b%20c+d"] {
+            assert_eq!(
+                r(&format!("no:{spelled}!"), "a/b c+d"),
+                format!("no:{f}!"),
+                "{spelled}"
+            );
+        }
+        assert_eq!(r("t%25x", "t%x"), f);
+        assert_eq!(r("t%x", "t%x"), f);
+        assert_eq!(r("caf\u{e9} t", "t"), format!("caf\u{e9} {f}"));
+        assert_eq!(fp.redact(&"a".repeat(REDACT_MAX + 1), b"zz"), None);
     }
 
     #[test]

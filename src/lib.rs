@@ -7,7 +7,7 @@
 //! [`edge`] (allowlists, connection and per-source limits), [`correlation`] (request
 //! ids, trace context), [`guard`] (search brute-force limits),
 //! [`error`] (the one error type), [`metrics`], [`logs`], [`admin`]; the process's life in
-//! [`signals`], [`reload`], [`supervise`] and [`rundir`]; and, with the default `mock`
+//! [`signals`], [`reload`], [`supervise`], [`upgrade`] and [`rundir`]; and, with the default `mock`
 //! feature, `mock`: a built-in internal system for demos and tests.
 //!
 //! Two modules are public: [`cli`], the command line the executable runs, and
@@ -47,3 +47,4 @@ pub(crate) mod shared;
 pub(crate) mod signals;
 pub(crate) mod supervise;
 pub mod testkit;
+pub(crate) mod upgrade;

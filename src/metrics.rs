@@ -266,6 +266,7 @@ impl Metrics {
             Box::new(refreshes.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connections_open.clone()),
+            Box::new(admin_connections_open.clone()),
             Box::new(source_refusals.clone()),
             Box::new(admin_unauthorized.clone()),
             Box::new(tls_client_refused.clone()),

@@ -87,27 +87,6 @@ impl RunDir {
         }
     }
 
-    /// While this process waits for the sockets, make the upgrade socket 0600 as soon as
-    /// it exists (Pingora creates it 0666; the directory being 0700 already keeps other
-    /// users out, this keeps the socket itself private too). Stops after `limit`.
-    pub fn guard_upgrade_socket(&self, limit: std::time::Duration) {
-        let path = PathBuf::from(&self.upgrade_sock);
-        let _ = std::thread::Builder::new()
-            .name("cardgate-upgrade".into())
-            .spawn(move || {
-                let deadline = std::time::Instant::now() + limit;
-                while std::time::Instant::now() < deadline {
-                    if let Ok(meta) = fs::symlink_metadata(&path) {
-                        if meta.mode() & 0o777 == 0o600 {
-                            return;
-                        }
-                        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-            });
-    }
-
     /// A live process that waits for this one's sockets, if any.
     pub fn successor(&self) -> Option<u32> {
         let pid = read_pid(&self.successor)?;

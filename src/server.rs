@@ -1,17 +1,18 @@
 //! Assemble and run the Pingora server: the chat-server listener, the admin listener and,
 //! for demos, a built-in mock of the internal system.
 //!
-//! The Pingora `ServerConf` is derived from our config (threads, grace period, the upgrade
-//! socket in the private runtime directory), so the operator edits one file. Every listen
-//! address is checked before anything starts; the services run [`Supervised`], so that one
-//! that stops unasked ends the process; [`crate::signals`] says what each signal does.
+//! The Pingora `ServerConf` is derived from our config (threads, the upgrade socket in the
+//! private runtime directory), so the operator edits one file. Every listen address is
+//! checked before anything starts, or, with `--upgrade`, the running process's sockets are
+//! taken over ([`crate::upgrade`]); the signal handlers are in place before the pid file
+//! names the process; the services run [`Supervised`], so that one that stops unasked ends
+//! the process; [`crate::signals`] says what each signal does.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pingora::apps::http_app::HttpServer;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -21,14 +22,15 @@ use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
 use serde_json::json;
 
-use crate::admin::Admin;
 use crate::config::{Config, ConfigError, LogLevel};
+use crate::edge::opening::Opening;
 use crate::gateway::Gateway;
 use crate::listener::Listener;
 use crate::logs;
 use crate::rundir::RunDir;
-use crate::signals::Signals;
-use crate::supervise::{Shutdown, Supervised};
+use crate::signals::{self, Signals};
+use crate::supervise::{Stops, Supervised};
+use crate::upgrade::{self, Handover, Waiting};
 
 /// Everything the process runs besides the gateway itself (the demo's mock CRM).
 pub type Extra = Box<dyn ServiceWithDependents>;
@@ -62,7 +64,7 @@ impl std::fmt::Display for StartError {
 /// Every listening address must be free before Pingora starts: its listener threads would
 /// otherwise retry a taken port for seconds and then panic while the rest runs on. An
 /// upgrade takes the sockets over from the old process instead, so it skips this.
-fn check_listeners(addrs: &[&str]) -> Result<(), StartError> {
+pub fn check_listeners(addrs: &[&str]) -> Result<(), StartError> {
     for addr in addrs {
         std::net::TcpListener::bind(addr)
             .map_err(|e| StartError::Listen(format!("cannot listen on {addr}: {e}")))?;
@@ -82,11 +84,13 @@ pub fn run(
     logs::apply(&cfg.log, None).map_err(|e| StartError::Config(ConfigError(e)))?;
     let rundir = RunDir::new(&cfg.server);
     rundir.prepare().map_err(StartError::Runtime)?;
-    let grace = cfg.server.grace_period;
+    // Signals are handled from here on; a process that waits for an upgrade's sockets can
+    // still be stopped while it waits, and handles them once it has them.
+    let handlers = (!upgrade).then(signals::install);
     let conf = ServerConf {
         threads: cfg.server.threads,
-        // Upper bound only: the drain watcher exits as soon as nothing is in flight.
-        grace_period_seconds: Some(grace.as_secs() + 1),
+        // Pingora is told to stop once the drain is over (see signals): nothing to wait for.
+        grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: rundir.upgrade_sock.clone(),
         pid_file: rundir.pid_file.to_string_lossy().into_owned(),
@@ -98,36 +102,23 @@ pub fn run(
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
-    let opt = Opt {
-        upgrade,
-        ..Opt::default()
-    };
     let listen = cfg.server.listen.clone();
     let tls_listen = cfg.server.tls.as_ref().map(|t| t.listen.clone());
     let admin_listen = cfg.admin.listen.clone();
-    if upgrade {
+    let mut addrs: Vec<String> = cfg.server.addresses().into_iter().map(String::from).collect();
+    addrs.push(admin_listen.clone());
+    let running = if upgrade {
         let Some(pid) = rundir.running() else {
             return Err(StartError::Runtime(format!(
                 "--upgrade: no running cardgate to take the sockets from (no live process in {}); start without --upgrade",
                 rundir.pid_file.display()
             )));
         };
-        rundir.announce_successor().map_err(|e| {
-            StartError::Runtime(format!(
-                "--upgrade: cannot write {}: {e}",
-                rundir.successor.display()
-            ))
-        })?;
-        logs::event_with(
-            LogLevel::Info,
-            "waiting for the running process to hand over its listening sockets: send it SIGQUIT within 5 s",
-            json!({ "running": pid, "upgradeSocket": rundir.upgrade_sock }),
-        );
+        Some(pid)
     } else {
-        let mut addrs = cfg.server.addresses();
-        addrs.push(&admin_listen);
-        check_listeners(&addrs)?;
-    }
+        check_listeners(&addrs.iter().map(String::as_str).collect::<Vec<_>>())?;
+        None
+    };
     let summary = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
@@ -141,14 +132,14 @@ pub fn run(
         "upgrade": upgrade,
     });
     let gw = Gateway::new(cfg)?;
+    let received = match running {
+        Some(pid) => Some(take_over(&rundir, pid, &addrs.into_iter().collect())?),
+        None => None,
+    };
+    let handlers = handlers.unwrap_or_else(signals::install);
     crate::alloc::start();
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    if upgrade {
-        // Only this user may reach the upgrade socket the bootstrap makes.
-        rundir.guard_upgrade_socket(Duration::from_secs(6));
-    }
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    rundir.withdraw_successor();
     if let Err(e) = rundir.write_pid() {
         logs::warn(
             "cannot write the pid file",
@@ -158,39 +149,40 @@ pub fn run(
         );
     }
 
-    let upgrading = Arc::new(AtomicBool::new(false));
-    let mut listener = Service::new("cardgate listener".to_string(), Listener::new(gw.clone()));
+    let stops = Stops::new();
+    let handover = Handover::new(received);
+    // Both ports take plain TCP: the listener itself reads PROXY headers and does the TLS
+    // handshakes, bounded by server.client_timeout (crate::edge::opening).
+    let tls_port = tls_listen.as_ref().and_then(|a| a.parse().ok()).zip(gw.tls());
+    let opening = Opening::new(gw.chat_gate(), tls_port, listen.parse().ok());
+    let mut listener = Service::new(
+        "cardgate listener".to_string(),
+        Listener::new(gw.clone(), opening),
+    );
     // Unbuffered: the connection state machine keeps its own (small, lazily grown) read
     // buffer and writes each answer whole, so Pingora's 64 KiB read and 1.4 KiB write
     // buffers per connection would only cost memory and a copy.
-    if !listen.is_empty() {
-        listener.add_listener(ListenerConfig::tcp(&listen).l4_buffer(L4BufferSettings::unbuffered()));
-    }
-    // The TLS listener is a TCP endpoint too: the listener runs its handshakes (see
-    // crate::tls), with the PROXY header first when one is due.
-    if let (Some(addr), Some(_)) = (&tls_listen, gw.tls()) {
+    let plain = Some(listen.as_str()).filter(|l| !l.is_empty());
+    for addr in plain.into_iter().chain(tls_listen.as_deref()) {
         listener.add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered()));
     }
-    // Allowlist and connection bound, at accept (before any TLS or HTTP).
+    // The allowlist (behind a balancer: who may send PROXY headers), at accept.
     listener.set_connection_filter(gw.chat_gate());
 
-    let mut admin = Service::new(
-        "cardgate admin".to_string(),
-        HttpServer::new_app(Admin { gateway: gw.clone() }),
-    );
+    let mut admin = Service::new("cardgate admin".to_string(), crate::admin::app(gw.clone()));
     admin.add_tcp(&admin_listen);
     admin.set_connection_filter(gw.admin_gate());
     admin.threads = Some(1);
 
     server.add_boxed_service(Box::new(Supervised::new(
         Box::new(listener),
-        Shutdown::All,
-        upgrading.clone(),
+        stops.chat(),
+        handover.clone(),
     )));
     server.add_boxed_service(Box::new(Supervised::new(
         Box::new(admin),
-        Shutdown::OnlyForUpgrade,
-        upgrading.clone(),
+        stops.admin(),
+        handover.clone(),
     )));
     // Re-resolution and health checks of the CRM's nodes; it ends with the process.
     server.add_service(GenBackgroundService::new(
@@ -207,36 +199,78 @@ pub fn run(
         server.add_boxed_service(service);
     }
     logs::event_with(LogLevel::Info, "cardgate started", summary);
+    let last_words = signals::LastWords::default();
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             gateway: gw,
             config_path,
             rundir: rundir.clone(),
-            upgrading: upgrading.clone(),
+            handlers: Mutex::new(Some(handlers)),
+            stops,
+            handover,
+            last_words: last_words.clone(),
         }),
     });
-    // An upgrade, SIGINT or Pingora's own end: what was logged goes out first.
-    let reason = if upgrading.load(Ordering::SeqCst) {
-        "upgrade: the new process serves"
-    } else {
-        "SIGINT"
-    };
-    crate::signals::stopped(reason, json!({}));
+    // Pingora's services have ended: what was logged goes out first.
+    let (reason, fields) = last_words.get().cloned().unwrap_or(("stopped", json!({})));
+    signals::stopped(reason, fields);
     rundir.remove_pid();
     logs::flush(Duration::from_secs(1));
     Ok(())
 }
 
-/// What `cardgate check` adds to reading the file: the CRM's host resolves now, exactly as
-/// it must at startup.
-pub fn check(cfg: &Config) -> Result<(), ConfigError> {
-    for url in cfg.upstream_urls()? {
-        crate::upstream::resolve(&url)?;
-    }
+/// `--upgrade`: wait for the sockets of the process `pid` that serves now, keeping those of
+/// `addrs`. While it waits, this process is the running one's announced successor.
+fn take_over(rundir: &RunDir, pid: u32, addrs: &HashSet<String>) -> Result<upgrade::Sockets, StartError> {
+    let waiting =
+        Waiting::bind(&rundir.upgrade_sock).map_err(|e| StartError::Runtime(format!("--upgrade: {e}")))?;
+    rundir.announce_successor().map_err(|e| {
+        StartError::Runtime(format!(
+            "--upgrade: cannot write {}: {e}",
+            rundir.successor.display()
+        ))
+    })?;
+    logs::event_with(
+        LogLevel::Info,
+        &format!(
+            "waiting for the running process to hand over its listening sockets: send it SIGQUIT within {} s",
+            upgrade::WAIT.as_secs()
+        ),
+        json!({ "running": pid, "upgradeSocket": rundir.upgrade_sock }),
+    );
+    let got = waiting.receive(addrs, upgrade::WAIT);
+    rundir.withdraw_successor();
+    got.map_err(|why| {
+        // The waiting line goes out before the one that ends the process.
+        logs::flush(Duration::from_secs(1));
+        StartError::Runtime(format!(
+            "--upgrade: {why} from the running process (pid {pid}): nothing changed, it still serves; \
+             send it SIGQUIT once this process says it waits"
+        ))
+    })
+}
+
+/// What `cardgate check` adds to reading the file: the TLS files load and the CRM's hosts
+/// are resolved, as at startup. Every problem found, and the warnings to print: a name
+/// that does not resolve now is not an error (the gateway starts and resolves it again).
+pub fn check(cfg: &Config) -> (Vec<ConfigError>, Vec<String>) {
+    let mut problems = Vec::new();
     if let Some(tls) = &cfg.server.tls {
-        crate::tls::load(tls).map_err(ConfigError)?;
+        problems.extend(crate::tls::load(tls).err().map(ConfigError));
     }
-    crate::upstream::check_tls(&cfg.upstream)
+    problems.extend(crate::upstream::check_tls(&cfg.upstream).err());
+    let warnings = match cfg.upstream_urls() {
+        Ok(urls) => {
+            let (_, unresolved) = crate::upstream::resolve_at_start(&urls);
+            let every = cfg.upstream.resolve_interval;
+            unresolved.iter().map(|u| u.warning(every)).collect()
+        }
+        Err(e) => {
+            problems.push(e);
+            Vec::new()
+        }
+    };
+    (problems, warnings)
 }
 
 /// Run only the mock internal system (`cardgate mock-crm`); SIGTERM ends it at once.

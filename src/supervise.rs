@@ -1,14 +1,17 @@
-//! A Pingora service that may not stop on its own.
+//! A Pingora service that may not stop on its own, and the stops the process asks of its
+//! listening services.
 //!
 //! Pingora runs each service as a task; if that task ends or panics while nobody asked the
 //! process to stop (a listener that lost its socket, a bug), the process would go on
 //! looking alive while it serves nothing. [`Supervised`] runs the service in a task of its
 //! own and, when it ends unasked, logs why and exits with code 70, so that the supervisor
-//! (systemd, the balancer) sees the truth. The admin service is also kept answering through
-//! a graceful stop ([`Shutdown::OnlyForUpgrade`]), so a balancer can read the 503 of
-//! `/readyz` until the process exits.
+//! (systemd, the balancer) sees the truth. Each supervised service follows one of the
+//! process's [`Stops`] rather than Pingora's shutdown, which comes only once the drain is
+//! over: the chat-server listeners stop when the drain begins, the admin service only when
+//! its socket goes to a new process (so that a balancer reads the 503 of `/readyz` until
+//! the process exits). Before a service listens, the sockets a previous process handed
+//! over go into Pingora's table ([`Handover`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,37 +22,64 @@ use tokio::sync::watch;
 
 use crate::config::LogLevel;
 use crate::logs;
+use crate::upgrade::Handover;
 
 /// Exit code of a process whose service stopped unasked (EX_SOFTWARE).
 pub const EXIT_SERVICE_STOPPED: i32 = 70;
 
-/// Which of Pingora's shutdowns the service follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shutdown {
-    /// Every one: the service stops accepting when the process starts to stop.
-    All,
-    /// Only the one that hands the sockets to a new process; on SIGTERM the service goes on
-    /// until the process exits.
-    OnlyForUpgrade,
+/// When the listening services stop accepting.
+pub struct Stops {
+    chat: watch::Sender<bool>,
+    admin: watch::Sender<bool>,
+}
+
+impl Stops {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Stops {
+            chat: watch::Sender::new(false),
+            admin: watch::Sender::new(false),
+        })
+    }
+
+    /// What the chat-server listeners follow.
+    pub fn chat(&self) -> ShutdownWatch {
+        self.chat.subscribe()
+    }
+
+    /// What the admin service follows.
+    pub fn admin(&self) -> ShutdownWatch {
+        self.admin.subscribe()
+    }
+
+    /// The chat-server listeners stop accepting; their idle connections close at once.
+    pub fn stop_chat(&self) {
+        self.chat.send_replace(true);
+    }
+
+    /// Every listener stops accepting (its sockets are a new process's now).
+    pub fn stop_all(&self) {
+        self.stop_chat();
+        self.admin.send_replace(true);
+    }
 }
 
 pub struct Supervised {
     inner: Option<Box<dyn ServiceWithDependents>>,
     name: String,
     threads: Option<usize>,
-    follows: Shutdown,
-    /// Set when the process hands its sockets to a new one.
-    upgrading: Arc<AtomicBool>,
+    /// The stop this service follows.
+    stop: ShutdownWatch,
+    handover: Arc<Handover>,
 }
 
 impl Supervised {
-    pub fn new(inner: Box<dyn ServiceWithDependents>, follows: Shutdown, upgrading: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: Box<dyn ServiceWithDependents>, stop: ShutdownWatch, handover: Arc<Handover>) -> Self {
         Supervised {
             name: inner.name().to_string(),
             threads: inner.threads(),
             inner: Some(inner),
-            follows,
-            upgrading,
+            stop,
+            handover,
         }
     }
 }
@@ -66,15 +96,15 @@ impl ServiceWithDependents for Supervised {
         let Some(mut inner) = self.inner.take() else {
             return;
         };
-        let theirs = match self.follows {
-            Shutdown::All => shutdown.clone(),
-            Shutdown::OnlyForUpgrade => upgrade_only(shutdown.clone(), self.upgrading.clone()),
-        };
+        if let Some(table) = &fds {
+            self.handover.adopt(table);
+        }
+        let stop = self.stop.clone();
         let task = tokio::spawn(async move {
-            inner.start_service(fds, theirs, listeners_per_fd, ready).await;
+            inner.start_service(fds, stop, listeners_per_fd, ready).await;
         });
         let ended = task.await;
-        if *shutdown.borrow() {
+        if *self.stop.borrow() || *shutdown.borrow() {
             return; // asked to stop
         }
         let how = match ended {
@@ -97,22 +127,4 @@ impl ServiceWithDependents for Supervised {
     fn threads(&self) -> Option<usize> {
         self.threads
     }
-}
-
-/// A shutdown watch that fires only when `real` fires during an upgrade.
-fn upgrade_only(mut real: ShutdownWatch, upgrading: Arc<AtomicBool>) -> ShutdownWatch {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        while real.changed().await.is_ok() {
-            if *real.borrow() && upgrading.load(Ordering::SeqCst) {
-                let _ = tx.send(true);
-                return;
-            }
-        }
-        // Pingora dropped its side: keep ours, so the service never reads a closed watch
-        // as a shutdown.
-        std::future::pending::<()>().await;
-        drop(tx);
-    });
-    rx
 }

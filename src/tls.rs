@@ -2,18 +2,17 @@
 //! read from PEM files, checked where they are configured, and swapped in place on a
 //! reload; the versions and cipher suites the listener speaks.
 //!
-//! cardgate runs the listener's handshakes itself ([`accept`]): Pingora's TLS listener
-//! builds its `ServerConfig` itself (TLS 1.2 and 1.3, the process-wide default suites) and
-//! takes none from outside, so the TLS port is a plain TCP endpoint of Pingora's listening
-//! service, and [`Tls::accept`] does the handshake of each connection accepted on it with
-//! the rustls `ServerConfig` in force. That config is
-//! built by [`server_config`] from what [`load`] read — certificate, client check
-//! ([`verify`]), versions and suites ([`policy`]), ALPN `http/1.1` — and rebuilt on a
-//! reload, so that new handshakes see the new material and open connections keep theirs. A
-//! bad new file keeps the old material. The certificate request names the client CA's
-//! subjects, so that a client with several certificates sends the right one. After a
-//! handshake the connection knows its TLS version and the name its client certificate was
-//! taken for ([`names`]), for the access log. The files are read by [`files`].
+//! The listener does the handshakes ([`crate::edge::opening`]) with the rustls
+//! `ServerConfig` in force, [`Tls::config`]. That config is built by [`server_config`] from
+//! what [`load`] read — certificate, client check ([`verify`]: CA, CRLs, names), versions
+//! and suites ([`policy`]), ALPN `http/1.1` — and rebuilt on a reload, so that new
+//! handshakes see the new material and open connections keep theirs. A bad new file keeps
+//! the old material. The certificate request names the client CA's subjects, so that a
+//! client with several certificates sends the right one. A refused client certificate ends
+//! the handshake and is counted by reason (`cardgate_tls_client_refused_total{reason}`);
+//! after a handshake the connection knows its TLS version and the name its client
+//! certificate was taken for ([`names`]), for the access log. The files are read by
+//! [`files`].
 
 // Input from the chat server or the CRM reaches this module: nothing here may panic on it.
 #![cfg_attr(
@@ -27,29 +26,22 @@
 )]
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use pingora::protocols::Stream;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
-use rustls::server::{ClientHello, ResolvesServerCert, WantsServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConnection, WantsServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ConfigBuilder, ServerConfig, WantsVerifier};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::server::TlsStream;
 
 use crate::config::TlsSection;
 use crate::metrics::Metrics;
 
-mod accept;
 mod files;
 mod names;
 pub mod policy;
 mod verify;
 
-pub use accept::Replay;
 use files::days_left;
 pub use files::{certs, key_pair, private_key, roots};
 use policy::Policy;
@@ -62,8 +54,6 @@ pub struct Material {
     client: Option<ClientCheck>,
     /// A `ServerConfig` begun with the versions and suites of `[server.tls]`.
     versions: ConfigBuilder<ServerConfig, WantsVerifier>,
-    /// The TLS listener's address (a restart changes it).
-    listen: SocketAddr,
     /// The leaf's notAfter, Unix seconds.
     pub not_after: i64,
 }
@@ -86,15 +76,10 @@ pub fn load(cfg: &TlsSection) -> Result<Material, String> {
         .with_protocol_versions(&policy.versions)
         .map_err(|e| format!("server.tls.cipher_suites: {e}"))?;
     let client = ClientCheck::load(cfg, &policy.provider)?;
-    let listen = cfg
-        .listen
-        .parse()
-        .map_err(|e| format!("server.tls.listen: {:?} is not an address:port ({e})", cfg.listen))?;
     Ok(Material {
         key: Arc::new(certified),
         client,
         versions,
-        listen,
         not_after,
     })
 }
@@ -119,7 +104,6 @@ fn expiry_gauge(metrics: &Metrics) -> IntGauge {
 /// The live TLS state of the chat-server listener.
 pub struct Tls {
     live: ArcSwap<Live>,
-    listen: SocketAddr,
     mutual: bool,
     refused: IntCounterVec,
     /// `cardgate_tls_certificate_expiry_seconds` of this listener.
@@ -164,7 +148,6 @@ impl Tls {
         let expiry = expiry_gauge(metrics);
         expiry.set(material.not_after);
         Arc::new(Tls {
-            listen: material.listen,
             mutual: material.client.is_some(),
             live: ArcSwap::from_pointee(Live::of(material, &refused)),
             refused,
@@ -188,38 +171,25 @@ impl Tls {
         self.live.store(Arc::new(Live::of(material, &self.refused)));
     }
 
-    /// Whether `io` came in through the TLS listener (by the address it was accepted on;
-    /// the plain listener's differs).
-    pub fn accepted(&self, io: &Stream) -> bool {
-        let local = io
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        local.is_some_and(|local| {
-            local.port() == self.listen.port()
-                && (self.listen.ip().is_unspecified() || local.ip() == self.listen.ip())
-        })
+    /// The `ServerConfig` of the next handshake.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.live.load().config.clone()
     }
 
-    /// The handshake of a connection accepted on the TLS listener, `initial` being what
-    /// was read from it already, within `limit`: the TLS stream and what the access log
-    /// shows of it; `None` when the handshake failed or ran out of time.
-    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        io: S,
-        initial: Vec<u8>,
-        limit: Duration,
-    ) -> Option<(TlsStream<Replay<S>>, Handshake)> {
-        let live = self.live.load_full();
-        let tls = accept::handshake(live.config.clone(), Replay::new(initial, io), limit).await?;
-        let (_, conn) = tls.get_ref();
-        let handshake = Handshake {
+    /// The name a client certificate was taken for (see [`names`]).
+    pub fn client_name(&self, der: &[u8]) -> Option<String> {
+        names::identity(der, &self.live.load().names)
+    }
+
+    /// What a connection whose handshake is done tells the access log.
+    pub fn handshake(&self, conn: &ServerConnection) -> Handshake {
+        Handshake {
             version: conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS"),
             client: conn
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|der| names::identity(der, &live.names)),
-        };
-        Some((tls, handshake))
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| self.client_name(leaf)),
+        }
     }
 }
 

@@ -92,6 +92,32 @@ fn a_legacy_crm_can_be_asked_with_get() {
 }
 
 #[test]
+fn a_token_with_spaces_inside_reaches_the_crm_as_it_is() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&mock.url(), &[]);
+    let r = gw.get_card("a%2Fb%20c%2Bd");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), cardgate::testkit::mock::card(b"a/b c+d"));
+    let seen = mock.calls_for("a/b c+d");
+    assert_eq!(seen.len(), 1, "{:?}", mock.journal());
+    assert_eq!(seen[0]["headers"]["token"], "a/b c+d");
+    // In a header it is the same token: the same card, from the cache.
+    let r = gw.post_card("a/b c+d");
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("HIT")), "{}", r.body);
+    // Spaces at either end, control bytes and other bytes stay refused.
+    for path in ["%20abc", "abc%20", "a%09b", "a%7Fb", "caf%C3%A9"] {
+        let r = gw.get_card(path);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "BAD_REQUEST"),
+            "{path}"
+        );
+    }
+    assert_eq!(mock.journal().len(), 1, "no refused token reaches the CRM");
+    gw.assert_never_shown(&["a/b c+d", "a%2Fb%20c%2Bd"]);
+}
+
+#[test]
 fn bad_requests_get_json_4xx_and_never_reach_the_crm() {
     let mock = Mock::start();
     let gw = Gateway::start(&mock.url(), &[("limits", "max_token_bytes = 64")]);

@@ -1,8 +1,10 @@
 //! The operator kit in `deploy/`, checked with the real tools: the alert rules with
 //! `promtool check rules` and their unit tests with `promtool test rules`; every PromQL
 //! expression of the Grafana dashboard parses and names only metrics a running gateway
-//! exports, and the dashboard shows refusals, the CRM's nodes, Redis and TLS; the systemd unit passes `systemd-analyze verify`. CI installs the tools; where
-//! one is missing outside CI, its test says so and passes.
+//! exports, and the dashboard shows refusals, the CRM's nodes, Redis and TLS; the systemd
+//! unit passes `systemd-analyze verify`; the documentation and the shipped config agree on
+//! what a reload changes and on the defaults the config's comments name. CI installs the
+//! tools; where one is missing outside CI, its test says so and passes.
 
 mod common;
 
@@ -207,4 +209,88 @@ fn metric_names_are_read_outside_label_matchers() {
         names.into_iter().collect::<Vec<_>>(),
         ["cardgate_x_bucket", "cardgate_y"]
     );
+}
+
+/// The shipped config's keys, commented out or not, as `section.key`, with their lines.
+fn shipped_keys() -> Vec<(String, String)> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/cardgate.toml")).unwrap();
+    let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == '.');
+    let (mut section, mut keys) = (String::new(), Vec::new());
+    for line in text.lines() {
+        let bare = line.trim_start_matches('#').trim();
+        if let Some(name) = bare.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            if word(name) {
+                section = name.to_string();
+            }
+        } else if let Some((key, _)) = bare.split_once(" = ") {
+            if !section.is_empty() && word(key) {
+                keys.push((format!("{section}.{key}"), line.to_string()));
+            }
+        }
+    }
+    keys
+}
+
+/// docs/configuration.md's rows, by `section.key`: (default, reload), where a section's
+/// table without a reload column takes its heading's "(restart)" or "(all reload in
+/// place)".
+fn documented_keys() -> Vec<(String, String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let (mut rows, mut section, mut whole, mut columns) = (Vec::new(), String::new(), None, 0);
+    for line in text.lines() {
+        if line.starts_with('#') {
+            if let Some(name) = line.split('`').nth(1).and_then(|t| t.strip_prefix('[')) {
+                section = name.trim_end_matches(']').to_string();
+                whole = [("(restart)", "restart"), ("reload in place)", "yes")]
+                    .iter()
+                    .find(|(mark, _)| line.ends_with(mark))
+                    .map(|(_, r)| r.to_string());
+            }
+        } else if line.starts_with("| key |") {
+            columns = line.split('|').count();
+        } else if line.starts_with("| `") {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let reload = if columns == 6 {
+                cells[3].to_string()
+            } else {
+                whole.clone().unwrap_or_default()
+            };
+            for k in cells[1].split('`').skip(1).step_by(2) {
+                rows.push((format!("{section}.{k}"), cells[2].to_string(), reload.clone()));
+            }
+        }
+    }
+    rows
+}
+
+#[test]
+fn the_docs_say_of_every_shipped_key_its_default_and_whether_a_reload_changes_it() {
+    let documented = documented_keys();
+    let keys = shipped_keys();
+    assert!(keys.len() > 60, "{keys:?}");
+    let mut checked = 0;
+    for (key, line) in keys {
+        let Some((_, default, reload)) = documented.iter().find(|(k, _, _)| *k == key) else {
+            panic!("docs/configuration.md has no row for {key}");
+        };
+        assert!(
+            reload.starts_with("yes") || reload.starts_with("restart"),
+            "docs/configuration.md does not say whether a reload changes {key}: {reload:?}"
+        );
+        // The shipped line names its default as its value or in its comment.
+        if !line.contains("default ") {
+            continue;
+        }
+        // `""` (unset) is described in words on both sides.
+        for value in default.split('`').skip(1).step_by(2).filter(|v| *v != "\"\"") {
+            assert!(
+                line.contains(value),
+                "{key}: the documented default {value} is not in {line:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "{checked} defaults compared");
 }

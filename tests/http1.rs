@@ -129,11 +129,14 @@ fn connection_header_version_and_head_are_honoured() {
     assert_eq!((r.status, r.header("connection")), (400, Some("close")));
     assert!(h.is_closed(), "no body follows the refusal of a HEAD");
 
-    // An absolute-form target is routed by its path.
-    let r = c
-        .roundtrip(format!("GET http://gw{card}?x=1 HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
+    // An absolute-form target is routed by its path, and its authority is the request's
+    // host: the Host field is ignored (RFC 9112 §3.2.2), however it differs.
+    for host in ["gw", "elsewhere.example:8080"] {
+        let r = c
+            .roundtrip(format!("GET http://gw{card}?x=1 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+    }
     gw.assert_never_shown(&[&t]);
 }
 
@@ -171,6 +174,12 @@ fn framing_errors_are_json_4xx_and_close_the_connection() {
             "BAD_REQUEST",
         ),
         ("HELLO\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
+        // A Host that is not host[:port] (RFC 9112 §3.2).
+        ("GET /rest/chat/client/id/abcd HTTP/1.1\r\nHost: g w\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
+        ("GET /rest/chat/client/id/abcd HTTP/1.1\r\nHost: g\tw\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
+        ("GET /rest/chat/client/id/abcd HTTP/1.1\r\nHost: g\x01w\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
+        ("GET /rest/chat/client/id/abcd HTTP/1.1\r\nHost: gw:\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
+        ("GET http://gw:/rest/chat/client/id/abcd HTTP/1.1\r\nHost: gw\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
         ("GET /rest/chat/client/id/abcd\u{e9} HTTP/1.1\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
         ("GET /rest/chat/client/search\u{e9} HTTP/1.1\r\n\r\n".to_string(), 400, "BAD_REQUEST"),
         (

@@ -1,6 +1,7 @@
 //! The life of the process: what it says when it starts and stops, draining on SIGTERM as
-//! a balancer needs it, SIGQUIT with and without a successor, `--upgrade` with nothing to
-//! take over from, and the private runtime directory.
+//! a balancer needs it, SIGQUIT with and without a successor (the old process leaves as
+//! soon as its last request is answered), SIGINT, `--upgrade` with nothing to take over from or
+//! that never gets the sockets, and the private runtime directory.
 
 mod common;
 
@@ -105,7 +106,7 @@ fn sigterm_turns_readiness_503_first_and_keeps_accepting_for_the_drain_delay() {
 }
 
 #[test]
-fn sigquit_without_a_successor_is_logged_and_the_gateway_keeps_serving() {
+fn sigquit_without_a_successor_is_logged_and_serving_goes_on_until_sigint() {
     let mock = Mock::start();
     let mut gw = Gateway::start(&mock.url(), &[]);
     gw.proc.signal("QUIT");
@@ -114,6 +115,13 @@ fn sigquit_without_a_successor_is_logged_and_the_gateway_keeps_serving() {
     assert_eq!(gw.get_card(&token("after-quit")).status, 200);
     assert_eq!(gw.admin("GET", "/readyz", &[]).status, 200);
     assert!(!gw.proc.exited());
+    // SIGINT ends it at once, cleanly, and says so.
+    gw.proc.signal("INT");
+    gw.proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("SIGINT ends the process");
+    assert!(gw.proc.child.wait().unwrap().success());
+    assert_eq!(gw.wait_event("cardgate stopped")["reason"], "SIGINT");
 }
 
 #[test]
@@ -148,6 +156,7 @@ fn an_upgrade_hands_the_sockets_over_through_a_private_socket() {
     let mut old = Gateway::start(&mock.url(), &[]);
     let t = token("upgrade");
     assert_eq!(old.get_card(&t).status, 200);
+    let url = old.url(&format!("/rest/chat/client/id/{}", token("lag-upgrade")));
 
     let mut new = Proc::spawn(&["--upgrade", "--config", old.config.to_str().unwrap()], &[]);
     // The new process announces itself, then waits on the upgrade socket.
@@ -165,20 +174,37 @@ fn an_upgrade_hands_the_sockets_over_through_a_private_socket() {
         .map(|e| e.path())
         .find(|p| p.to_string_lossy().ends_with(".upgrade.sock"))
         .unwrap();
-    // Pingora makes it 0666; the waiting process's guard makes it 0600 at once (the
-    // private directory around it is the real protection).
-    let mode = || std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
-    let private = eventually(Duration::from_secs(1), || mode() == 0o600);
-    assert!(private, "upgrade socket mode {:o}", mode());
+    // Private (the directory around it is private too).
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "upgrade socket mode {mode:o}");
 
+    // A request in flight in the old process (the CRM takes 500 ms) when SIGQUIT comes.
+    let inflight = std::thread::spawn(move || request("GET", &url, &[], None));
+    let arrived = eventually(Duration::from_secs(10), || {
+        old.metric_now("cardgate_inflight_requests") >= 1.0
+    });
+    assert!(arrived, "the request never arrived");
     old.proc.signal("QUIT");
+    let quit = Instant::now();
     old.wait_event("handing the listening sockets");
     common::wait_event(&new, "cardgate started");
-    // The old process leaves (after Pingora's close timeout), the new one serves.
+    // The old process answers what it has, and leaves as soon as it has: within the grace
+    // period (5 s in the test config), not after a fixed wait.
+    assert_eq!(inflight.join().unwrap().status, 200);
     old.proc
         .wait_exit(Duration::from_secs(15))
         .expect("old process exits");
+    let took = quit.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the old process left {took:?} after SIGQUIT"
+    );
     assert!(old.proc.child.wait().unwrap().success());
+    let stop = old.wait_event("cardgate stopped");
+    assert_eq!(
+        (stop["reason"].as_str(), stop["unfinishedRequests"].as_i64()),
+        (Some("upgrade: the new process serves"), Some(0))
+    );
     let r = old.get_card(&token("served-by-new"));
     assert_eq!(r.status, 200);
     assert_eq!(old.admin("GET", "/healthz", &[]).status, 200);
@@ -190,4 +216,34 @@ fn an_upgrade_hands_the_sockets_over_through_a_private_socket() {
     );
     new.signal("TERM");
     new.wait_exit(Duration::from_secs(6)).expect("new process exits");
+}
+
+#[test]
+fn an_upgrade_that_never_gets_the_sockets_ends_in_one_line_and_the_old_process_serves_on() {
+    let mock = Mock::start();
+    let old = Gateway::start(&mock.url(), &[]);
+    let mut new = Proc::spawn(&["--upgrade", "--config", old.config.to_str().unwrap()], &[]);
+    common::wait_event(&new, "waiting for the running process");
+    // No SIGQUIT: the new process gives up after its 5 s and says so once.
+    new.wait_exit(Duration::from_secs(15))
+        .expect("the waiting process gives up");
+    assert_eq!(new.child.wait().unwrap().code(), Some(1));
+    eventually(Duration::from_secs(5), || new.output().contains("cardgate: "));
+    let out = new.output();
+    let said: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.contains("\"level\":\"info\""))
+        .collect();
+    assert_eq!(said.len(), 1, "{out}");
+    let pid = old.proc.child.id();
+    assert!(
+        said[0].starts_with("cardgate: --upgrade: no sockets arrived within 5 s")
+            && said[0].contains(&format!("(pid {pid})")),
+        "{out}"
+    );
+    // The old process never knew: it serves, and a SIGQUIT now finds nobody waiting.
+    assert_eq!(old.get_card(&token("still-old")).status, 200);
+    old.proc.signal("QUIT");
+    old.wait_event("no new process waits");
+    assert_eq!(old.admin("GET", "/readyz", &[]).status, 200);
 }

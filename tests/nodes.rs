@@ -2,7 +2,8 @@
 //! is ejected while the chat server sees no error, and comes back when it does; a 5xx or
 //! a reset is retried on the other node, a gigma login or call never; a hanging node is
 //! hedged within the budget; with every node down, lookups are answered at once (stale
-//! card or 503) until a probe finds a node back; host names are resolved again.
+//! card or 503) until a probe finds a node back; host names are resolved again, and one
+//! that does not resolve at startup is a warning, not a failed start.
 
 mod common;
 
@@ -300,4 +301,33 @@ fn calls_under_way_when_a_node_is_ejected_do_not_eject_it_again() {
         1.0,
         "one ejection, not one per call under way"
     );
+}
+
+#[test]
+fn a_crm_name_that_does_not_resolve_is_a_warning_and_503_until_it_does() {
+    // `.invalid` never resolves (RFC 6761). That a name which starts resolving gets its
+    // node is `upstream::health`'s unit test, with a resolver the test answers for.
+    let gw = Gateway::start(
+        "http://crm.staging.invalid:8080",
+        &[("upstream", "resolve_interval = \"200ms\"")],
+    );
+    let warned = gw.wait_event("cannot resolve a CRM host at startup");
+    assert_eq!(warned["level"], "warn");
+    assert_eq!(warned["host"], "crm.staging.invalid");
+    assert_eq!(warned["resolveInterval"], "200ms");
+    for _ in 0..3 {
+        let r = gw.post_card(&token("nodns"));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (503, "CRM_UNAVAILABLE"),
+            "{}",
+            r.body
+        );
+    }
+    // And it is asked again every resolve_interval.
+    let asked = eventually(Duration::from_secs(5), || {
+        gw.metric_now("cardgate_upstream_resolves_total{result=\"error\"}") >= 3.0
+    });
+    assert!(asked, "{}", gw.metrics_now());
+    gw.wait_event("cannot resolve a CRM host: its last addresses stay");
 }

@@ -1,10 +1,12 @@
 //! What an operator reads: request ids carried from the chat server to the CRM and back,
 //! trace context, metrics that exist from the start (and pass `promtool check metrics`),
-//! and admin actions in the log.
+//! every metric the code creates on `/metrics`, and admin actions in the log.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{request, token, Gateway, Mock};
@@ -161,4 +163,76 @@ fn admin_actions_are_logged_with_the_caller_and_a_fingerprint() {
     let clear = gw.wait_event("admin clear");
     assert_eq!(clear["caller"], "127.0.0.1");
     gw.assert_never_shown(&[&t]);
+}
+
+/// Every metric name the code creates: the code writes a name only as a string literal
+/// `"cardgate_..."`, the first argument of a prometheus constructor, so these are read from
+/// the source itself (comments aside).
+fn metric_names_in_source(dir: &Path, names: &mut BTreeSet<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            metric_names_in_source(&path, names);
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (i, _) in line.match_indices("\"cardgate_") {
+                let rest = &line[i + 1..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(rest.len());
+                if rest[end..].starts_with('"') {
+                    names.insert(rest[..end].to_string());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_metric_the_code_creates_is_on_the_metrics_page() {
+    let mut names = BTreeSet::new();
+    metric_names_in_source(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut names);
+    assert!(names.len() >= 40, "the scan found only {names:?}");
+
+    // Everything that creates metrics on: two CRM nodes, a TLS listener, and [shared]
+    // (Redis need not answer).
+    let (a, b) = (Mock::start(), Mock::start());
+    let tls = common::tls::Setup::new();
+    let tls_lines = tls.tls_lines(&format!("127.0.0.1:{}", common::free_port()), false);
+    let key = (
+        "CARDGATE_TEST_SHARED_KEY",
+        "0123456789abcdef0123456789abcdef-metrics",
+    );
+    let gw = common::Gateway::start_with_env(
+        "",
+        &[
+            ("upstream", &format!("urls = [\"{}\", \"{}\"]", a.url(), b.url())),
+            ("server", &tls_lines),
+            (
+                "shared",
+                &format!(
+                    "url = \"redis://127.0.0.1:{}/0\"\nencryption_key_env = \"{}\"",
+                    common::free_port(),
+                    key.0
+                ),
+            ),
+        ],
+        &[key],
+    );
+    let text = gw.metrics_now();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|name| !text.contains(&format!("\n# TYPE {name} ")))
+        .collect();
+    assert!(missing.is_empty(), "created but not exported: {missing:?}");
+    // The connection this page was asked on is open while it is answered.
+    assert!(
+        common::sample(&text, "cardgate_admin_connections_open") >= 1.0,
+        "{text}"
+    );
 }

@@ -10,15 +10,113 @@ use std::time::{Duration, Instant};
 use common::{free_port, request, token, Gateway, Mock, Proc, BIN};
 
 fn check(toml: &str) -> (bool, String) {
+    let (code, text, _) = run_on(toml, &["check"], &[]);
+    (code == Some(0), text)
+}
+
+/// Run the binary with `args` on a config file holding `toml`: the exit code, everything it
+/// printed, and the file's path.
+fn run_on(toml: &str, args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, toml).unwrap();
     let out = Command::new(BIN)
-        .args(["check", "--config", path.to_str().unwrap()])
+        .args(args)
+        .args(["--config", path.to_str().unwrap()])
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    (out.status.code(), text, path.display().to_string())
+}
+
+#[test]
+fn an_admin_port_open_to_other_machines_needs_a_token_or_an_allowlist() {
+    let (listen, admin) = (free_port(), free_port());
+    let head = format!(
+        "[server]\nlisten = \"127.0.0.1:{listen}\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[admin]\nlisten = \"0.0.0.0:{admin}\"\n"
+    );
+    for args in [&["check"][..], &[]] {
+        let (code, text, path) = run_on(&head, args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {text}");
+        let line = text.lines().find(|l| l.contains("admin.listen")).expect(&text);
+        assert!(
+            line.starts_with(&format!("cardgate: {path}: admin.listen: ")),
+            "{line}"
+        );
+        assert!(
+            line.contains("admin.token_env") && line.contains("admin.allow"),
+            "{line}"
+        );
+    }
+    for (extra, envs) in [
+        ("allow = [\"10.30.0.0/24\"]\n", &[][..]),
+        (
+            "token_env = \"CARDGATE_TEST_ADMIN\"\n",
+            &[("CARDGATE_TEST_ADMIN", "sixteen-bytes-or-more")][..],
+        ),
+    ] {
+        let (code, text, _) = run_on(&format!("{head}{extra}"), &["check"], envs);
+        assert_eq!(code, Some(0), "{extra}: {text}");
+    }
+    // Loopback without either stays the default.
+    let loopback = head.replace("0.0.0.0", "127.0.0.1");
+    assert_eq!(run_on(&loopback, &["check"], &[]).0, Some(0));
+}
+
+#[test]
+fn check_names_every_mistake_of_a_file_with_the_file_and_the_key() {
+    let url = "[upstream]\nurl = \"http://127.0.0.1:1\"\n";
+    let tls = format!(
+        "[server.tls]\nlisten = \"127.0.0.1:{}\"\ncert_file = \"/nonexistent/chain.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+        free_port()
+    );
+    let toml = format!(
+        "[server]\nthreads = 0\ngrace_period = \"2h\"\n{tls}{url}retries = 99\n[cache]\nmax_size = 1\n[search]\nmax_attempts = 0\n"
+    );
+    let (code, text, path) = run_on(&toml, &["check"], &[]);
+    assert_eq!(code, Some(2), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    for key in [
+        "server.threads",
+        "server.grace_period",
+        "upstream.retries",
+        "cache.max_size",
+        "search.max_attempts",
+        // What startup meets too: the certificate that is not there.
+        "server.tls.cert_file",
+    ] {
+        let prefix = format!("cardgate: {path}: {key}: ");
+        assert!(
+            lines.iter().any(|l| l.starts_with(&prefix)),
+            "{prefix} not in {text}"
+        );
+    }
+    assert_eq!(lines.len(), 6, "one line each: {text}");
+    // The same prefix when the start meets the missing certificate.
+    let start = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\n{tls}[admin]\nlisten = \"127.0.0.1:{}\"\n{url}",
+        free_port(),
+        free_port()
+    );
+    let (code, text, path) = run_on(&start, &[], &[]);
+    assert_eq!(code, Some(2), "{text}");
+    let prefix = format!("cardgate: {path}: server.tls.cert_file: ");
+    assert!(text.lines().any(|l| l.starts_with(&prefix)), "{text}");
+
+    // Address ranges: host bits or spaces are mistakes that name the key.
+    for (section, item, key, says) in [
+        ("server", "10.20.0.1/16", "server.allow", "\"10.20.0.0/16\""),
+        ("admin", " 10.30.0.0/24", "admin.allow", "spaces"),
+        ("admin", "10.30.0.0/24 ", "admin.allow", "spaces"),
+    ] {
+        let (ok, text) = check(&format!("{url}[{section}]\nallow = [\"{item}\"]\n"));
+        assert!(!ok, "{item:?} accepted");
+        assert!(
+            text.contains(&format!(": {key}: ")) && text.contains(says),
+            "{text}"
+        );
+    }
 }
 
 #[test]
@@ -44,10 +142,14 @@ fn check_accepts_the_shipped_config_and_names_bad_keys() {
         (format!("{url}dialect = \"soap\"\n"), "upstream.dialect"),
         ("[upstream]\nurl = \"ftp://crm\"\n".to_string(), "upstream.url"),
         (format!("{url}[unknown]\nx = 1\n"), "unknown"),
-        // Resolved as startup resolves it.
+        // An address that is not one is a mistake, not a name to resolve later.
         (
-            "[upstream]\nurl = \"http://no-such-host.invalid:1\"\n".to_string(),
-            "upstream.url: cannot resolve",
+            "[upstream]\nurl = \"http://10.0.0.256:1\"\n".to_string(),
+            "upstream.url: \"http://10.0.0.256:1\": not a valid IPv4 address",
+        ),
+        (
+            "[upstream]\nurls = [\"http://crm-a:1\", \"http://crm b:1\"]\n".to_string(),
+            "upstream.urls[1]",
         ),
     ];
     for (toml, key) in cases {
@@ -61,6 +163,17 @@ fn check_accepts_the_shipped_config_and_names_bad_keys() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+
+    // A name that does not resolve now is resolved as startup resolves it: a warning, and
+    // the gateway would start (`.invalid` never resolves, RFC 6761).
+    let (ok, text) = check("[upstream]\nurl = \"http://no-such-host.invalid:1\"\n");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning: upstream: cannot resolve no-such-host.invalid now (")
+            && text.contains("resolves it again every upstream.resolve_interval (30s)")
+            && text.contains(": ok"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -133,6 +246,31 @@ fn health_and_readiness() {
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
     let r = gw.admin("GET", "/readyz", &[]);
     assert_eq!(r.status, 200);
+    // As balancers and monitors ask: HEAD is GET without the body; OPTIONS (HAProxy's
+    // default check) answers like GET; neither is ever cached.
+    for path in ["/healthz", "/readyz"] {
+        let get = gw.admin("GET", path, &[]);
+        let head = gw.admin("HEAD", path, &[]);
+        assert_eq!((head.status, head.body.as_str()), (200, ""), "{path}");
+        assert_eq!(head.header("content-length"), get.header("content-length"));
+        let options = gw.admin("OPTIONS", path, &[]);
+        assert_eq!((options.status, options.body.as_str()), (200, get.body.as_str()));
+        for r in [&get, &head, &options] {
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{path}: {r:?}");
+            assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
+        }
+    }
+    // Every 405 says what the route takes.
+    for (method, path, allow) in [
+        ("POST", "/healthz", "GET, HEAD, OPTIONS"),
+        ("DELETE", "/readyz", "GET, HEAD, OPTIONS"),
+        ("POST", "/metrics", "GET, HEAD"),
+        ("GET", "/cache/clear", "POST"),
+    ] {
+        let r = gw.admin(method, path, &[]);
+        assert_eq!((r.status, r.error_code().as_str()), (405, "METHOD_NOT_ALLOWED"));
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
     let r = gw.admin("GET", "/nope", &[]);
     assert_eq!((r.status, r.error_code().as_str()), (404, "NOT_FOUND"));
     let metrics = gw.metrics();
@@ -257,6 +395,34 @@ fn demo_runs_a_working_pair_and_prints_curl_lines_for_each_dialect() {
                 assert!(said.contains("\"answerType\":2"), "{line}: {said}");
             }
         }
+    }
+}
+
+#[test]
+fn demo_with_a_taken_port_says_so_in_one_line_and_prints_nothing_to_try() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for flag in ["--listen", "--admin", "--crm"] {
+        let mut args = vec!["demo".to_string()];
+        for f in ["--listen", "--admin", "--crm"] {
+            args.push(f.to_string());
+            args.push(if f == flag {
+                taken.clone()
+            } else {
+                format!("127.0.0.1:{}", free_port())
+            });
+        }
+        let mut p = Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+        p.wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{flag}: still running: {}", p.output()));
+        assert_eq!(p.child.wait().unwrap().code(), Some(1), "{flag}");
+        common::eventually(Duration::from_secs(5), || p.output().contains("cannot listen"));
+        let out = p.output();
+        assert_eq!(
+            out.trim(),
+            format!("cardgate: cannot listen on {taken}: Address already in use (os error 98)"),
+            "{flag}"
+        );
     }
 }
 

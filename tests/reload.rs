@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::{eventually, token, Gateway, Mock};
@@ -132,4 +133,71 @@ fn sigusr1_reopens_the_log_file_after_it_was_moved() {
         assert!(!old.contains(t.as_str()));
         assert!(!std::fs::read_to_string(&file).unwrap().contains(t.as_str()));
     }
+}
+
+/// SIGHUPs from the moment the pid file names the process, while it starts and after,
+/// each followed by a new admin connection: the process lives through every one and
+/// answers every connection it accepts (a SIGHUP that found no handler yet ended the
+/// process, and the connections it had queued were reset).
+#[test]
+fn sighups_from_the_first_moment_never_end_the_process_or_reset_an_admin_connection() {
+    let mock = Mock::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let (listen, admin) = (common::free_port(), common::free_port());
+    let run = dir.path().join("run");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{listen}\"\nruntime_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [upstream]\nurl = \"{}\"\n",
+            run.display(),
+            mock.url()
+        ),
+    )
+    .unwrap();
+    let mut proc = common::Proc::spawn(&["--config", path.to_str().unwrap()], &[]);
+    let pid = proc.child.id();
+    let pid_file = run.join(format!("cardgate-{listen}.pid"));
+    // Polled without a pause: the first SIGHUP follows the pid file as closely as can be.
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == pid.to_string()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no pid file: {}",
+            proc.output()
+        );
+        assert!(!proc.exited(), "{}", proc.output());
+        std::thread::yield_now();
+    }
+    let hup = || {
+        // SAFETY: kill only sends a signal to the child this test started.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+    };
+    let metrics = format!("127.0.0.1:{admin}");
+    let (mut answered, start) = (0, std::time::Instant::now());
+    while answered < 40 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{answered} answers");
+        hup();
+        assert!(!proc.exited(), "SIGHUP ended the process: {}", proc.output());
+        // A fresh connection each time; before the admin port listens it is refused.
+        let Ok(mut conn) = std::net::TcpStream::connect(&metrics) else {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = String::new();
+        let read = conn
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .and_then(|()| conn.read_to_string(&mut answer));
+        assert!(read.is_ok(), "{read:?}: {}", proc.output());
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        answered += 1;
+    }
+    let reloaded = eventually(Duration::from_secs(10), || {
+        let r = common::request("GET", &format!("http://{metrics}/metrics"), &[], None);
+        common::sample(&r.body, "cardgate_config_reloads_total{result=\"ok\"}") >= 1.0
+    });
+    assert!(reloaded, "{}", proc.output());
+    assert!(!proc.exited());
 }

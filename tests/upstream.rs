@@ -95,9 +95,17 @@ fn script(token: &str) -> (Vec<u8>, bool) {
             CARD.len()
         ),
         "short" => format!("HTTP/1.1 200 OK\r\n{json}Content-Length: 500\r\n\r\n{CARD}"),
-        "echo" => {
-            let body = format!(r#"{{"errorCode":"no client for {token}","errorText":"unknown"}}"#);
-            format!("HTTP/1.1 404 Not Found\r\n{json}Content-Length: {}\r\n\r\n{body}", body.len())
+        "echo" | "echo404" | "echo401" | "echo200" | "echoupper" | "echo403" => {
+            let (status, code) = match kind {
+                "echo" => ("404 Not Found", format!("no client for {token}")),
+                "echo404" => ("404 Not Found", format!("BAD_TOKEN_{token}")),
+                "echo401" => ("401 Unauthorized", token.to_string()),
+                "echo200" => ("200 OK", format!("echo-{token}")),
+                "echoupper" => ("404 Not Found", format!("BAD_TOKEN_{}", token.to_uppercase())),
+                _ => ("403 Forbidden", format!("FORBIDDEN_{token}")),
+            };
+            let body = format!(r#"{{"errorCode":"{code}","errorText":"unknown"}}"#);
+            format!("HTTP/1.1 {status}\r\n{json}Content-Length: {}\r\n\r\n{body}", body.len())
         }
         "twocc" => format!(
             "HTTP/1.1 200 OK\r\n{json}Cache-Control: no-store\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\r\n{CARD}",
@@ -194,16 +202,46 @@ fn keepalive_connections_are_reused_and_closed_ones_are_not() {
 fn a_crm_code_that_echoes_the_token_never_reaches_the_log() {
     let crm = Scripted::start();
     let gw = gateway(&crm);
-    let t = token("echo");
-    let r = gw.post_card(&t);
-    assert_eq!(r.status, 404, "{}", r.body);
-    // The chat server gets the CRM's own answer; the log gets `CRM_404`.
-    gw.assert_never_shown(&[&t]);
-    assert!(
-        gw.proc.output().contains(r#""errorCode":"CRM_404""#),
-        "{}",
-        gw.proc.output()
-    );
+    // The CRM's code for each token, as the log line has it ({fp}: the line's tokenFp),
+    // and the status the chat server gets.
+    let cases = [
+        ("echo", 404, "CRM_404"),
+        ("echo404", 404, "BAD_TOKEN_{fp}"),
+        ("echo401", 401, "{fp}"),
+        ("echo200", 404, "echo-{fp}"),
+        ("echoupper", 404, "BAD_TOKEN_{fp}"),
+        ("echo403", 403, "FORBIDDEN_{fp}"),
+    ];
+    let tokens: Vec<String> = cases.iter().map(|(kind, _, _)| token(kind)).collect();
+    let lines = || -> Vec<serde_json::Value> {
+        gw.proc
+            .output()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["api"] == "auth")
+            .collect()
+    };
+    for (i, ((kind, status, _), t)) in cases.iter().zip(&tokens).enumerate() {
+        let r = gw.post_card(t);
+        // The chat server gets the CRM's own answer, token and all.
+        assert_eq!(r.status, *status, "{kind}: {}", r.body);
+        assert!(r.error_code().to_lowercase().contains(t), "{kind}: {}", r.body);
+        // A request's line is written after its answer: wait for it, so lines keep order.
+        assert!(
+            common::eventually(Duration::from_secs(10), || lines().len() > i),
+            "{kind}: no log line"
+        );
+    }
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let upper: Vec<String> = tokens.iter().map(|t| t.to_uppercase()).collect();
+    gw.assert_never_shown(&refs);
+    gw.assert_never_shown(&upper.iter().map(String::as_str).collect::<Vec<_>>());
+    let lines = lines();
+    assert_eq!(lines.len(), cases.len(), "{lines:?}");
+    for ((kind, _, logged), line) in cases.iter().zip(&lines) {
+        let fp = line["tokenFp"].as_str().unwrap();
+        assert_eq!(line["errorCode"], logged.replace("{fp}", fp), "{kind}: {line}");
+    }
 }
 
 #[test]

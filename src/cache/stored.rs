@@ -1,11 +1,14 @@
 //! One cache entry: a stored answer's status, freshness and body in one allocation.
 //!
-//! Times are kept as milliseconds of a process clock so that the header stays 24 bytes;
+//! Times are kept as milliseconds of a process clock (tokio's, so that tests can pause it)
+//! so that the header stays 24 bytes;
 //! the body is the answer as it is written to the chat server.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use triomphe::ThinArc;
 

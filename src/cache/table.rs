@@ -9,7 +9,9 @@
 //! bits. No eviction listener: moka would call it on every insert's removal work; an
 //! insert into a full table is counted as an eviction instead ([`Table::insert`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use moka::policy::{EvictionPolicy, Expiry};
 use moka::sync::Cache;
@@ -36,30 +38,27 @@ struct Entry {
     stored: Stored,
     /// End of the stale window in the entries' clock.
     until: u64,
+    /// How long the entry had to live when it was stored: moka reclaims it then, on its
+    /// own clock; whether it may be served is judged on the entries' clock.
+    lifetime: Duration,
 }
 
 /// An entry lives until the end of its stale window.
 struct UntilStale;
 
-impl UntilStale {
-    fn left(e: &Entry, at: Instant) -> Option<Duration> {
-        Some(Duration::from_millis(e.until.saturating_sub(clock_ms(at))))
-    }
-}
-
 impl Expiry<CacheKey, Entry> for UntilStale {
-    fn expire_after_create(&self, _key: &CacheKey, e: &Entry, created_at: Instant) -> Option<Duration> {
-        Self::left(e, created_at)
+    fn expire_after_create(&self, _key: &CacheKey, e: &Entry, _at: std::time::Instant) -> Option<Duration> {
+        Some(e.lifetime)
     }
 
     fn expire_after_update(
         &self,
         _key: &CacheKey,
         e: &Entry,
-        updated_at: Instant,
+        _at: std::time::Instant,
         _left: Option<Duration>,
     ) -> Option<Duration> {
-        Self::left(e, updated_at)
+        Some(e.lifetime)
     }
 }
 
@@ -87,13 +86,22 @@ impl Table {
         (e.until > clock_ms(now)).then_some(e.stored)
     }
 
-    pub(super) fn insert(&self, key: CacheKey, stored: Stored) {
+    /// Store `stored` at `now`.
+    pub(super) fn insert(&self, key: CacheKey, stored: Stored, now: Instant) {
         let weight = entry_weight(stored.body().len());
         if self.map.weighted_size().saturating_add(weight) > self.capacity {
             (self.on_evict)();
         }
         let until = stored.stale_until();
-        self.map.insert(key, Entry { stored, until });
+        let lifetime = Duration::from_millis(until.saturating_sub(clock_ms(now)));
+        self.map.insert(
+            key,
+            Entry {
+                stored,
+                until,
+                lifetime,
+            },
+        );
     }
 
     /// Drop one entry; true if it was there (expired or not).
@@ -152,8 +160,8 @@ mod tests {
         super::super::stored::start_clock();
         let t = Table::new(1 << 20, || {});
         let now = Instant::now();
-        t.insert(key(1), entry(b"{}", now, 100, 100));
-        t.insert(key(2), entry(b"{}", now, 60_000, 0));
+        t.insert(key(1), entry(b"{}", now, 100, 100), now);
+        t.insert(key(2), entry(b"{}", now, 60_000, 0), now);
         assert!(t.get(&key(1), now).is_some());
         assert!(
             t.get(&key(1), now + Duration::from_millis(150)).is_some(),
@@ -171,8 +179,8 @@ mod tests {
         let t = Table::new(1 << 20, || {});
         let now = Instant::now();
         // Expiry is moka's own, on its clock: this waits out a 1 ms stale window.
-        t.insert(key(1), entry(b"{}", now, 1, 0));
-        t.insert(key(2), entry(b"{}", now, 60_000, 0));
+        t.insert(key(1), entry(b"{}", now, 1, 0), now);
+        t.insert(key(2), entry(b"{}", now, 60_000, 0), now);
         let deadline = Instant::now() + Duration::from_secs(5);
         while t.usage().0 != 1 {
             assert!(Instant::now() < deadline, "the expired entry is still counted");
@@ -195,7 +203,7 @@ mod tests {
         let body = vec![b'x'; 400];
         let per = entry_weight(400);
         for i in 0..5_000 {
-            t.insert(key(i), entry(&body, now, 60_000, 0));
+            t.insert(key(i), entry(&body, now, 60_000, 0), now);
             // Every card is there right after it was stored, however full the table is.
             assert!(t.get(&key(i), now).is_some(), "card {i} was not kept");
         }
@@ -221,12 +229,12 @@ mod tests {
         let room = u32::try_from(max / entry_weight(400)).unwrap();
         // Fill the table, then store new cards, each read again after a hundred newer ones.
         for i in 0..room * 2 {
-            t.insert(key(i), entry(&body, now, 60_000, 0));
+            t.insert(key(i), entry(&body, now, 60_000, 0), now);
         }
         let mut kept = 0;
         for i in 0..300 {
             let new = room * 2 + i;
-            t.insert(key(new), entry(&body, now, 60_000, 0));
+            t.insert(key(new), entry(&body, now, 60_000, 0), now);
             if i >= 100 {
                 kept += u32::from(t.get(&key(new - 100), now).is_some());
             }
@@ -240,7 +248,7 @@ mod tests {
         let t = Table::new(1 << 20, || {});
         let now = Instant::now();
         for i in 0..10 {
-            t.insert(key(i), entry(b"{}", now, 60_000, 0));
+            t.insert(key(i), entry(b"{}", now, 60_000, 0), now);
         }
         assert!(t.remove(&key(0)));
         assert!(!t.remove(&key(0)));

@@ -44,30 +44,25 @@ impl Default for CacheSection {
 }
 
 impl CacheSection {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self, problems: &mut Vec<ConfigError>) {
         if !(0.0..1.0).contains(&self.refresh_ahead) {
-            return Err(err("cache.refresh_ahead", "must be at least 0 and less than 1"));
+            problems.push(err("cache.refresh_ahead", "must be at least 0 and less than 1"));
         }
         if self.max_size < 4096 {
-            return Err(err("cache.max_size", "must be at least 4KiB"));
+            problems.push(err("cache.max_size", "must be at least 4KiB"));
         }
         if let Some(var) = &self.hash_key_env {
             match std::env::var(var) {
                 Ok(v) if v.len() >= 16 => {}
-                Ok(_) => {
-                    return Err(err(
-                        "cache.hash_key_env",
-                        format!("${var} must hold at least 16 bytes"),
-                    ))
-                }
-                Err(_) => {
-                    return Err(err(
-                        "cache.hash_key_env",
-                        format!("environment variable {var} is not set"),
-                    ))
-                }
+                Ok(_) => problems.push(err(
+                    "cache.hash_key_env",
+                    format!("${var} must hold at least 16 bytes"),
+                )),
+                Err(_) => problems.push(err(
+                    "cache.hash_key_env",
+                    format!("environment variable {var} is not set"),
+                )),
             }
         }
-        Ok(())
     }
 }

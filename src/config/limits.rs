@@ -47,41 +47,42 @@ impl Default for LimitsSection {
 }
 
 impl LimitsSection {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self, problems: &mut Vec<ConfigError>) {
         if self.max_token_bytes == 0 || self.max_token_bytes > 64 * 1024 {
-            return Err(err("limits.max_token_bytes", "must be between 1 and 65536"));
+            problems.push(err("limits.max_token_bytes", "must be between 1 and 65536"));
         }
         if self.max_body_bytes == 0 || self.max_body_bytes > 16 * 1024 * 1024 {
-            return Err(err("limits.max_body_bytes", "must be between 1 byte and 16MiB"));
+            problems.push(err("limits.max_body_bytes", "must be between 1 byte and 16MiB"));
         }
         // A token within its limit must fit in the request line even percent-encoded.
-        let least_head = 3 * self.max_token_bytes as u64 + 1024;
+        let least_head = (self.max_token_bytes as u64)
+            .saturating_mul(3)
+            .saturating_add(1024);
         if self.max_head_bytes < least_head || self.max_head_bytes > 1024 * 1024 {
-            return Err(err(
+            problems.push(err(
                 "limits.max_head_bytes",
                 format!("must be between {least_head} bytes (3 x limits.max_token_bytes + 1KiB) and 1MiB"),
             ));
         }
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
-            return Err(err("limits.max_connections", "must be between 1 and 1000000"));
+            problems.push(err("limits.max_connections", "must be between 1 and 1000000"));
         }
         if self.rate_burst == Some(0) {
-            return Err(err("limits.rate_burst", "must be at least 1"));
+            problems.push(err("limits.rate_burst", "must be at least 1"));
         }
         if self.rate_burst.is_some() && self.rate_per_source.is_none() {
-            return Err(err("limits.rate_burst", "needs limits.rate_per_source"));
+            problems.push(err("limits.rate_burst", "needs limits.rate_per_source"));
         }
         if self.max_unknown_tokens_per_minute == Some(0) {
-            return Err(err("limits.max_unknown_tokens_per_minute", "must be at least 1"));
+            problems.push(err("limits.max_unknown_tokens_per_minute", "must be at least 1"));
         }
         if self.unknown_tokens_cooldown.is_zero()
             || self.unknown_tokens_cooldown > Duration::from_secs(24 * 3600)
         {
-            return Err(err(
+            problems.push(err(
                 "limits.unknown_tokens_cooldown",
                 "must be greater than 0 and at most 24h",
             ));
         }
-        Ok(())
     }
 }

@@ -28,11 +28,10 @@ impl Default for LogSection {
 }
 
 impl LogSection {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self, problems: &mut Vec<ConfigError>) {
         if self.file.contains('\0') {
-            return Err(err("log.file", "is not a path"));
+            problems.push(err("log.file", "is not a path"));
         }
-        Ok(())
     }
 }
 
@@ -95,23 +94,21 @@ const OWN_HEADERS: [&str; 11] = [
 ];
 
 impl CorrelationSection {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self, problems: &mut Vec<ConfigError>) {
         let name = &self.request_id_header;
         if name.is_empty() {
-            return Ok(());
+            return;
         }
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(err(
+            problems.push(err(
                 "correlation.request_id_header",
                 format!("{name:?} is not a header name"),
             ));
-        }
-        if OWN_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
-            return Err(err(
+        } else if OWN_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            problems.push(err(
                 "correlation.request_id_header",
                 format!("{name:?} is a header the gateway sets itself"),
             ));
         }
-        Ok(())
     }
 }

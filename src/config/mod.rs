@@ -3,7 +3,9 @@
 //! Every key has a default except `upstream.url`. Unknown keys and bad values are errors
 //! that name the offending key by its full path (`upstream.timeout: invalid duration ...`,
 //! also inside inline tables), with the line and column where the file says it; a TOML
-//! syntax error names its line and column. Durations are written like `"300ms"`, `"2s"`,
+//! syntax error names its line and column. A file that parses is checked whole: every
+//! value that is out of range or at odds with another is reported, one line each; a
+//! syntax error, or a value of the wrong type or form, stops the reading where it is. Durations are written like `"300ms"`, `"2s"`,
 //! `"10m"`; sizes like `"16KiB"`, `"256MiB"` (or a plain integer of bytes). Secrets are
 //! never read from this file: keys that need one name an environment variable instead.
 
@@ -34,9 +36,34 @@ pub use units::millis;
 pub use units::Rate;
 pub use upstream::{AuthMethod, DialectKind, HealthSection, SearchEncoding, UpstreamSection, UpstreamUrl};
 
-/// A configuration mistake, with the key it concerns when known.
+/// A configuration mistake, with the key it concerns when known; several are one line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
+
+impl ConfigError {
+    /// Several mistakes as one, a line each; None when there are none.
+    pub fn all(problems: Vec<ConfigError>) -> Option<ConfigError> {
+        let mut lines: Vec<String> = Vec::with_capacity(problems.len());
+        for p in problems {
+            if !lines.contains(&p.0) {
+                lines.push(p.0);
+            }
+        }
+        (!lines.is_empty()).then(|| ConfigError(lines.join("\n")))
+    }
+
+    /// Each line prefixed with `file: `, as every mistake in a file is named.
+    pub fn in_file(&self, file: &Path) -> ConfigError {
+        let file = file.display();
+        ConfigError(
+            self.0
+                .lines()
+                .map(|l| format!("{file}: {l}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    }
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -76,30 +103,43 @@ pub struct Config {
 impl Config {
     /// Parse and validate a TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg = Config::parse(text)?;
+        match ConfigError::all(cfg.problems()) {
+            None => Ok(cfg),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Parse a TOML text into its values, without judging them ([`Config::problems`]).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| describe(text, e))?;
-        cfg.validate()?;
-        Ok(cfg)
+        serde_path_to_error::deserialize(de).map_err(|e| describe(text, e))
     }
 
+    /// Read, parse and validate a file; every mistake is named with the file's path.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        Config::from_toml(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        Config::from_toml(&read(path)?).map_err(|e| e.in_file(path))
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.server.validate()?;
-        self.admin.validate(&self.server)?;
-        self.upstream.validate()?;
-        self.cache.validate()?;
-        self.limits.validate()?;
-        self.log.validate()?;
-        self.correlation.validate()?;
+    /// Read and parse a file without judging its values.
+    pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
+        Config::parse(&read(path)?).map_err(|e| e.in_file(path))
+    }
+
+    /// Every value out of range or at odds with another, section by section.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        self.server.validate(&mut problems);
+        self.admin.validate(&self.server, &mut problems);
+        self.upstream.validate(&mut problems);
+        self.cache.validate(&mut problems);
+        self.limits.validate(&mut problems);
+        self.log.validate(&mut problems);
+        self.correlation.validate(&mut problems);
         if let Some(shared) = &self.shared {
-            shared.validate(self.upstream.dialect == DialectKind::Gigma)?;
+            shared.validate(self.upstream.dialect == DialectKind::Gigma, &mut problems);
             if shared.encryption_key_env.is_none() && self.cache.hash_key_env.is_none() {
-                return Err(err(
+                problems.push(err(
                     "shared.encryption_key_env",
                     "replicas must agree on the keyed hashes they share: set it (or cache.hash_key_env)",
                 ));
@@ -107,12 +147,13 @@ impl Config {
         }
         let id = &self.correlation.request_id_header;
         if !id.is_empty() && id.eq_ignore_ascii_case(&self.upstream.token_header) {
-            return Err(err(
+            problems.push(err(
                 "correlation.request_id_header",
                 "must differ from upstream.token_header",
             ));
         }
-        self.search.validate()
+        self.search.validate(&mut problems);
+        problems
     }
 
     /// Take, from the configuration the process `running` with, every key that only a
@@ -201,6 +242,10 @@ impl Config {
     }
 }
 
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))
+}
+
 /// A deserialisation error as "key.path: message (line L, column C)".
 fn describe(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
     let path = e.path().to_string();
@@ -245,183 +290,4 @@ fn line_column(text: &str, at: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    const MIN: &str = "[upstream]\nurl = \"http://127.0.0.1:18081\"\n";
-
-    #[test]
-    fn defaults_apply_with_only_the_url() {
-        let c = Config::from_toml(MIN).unwrap();
-        assert_eq!(c.server.listen, "127.0.0.1:8080");
-        assert_eq!(c.upstream.timeout, Duration::from_secs(2));
-        assert_eq!(c.upstream.auth_method, AuthMethod::Post);
-        assert_eq!(c.cache.max_size, 256 * 1024 * 1024);
-        assert_eq!(c.limits.max_body_bytes, 16 * 1024);
-    }
-
-    #[test]
-    fn missing_url_is_an_error() {
-        let e = Config::from_toml("[server]\nthreads = 1\n").unwrap_err();
-        assert!(e.0.contains("upstream.url"), "{e}");
-        let e = Config::from_toml("[server]\nthreads = 1\n[upstream]\ntimeout = \"1s\"\n").unwrap_err();
-        assert!(e.0.starts_with("upstream.url"), "{e}");
-    }
-
-    #[test]
-    fn bad_values_name_the_key() {
-        let cases = [
-            (
-                "[upstream]\nurl = \"http://x:1\"\ntimeout = \"soon\"\n",
-                "upstream.timeout",
-            ),
-            (
-                "[upstream]\nurl = \"http://x:1\"\n[cache]\nmax_size = \"lots\"\n",
-                "cache.max_size",
-            ),
-            (
-                "[upstream]\nurl = \"http://x:1\"\n[cache]\nttl2 = \"1s\"\n",
-                "cache",
-            ),
-            ("[upstream]\nurl = \"ftp://x\"\n", "upstream.url"),
-            (
-                "[upstream]\nurl = \"http://x:1\"\ndialect = \"soap\"\n",
-                "upstream.dialect",
-            ),
-            (
-                "[upstream]\nurl = \"http://x:1\"\n[server]\nlisten = \"nowhere\"\n",
-                "server.listen",
-            ),
-            (
-                "[upstream]\nurl = \"http://x:1\"\ntoken_header = \"bad header\"\n",
-                "upstream.token_header",
-            ),
-            ("[upstream]\ntimeout = \"1s\"\n", "upstream.url: is required"),
-            (
-                "[upstream]\nurl = \"http://x:1\"\nurls = [\"http://y:1\"]\n",
-                "upstream.urls",
-            ),
-            (
-                "[upstream]\nurls = [\"http://x:1\", \"https://y:1\"]\n",
-                "upstream.urls",
-            ),
-            (
-                "[upstream]\nurls = [\"http://x:1\", \"http://x:1/other\"]\n",
-                "upstream.urls[1]",
-            ),
-            (
-                "[upstream]\nurls = [\"http://x:1\", \"ftp://y\"]\n",
-                "upstream.urls[1]",
-            ),
-            (
-                "[upstream]\nurl = \"http://x:1\"\nhedge_after = \"5s\"\n",
-                "upstream.hedge_after",
-            ),
-            (
-                "[upstream]\nurl = \"http://x:1\"\nhealth = { path = \"health\" }\n",
-                "upstream.health.path",
-            ),
-            (
-                "[upstream]\nurl = \"http://x:1\"\nhealth = { interval = \"1s\", timeout = \"2s\" }\n",
-                "upstream.health.timeout",
-            ),
-            (
-                "[upstream]\nurl = \"http://x:1\"\nretries = 99\n",
-                "upstream.retries",
-            ),
-        ];
-        for (text, key) in cases {
-            let e = Config::from_toml(text).unwrap_err();
-            assert!(e.0.starts_with(key), "expected {key} in {e}");
-        }
-    }
-
-    #[test]
-    fn several_urls_with_their_defaults() {
-        let c =
-            Config::from_toml("[upstream]\nurls = [\"https://a:8443\", \"https://b:8443/api\"]\n").unwrap();
-        let urls = c.upstream_urls().unwrap();
-        assert_eq!((urls.len(), urls[1].base_path.as_str()), (2, "/api"));
-        let u = &c.upstream;
-        assert_eq!((u.retries, u.eject_after, u.hedge_after), (1, 5, None));
-        assert_eq!(
-            (u.eject_for, u.resolve_interval),
-            (Duration::from_secs(10), Duration::from_secs(30))
-        );
-        assert_eq!(
-            (
-                u.health.interval,
-                u.health.healthy_after,
-                u.health.unhealthy_after
-            ),
-            (Duration::from_secs(5), 2, 3)
-        );
-    }
-
-    #[test]
-    fn sizes_accept_units_and_integers() {
-        let c = Config::from_toml(&format!(
-            "{MIN}[limits]\nmax_body_bytes = 2048\n[cache]\nmax_size = \"1MiB\"\n"
-        ))
-        .unwrap();
-        assert_eq!(c.limits.max_body_bytes, 2048);
-        assert_eq!(c.cache.max_size, 1024 * 1024);
-    }
-
-    #[test]
-    fn keys_inside_inline_tables_are_named() {
-        let e = Config::from_toml("upstream = { url = \"http://x:1\", timeout = \"soon\" }\n").unwrap_err();
-        assert!(e.0.starts_with("upstream.timeout: invalid duration"), "{e}");
-        assert!(e.0.ends_with("(line 1, column 44)"), "{e}");
-        let e = Config::from_toml(&format!("cache = {{ ttl = \"1s\", tll = \"2s\" }}\n{MIN}")).unwrap_err();
-        assert!(e.0.starts_with("cache.tll: "), "{e}");
-        assert!(e.0.contains("unknown field `tll`"), "{e}");
-        let e = Config::from_toml(&format!("{MIN}[server]\nthreads = \"two\"\n")).unwrap_err();
-        assert!(e.0.starts_with("server.threads: "), "{e}");
-        assert!(e.0.contains("(line 4, column 11)"), "{e}");
-    }
-
-    #[test]
-    fn proxy_from_without_proxy_protocol_is_refused() {
-        let e = Config::from_toml(&format!("{MIN}[server]\nproxy_from = [\"10.0.0.0/8\"]\n")).unwrap_err();
-        assert!(e.0.starts_with("server.proxy_from: "), "{e}");
-        let ok = format!("{MIN}[server]\nproxy_protocol = true\nproxy_from = [\"10.0.0.0/8\"]\n");
-        assert!(Config::from_toml(&ok).is_ok());
-    }
-
-    #[test]
-    fn a_shared_secret_that_is_named_must_be_there_even_without_cards() {
-        let e = Config::from_toml(&format!(
-            "{MIN}[shared]\nurl = \"redis://127.0.0.1:6379/0\"\nencryption_key_env = \"CARDGATE_TEST_UNSET_SHARED_KEY\"\n"
-        ))
-        .unwrap_err();
-        assert!(e.0.starts_with("shared.encryption_key_env: "), "{e}");
-        assert!(e.0.contains("is not set"), "{e}");
-    }
-
-    #[test]
-    fn a_reload_keeps_the_running_shared_section_and_names_it() {
-        // Parsed only: validating would read the secret's variable.
-        let with = |url: &str| {
-            toml::from_str::<Config>(&format!(
-                "{MIN}[cache]\nttl = \"5s\"\n[shared]\nurl = \"{url}\"\n"
-            ))
-            .unwrap()
-        };
-        let running = with("redis://127.0.0.1:6379/0");
-        let mut next = with("redis://10.0.0.9:6379/1");
-        next.cache.ttl = Duration::from_secs(9);
-        assert_eq!(next.keep_restart_only(&running), vec!["shared"]);
-        assert_eq!(next.shared, running.shared);
-        assert_eq!(next.cache.ttl, Duration::from_secs(9), "the rest changes");
-    }
-
-    #[test]
-    fn syntax_errors_name_line_and_column() {
-        let e = Config::from_toml(&format!("{MIN}[cache\nttl = 1\n")).unwrap_err();
-        assert!(e.0.starts_with("TOML error (line 3, column 7): "), "{e}");
-        let e = Config::from_toml("[upstream]\nurl = \"http://x:1\"\ntimeout = \n").unwrap_err();
-        assert!(e.0.starts_with("TOML error (line 3, column 11): "), "{e}");
-    }
-}
+mod tests;

@@ -40,22 +40,21 @@ impl Default for SearchSection {
 }
 
 impl SearchSection {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self, problems: &mut Vec<ConfigError>) {
         if self.max_attempts == 0 {
-            return Err(err("search.max_attempts", "must be at least 1"));
+            problems.push(err("search.max_attempts", "must be at least 1"));
         }
         if self.max_starts_per_hour == 0 {
-            return Err(err("search.max_starts_per_hour", "must be at least 1"));
+            problems.push(err("search.max_starts_per_hour", "must be at least 1"));
         }
         if self.step_ttl.is_zero() {
-            return Err(err("search.step_ttl", "must be greater than 0"));
+            problems.push(err("search.step_ttl", "must be greater than 0"));
         }
         if self.max_memory < 64 * 1024 {
-            return Err(err("search.max_memory", "must be at least 64KiB"));
+            problems.push(err("search.max_memory", "must be at least 64KiB"));
         }
         if self.max_tracked == 0 {
-            return Err(err("search.max_tracked", "must be at least 1"));
+            problems.push(err("search.max_tracked", "must be at least 1"));
         }
-        Ok(())
     }
 }

@@ -75,49 +75,46 @@ impl Default for ServerSection {
 }
 
 impl ServerSection {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self, problems: &mut Vec<ConfigError>) {
         if !self.proxy_from.is_empty() && !self.proxy_protocol {
-            return Err(err("server.proxy_from", "needs server.proxy_protocol = true"));
+            problems.push(err("server.proxy_from", "needs server.proxy_protocol = true"));
         }
         match &self.tls {
             Some(tls) => {
-                tls.validate()?;
+                tls.validate(problems);
                 if !self.listen.is_empty() {
-                    check_listen("server.listen", &self.listen)?;
+                    problems.extend(check_listen("server.listen", &self.listen).err());
                     if self.listen == tls.listen {
-                        return Err(err("server.tls.listen", "must differ from server.listen"));
+                        problems.push(err("server.tls.listen", "must differ from server.listen"));
                     }
                 }
             }
-            None if self.listen.is_empty() => {
-                return Err(err(
-                    "server.listen",
-                    "may be empty only when [server.tls] listens instead",
-                ));
-            }
-            None => check_listen("server.listen", &self.listen)?,
+            None if self.listen.is_empty() => problems.push(err(
+                "server.listen",
+                "may be empty only when [server.tls] listens instead",
+            )),
+            None => problems.extend(check_listen("server.listen", &self.listen).err()),
         }
         if self.threads == 0 || self.threads > 256 {
-            return Err(err("server.threads", "must be between 1 and 256"));
+            problems.push(err("server.threads", "must be between 1 and 256"));
         }
         if self.grace_period > Duration::from_secs(3600) {
-            return Err(err("server.grace_period", "must be at most 1h"));
+            problems.push(err("server.grace_period", "must be at most 1h"));
         }
         if self.drain_delay > Duration::from_secs(600) {
-            return Err(err("server.drain_delay", "must be at most 10m"));
+            problems.push(err("server.drain_delay", "must be at most 10m"));
         }
         if self.runtime_dir.contains('\0') || self.upgrade_sock.contains('\0') {
-            return Err(err("server.runtime_dir", "is not a path"));
+            problems.push(err("server.runtime_dir", "is not a path"));
         }
         for (key, d) in [
             ("server.keepalive_timeout", self.keepalive_timeout),
             ("server.client_timeout", self.client_timeout),
         ] {
             if d.is_zero() || d > Duration::from_secs(3600) {
-                return Err(err(key, "must be greater than 0 and at most 1h"));
+                problems.push(err(key, "must be greater than 0 and at most 1h"));
             }
         }
-        Ok(())
     }
 
     /// Every chat-server listen address: plain first, then TLS.
@@ -202,12 +199,26 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9181";
 const MIN_ADMIN_TOKEN: usize = 16;
 
 impl AdminSection {
-    pub fn validate(&self, server: &ServerSection) -> Result<(), ConfigError> {
-        check_listen("admin.listen", &self.listen)?;
-        if server.listen == self.listen {
-            return Err(err("admin.listen", "must differ from server.listen"));
+    pub fn validate(&self, server: &ServerSection, problems: &mut Vec<ConfigError>) {
+        match check_listen("admin.listen", &self.listen) {
+            Err(e) => problems.push(e),
+            Ok(addr) if !addr.ip().is_loopback() && self.token_env.is_none() && self.allow.is_empty() => {
+                // As Redis's protected mode: an open admin port is a mistake until said otherwise.
+                problems.push(err(
+                    "admin.listen",
+                    format!(
+                        "{addr} is reachable from other machines and nothing guards it: set \
+                         admin.token_env (a secret every request but /healthz and /readyz must \
+                         carry) or admin.allow (the addresses that may connect), or listen on loopback"
+                    ),
+                ));
+            }
+            Ok(_) => {}
         }
-        self.token().map(|_| ())
+        if server.listen == self.listen {
+            problems.push(err("admin.listen", "must differ from server.listen"));
+        }
+        problems.extend(self.token().err());
     }
 
     /// The admin secret, when `token_env` names one.
@@ -229,8 +240,7 @@ impl AdminSection {
     }
 }
 
-pub(super) fn check_listen(key: &str, addr: &str) -> Result<(), ConfigError> {
+pub(super) fn check_listen(key: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
     addr.parse::<SocketAddr>()
-        .map(|_| ())
         .map_err(|e| err(key, format!("{addr:?} is not an address:port ({e})")))
 }

@@ -38,12 +38,11 @@ fn default_timeout() -> Duration {
 
 impl SharedSection {
     /// Check the section; `gigma`: the dialect keeps sessions here, so a key is needed.
-    pub fn validate(&self, gigma: bool) -> Result<(), ConfigError> {
+    pub fn validate(&self, gigma: bool, problems: &mut Vec<ConfigError>) {
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
-            return Err(err("shared.url", "must start with redis:// or rediss://"));
-        }
-        if redis::Client::open(self.url.as_str()).is_err() {
-            return Err(err("shared.url", "is not a valid Redis URL"));
+            problems.push(err("shared.url", "must start with redis:// or rediss://"));
+        } else if redis::Client::open(self.url.as_str()).is_err() {
+            problems.push(err("shared.url", "is not a valid Redis URL"));
         }
         if self.key_prefix.is_empty()
             || self
@@ -51,15 +50,14 @@ impl SharedSection {
                 .bytes()
                 .any(|b| b.is_ascii_whitespace() || b == b'*')
         {
-            return Err(err("shared.key_prefix", "must be non-empty, without spaces or *"));
+            problems.push(err("shared.key_prefix", "must be non-empty, without spaces or *"));
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(5) {
-            return Err(err("shared.timeout", "must be between 1ms and 5s"));
+            problems.push(err("shared.timeout", "must be between 1ms and 5s"));
         }
         if self.cards || gigma || self.encryption_key_env.is_some() {
-            self.secret()?;
+            problems.extend(self.secret().err());
         }
-        Ok(())
     }
 
     /// The encryption secret from the environment.

@@ -43,25 +43,24 @@ pub struct TlsSection {
 }
 
 impl TlsSection {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        super::server::check_listen("server.tls.listen", &self.listen)?;
+    pub fn validate(&self, problems: &mut Vec<ConfigError>) {
+        problems.extend(super::server::check_listen("server.tls.listen", &self.listen).err());
         for (key, path) in [
             ("server.tls.cert_file", &self.cert_file),
             ("server.tls.key_file", &self.key_file),
         ] {
             if path.is_empty() {
-                return Err(err(key, "is required"));
+                problems.push(err(key, "is required"));
             }
         }
         if !self.client_names.is_empty() && self.client_ca_file.is_none() {
-            return Err(err("server.tls.client_names", "needs server.tls.client_ca_file"));
+            problems.push(err("server.tls.client_names", "needs server.tls.client_ca_file"));
         }
         if self.client_names.iter().any(|n| n.is_empty()) {
-            return Err(err("server.tls.client_names", "an empty name matches nothing"));
+            problems.push(err("server.tls.client_names", "an empty name matches nothing"));
         }
         if !self.crl_files.is_empty() && self.client_ca_file.is_none() {
-            return Err(err("server.tls.crl_files", "needs server.tls.client_ca_file"));
+            problems.push(err("server.tls.crl_files", "needs server.tls.client_ca_file"));
         }
-        Ok(())
     }
 }

@@ -78,21 +78,33 @@ pub fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error
     }))
 }
 
-/// A list of address ranges; a bare address is a range of one.
+/// A list of address ranges; a bare address is a range of one. A range written with host
+/// bits (`10.20.0.1/16`) is refused rather than widened or narrowed by a guess, as is one
+/// with spaces around it.
 pub fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
     let items = Vec::<String>::deserialize(d)?;
     items
         .iter()
-        .map(|item| {
-            let t = item.trim();
-            t.parse::<ipnet::IpNet>()
-                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map(|net| net.trunc())
+        .enumerate()
+        .map(|(i, item)| {
+            let bad = |why: String| de::Error::custom(format!("item {i}: {item:?} {why}"));
+            if item.trim() != item {
+                return Err(bad("has spaces around it".into()));
+            }
+            let net = item
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                 .map_err(|_| {
-                    de::Error::custom(format!(
-                        "{item:?} is not an address range; write e.g. \"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\""
-                    ))
-                })
+                    bad("is not an address range; write e.g. \"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"".into())
+                })?;
+            if net.trunc() != net {
+                return Err(bad(format!(
+                    "has host bits set: write {:?} for the range, or {:?} for the one address",
+                    net.trunc().to_string(),
+                    net.addr().to_string()
+                )));
+            }
+            Ok(net)
         })
         .collect()
 }

@@ -1,6 +1,5 @@
 //! `[upstream]`: the internal system, its URL, its dialect and the dialects' settings.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -8,6 +7,14 @@ use serde::Deserialize;
 use super::tls::TlsVersion;
 use super::units::{de_duration, de_opt_duration, de_size};
 use super::{err, ConfigError};
+
+mod tls;
+mod url;
+
+pub use url::UpstreamUrl;
+
+/// The most `upstream.urls` (each may resolve to several nodes).
+pub const MAX_URLS: usize = 16;
 
 /// The internal system's dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -150,34 +157,33 @@ impl Default for HealthSection {
 }
 
 impl HealthSection {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, problems: &mut Vec<ConfigError>) {
         if let Some(path) = &self.path {
             if !path.starts_with('/') || http::uri::PathAndQuery::from_maybe_shared(path.clone()).is_err() {
-                return Err(err(
+                problems.push(err(
                     "upstream.health.path",
                     format!("{path:?} must be a path starting with /"),
                 ));
             }
         }
         if self.interval.is_zero() || self.timeout.is_zero() {
-            return Err(err(
+            problems.push(err(
                 "upstream.health",
                 "interval and timeout must be greater than 0",
             ));
         }
         if self.timeout > self.interval {
-            return Err(err(
+            problems.push(err(
                 "upstream.health.timeout",
                 "must not exceed upstream.health.interval",
             ));
         }
         if self.healthy_after == 0 || self.unhealthy_after == 0 {
-            return Err(err(
+            problems.push(err(
                 "upstream.health",
                 "healthy_after and unhealthy_after must be at least 1",
             ));
         }
-        Ok(())
     }
 }
 
@@ -323,227 +329,90 @@ impl UpstreamSection {
         }
     }
 
-    /// Check the section; the result is its parsed URLs.
-    pub fn validate(&self) -> Result<Vec<UpstreamUrl>, ConfigError> {
-        let urls = self.parsed_urls()?;
-        let tls = urls[0].tls;
-        self.health.validate()?;
+    /// Check the section: every problem goes to `problems`.
+    pub fn validate(&self, problems: &mut Vec<ConfigError>) {
+        // Without valid URLs it is not known whether the TLS keys apply (their files are
+        // still checked).
+        let tls = self
+            .parsed_urls()
+            .map_err(|e| problems.push(e))
+            .ok()
+            .map(|u| u[0].tls);
+        self.health.validate(problems);
         if self.resolve_interval < Duration::from_millis(100) {
-            return Err(err("upstream.resolve_interval", "must be at least 100ms"));
+            problems.push(err("upstream.resolve_interval", "must be at least 100ms"));
         }
         if self.eject_for.is_zero() {
-            return Err(err("upstream.eject_for", "must be greater than 0"));
+            problems.push(err("upstream.eject_for", "must be greater than 0"));
         }
         if self.retries > 8 {
-            return Err(err("upstream.retries", "must be between 0 and 8"));
+            problems.push(err("upstream.retries", "must be between 0 and 8"));
         }
         if let Some(h) = self.hedge_after {
             if h.is_zero() || h >= self.timeout {
-                return Err(err(
+                problems.push(err(
                     "upstream.hedge_after",
                     "must be greater than 0 and less than upstream.timeout",
                 ));
             }
         }
         if self.timeout.is_zero() {
-            return Err(err("upstream.timeout", "must be greater than 0"));
+            problems.push(err("upstream.timeout", "must be greater than 0"));
         }
         if self.connect_timeout.is_zero() {
-            return Err(err("upstream.connect_timeout", "must be greater than 0"));
+            problems.push(err("upstream.connect_timeout", "must be greater than 0"));
         }
         if self.connect_timeout > self.timeout {
-            return Err(err(
+            problems.push(err(
                 "upstream.connect_timeout",
                 "must not exceed upstream.timeout",
             ));
         }
         if http::HeaderName::from_bytes(self.token_header.as_bytes()).is_err() {
-            return Err(err(
+            problems.push(err(
                 "upstream.token_header",
                 format!("{:?} is not a valid header name", self.token_header),
             ));
         }
         if self.max_inflight == 0 || self.max_inflight > 65536 {
-            return Err(err("upstream.max_inflight", "must be between 1 and 65536"));
+            problems.push(err("upstream.max_inflight", "must be between 1 and 65536"));
         }
         if self.pool_idle_timeout.is_zero() {
-            return Err(err("upstream.pool_idle_timeout", "must be greater than 0"));
+            problems.push(err("upstream.pool_idle_timeout", "must be greater than 0"));
         }
         if self.max_response_bytes == 0 {
-            return Err(err("upstream.max_response_bytes", "must be greater than 0"));
+            problems.push(err("upstream.max_response_bytes", "must be greater than 0"));
         }
-        self.validate_tls(tls)?;
+        self.validate_tls(tls, problems);
         match self.dialect {
-            DialectKind::Gigma => self.gigma.validate()?,
+            DialectKind::Gigma => self.gigma.validate(problems),
             DialectKind::Bearer => {
                 if !self.bearer.path.starts_with('/') {
-                    return Err(err("upstream.bearer.path", "must start with /"));
+                    problems.push(err("upstream.bearer.path", "must start with /"));
                 }
             }
             DialectKind::Iq => {}
         }
-        Ok(urls)
-    }
-
-    /// The TLS keys apply to https:// URLs only; the files must exist (they are read by
-    /// [`crate::upstream::check_tls`]).
-    fn validate_tls(&self, tls: bool) -> Result<(), ConfigError> {
-        let tls_keys = [
-            ("upstream.ca_file", &self.ca_file),
-            ("upstream.client_cert", &self.client_cert),
-            ("upstream.client_key", &self.client_key),
-        ];
-        for (key, value) in tls_keys {
-            if let Some(path) = value {
-                if !tls {
-                    return Err(err(key, "only applies to an https:// upstream.url"));
-                }
-                if !Path::new(path).is_file() {
-                    return Err(err(key, format!("{path:?} is not a readable file")));
-                }
-            }
-        }
-        if !tls && self.tls_min_version.is_some() {
-            return Err(err(
-                "upstream.tls_min_version",
-                "only applies to an https:// upstream.url",
-            ));
-        }
-        if !tls && !self.tls_cipher_suites.is_empty() {
-            return Err(err(
-                "upstream.tls_cipher_suites",
-                "only applies to an https:// upstream.url",
-            ));
-        }
-        if self.client_cert.is_some() != self.client_key.is_some() {
-            return Err(err(
-                "upstream.client_key",
-                "client_cert and client_key go together",
-            ));
-        }
-        Ok(())
     }
 }
 
 impl GigmaSection {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, problems: &mut Vec<ConfigError>) {
         match std::env::var(&self.app_token_env) {
             Ok(v) if !v.trim().is_empty() && http::HeaderValue::from_str(&v).is_ok() => {}
-            _ => {
-                return Err(err(
-                    "upstream.gigma.app_token_env",
-                    format!(
-                        "environment variable {} must hold the gigma application token",
-                        self.app_token_env
-                    ),
-                ))
-            }
+            _ => problems.push(err(
+                "upstream.gigma.app_token_env",
+                format!(
+                    "environment variable {} must hold the gigma application token",
+                    self.app_token_env
+                ),
+            )),
         }
         if self.step_ttl.is_zero() || self.session_ttl.is_zero() {
-            return Err(err(
+            problems.push(err(
                 "upstream.gigma",
                 "step_ttl and session_ttl must be greater than 0",
             ));
         }
-        Ok(())
-    }
-}
-
-/// A parsed `upstream.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing slash ("" for none).
-    pub base_path: String,
-}
-
-/// The most `upstream.urls` (each may resolve to several nodes).
-pub const MAX_URLS: usize = 16;
-
-impl UpstreamUrl {
-    pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        Self::parse_as(url, "upstream.url")
-    }
-
-    /// Parse `url`, naming `key` in errors.
-    pub fn parse_as(url: &str, key: &str) -> Result<Self, ConfigError> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else {
-            return Err(err(key, format!("{url:?} must start with http:// or https://")));
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(err(key, format!("{url:?} needs a host (and no user info)")));
-        }
-        if path.contains('?') || path.contains('#') {
-            return Err(err(key, format!("{url:?} must not carry a query or fragment")));
-        }
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = split_host_port(authority, default_port)
-            .ok_or_else(|| err(key, format!("{url:?} has an invalid port")))?;
-        Ok(UpstreamUrl {
-            tls,
-            host,
-            port,
-            base_path: path.trim_end_matches('/').to_string(),
-        })
-    }
-
-    /// The `Host` header value.
-    pub fn authority(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
-}
-
-fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
-    if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default_port,
-            None => return None,
-        };
-        return Some((host.to_string(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-        None => Some((authority.to_string(), default_port)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_parse() {
-        let u = UpstreamUrl::parse("https://crm.lan:8443/api/").unwrap();
-        assert_eq!(
-            (u.tls, u.host.as_str(), u.port, u.base_path.as_str()),
-            (true, "crm.lan", 8443, "/api")
-        );
-        assert_eq!(u.authority(), "crm.lan:8443");
-        let u = UpstreamUrl::parse("http://[::1]").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("::1", 80));
-        assert_eq!(u.authority(), "[::1]");
-        assert!(UpstreamUrl::parse("http://h:port").is_err());
     }
 }

@@ -1,11 +1,13 @@
 //! The edge: who may connect, and how much one source may ask.
 //!
-//! A [`Gate`] is Pingora's connection filter for one listener: a connection from outside
-//! `server.allow` / `admin.allow`, or beyond `limits.max_connections` open chat-server
-//! connections, is closed at accept, before any TLS handshake or byte of HTTP, and counted
-//! in `cardgate_connections_refused_total{listener,reason}`. [`sources`] limits what one
-//! source address may ask once connected (requests per second, unknown tokens per
-//! minute). Everything here changes in place on a reload.
+//! A [`Gate`] guards one listener. As Pingora's connection filter it closes, at accept, a
+//! connection from outside `server.allow` / `admin.allow` (or, behind a balancer, from
+//! outside `server.proxy_from`); [`opening`] then counts each chat-server connection
+//! against `limits.max_connections` from that moment to its close (through the PROXY
+//! header wait and the TLS handshake) and brings it to its first request. Refusals are
+//! counted in `cardgate_connections_refused_total{listener,reason}`. [`sources`] limits
+//! what one source address may ask once connected (requests per second, unknown tokens
+//! per minute). Everything here changes in place on a reload.
 
 // Input from the chat server or the CRM reaches this module: nothing here may panic on it.
 #![cfg_attr(
@@ -18,6 +20,7 @@
     )
 )]
 
+pub mod opening;
 pub mod proxy;
 pub mod sources;
 
@@ -33,8 +36,32 @@ use prometheus::{IntCounter, IntGauge};
 
 /// The `listener` label values.
 pub const LISTENERS: [&str; 2] = ["chat", "admin"];
-/// The `reason` label values of refused connections.
-pub const REFUSALS: [&str; 3] = ["not_allowed", "max_connections", "proxy_header"];
+/// Why a connection was closed before its first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its source is outside the allowlist (or, behind a balancer, `proxy_from`).
+    NotAllowed,
+    /// `limits.max_connections` were open.
+    MaxConnections,
+    /// No valid PROXY header within `server.client_timeout`.
+    ProxyHeader,
+    /// The TLS handshake failed.
+    TlsHandshake,
+    /// The TLS handshake was not done within `server.client_timeout`.
+    TlsTimeout,
+    /// Plain HTTP on the TLS port (answered with its 400).
+    PlainHttp,
+}
+
+/// The `reason` label values of refused connections, in [`Refusal`] order.
+pub const REFUSALS: [&str; 6] = [
+    "not_allowed",
+    "max_connections",
+    "proxy_header",
+    "tls_handshake",
+    "tls_timeout",
+    "plain_http",
+];
 
 /// An address as the allowlists see it: an IPv4 client on an IPv6 socket is IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
@@ -58,10 +85,12 @@ pub struct Gate {
     proxy_from: Option<ArcSwap<Vec<IpNet>>>,
     /// Open connections at most (chat listener; `usize::MAX`: no bound).
     max_open: AtomicUsize,
+    /// Connections counted open now: the bound is checked and taken in one step.
+    counted: AtomicUsize,
+    /// What the metrics show of `counted`.
     open: IntGauge,
-    not_allowed: IntCounter,
-    too_many: IntCounter,
-    bad_proxy_header: IntCounter,
+    /// The counters of each [`Refusal`], in its order.
+    refused: [IntCounter; 6],
 }
 
 impl std::fmt::Debug for Gate {
@@ -74,24 +103,22 @@ impl std::fmt::Debug for Gate {
 }
 
 impl Gate {
-    /// `open` counts the listener's open connections; `refused` gives the counters of
-    /// its two refusal reasons, in [`REFUSALS`] order.
+    /// `open` shows the listener's open connections; `refused` gives the counters of its
+    /// refusal reasons, in [`REFUSALS`] order.
     pub fn new(
         allow: Vec<IpNet>,
         proxy_from: Option<Vec<IpNet>>,
         max_open: usize,
         open: IntGauge,
-        refused: [IntCounter; 3],
+        refused: [IntCounter; 6],
     ) -> Arc<Self> {
-        let [not_allowed, too_many, bad_proxy_header] = refused;
         Arc::new(Gate {
             allow: ArcSwap::from_pointee(allow),
             proxy_from: proxy_from.map(ArcSwap::from_pointee),
-            bad_proxy_header,
             max_open: AtomicUsize::new(max_open),
+            counted: AtomicUsize::new(0),
             open,
-            not_allowed,
-            too_many,
+            refused,
         })
     }
 
@@ -104,24 +131,17 @@ impl Gate {
         self.max_open.store(max_open, Ordering::Relaxed);
     }
 
-    /// Whether a connection from `ip` is admitted now (counting it as refused if not).
-    pub fn admits(&self, ip: Option<IpAddr>) -> bool {
-        if let Some(ip) = ip {
-            let admitted = match &self.proxy_from {
-                None => allowed(&self.allow.load(), ip),
-                Some(from) => allowed(&from.load(), ip),
-            };
-            if !admitted {
-                self.not_allowed.inc();
-                return false;
-            }
+    /// Whether a connection from the peer `ip` is admitted at accept (counting it as
+    /// refused if not): the allowlist, or behind a balancer `proxy_from`.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let admitted = match &self.proxy_from {
+            None => allowed(&self.allow.load(), ip),
+            Some(from) => allowed(&from.load(), ip),
+        };
+        if !admitted {
+            self.refuse(Refusal::NotAllowed);
         }
-        let open = usize::try_from(self.open.get()).unwrap_or(0);
-        if open >= self.max_open.load(Ordering::Relaxed) {
-            self.too_many.inc();
-            return false;
-        }
-        true
+        admitted
     }
 
     /// Whether the allowlist takes this source (counting it as refused if not): at
@@ -129,36 +149,62 @@ impl Gate {
     pub fn allows_source(&self, ip: IpAddr) -> bool {
         let ok = allowed(&self.allow.load(), ip);
         if !ok {
-            self.not_allowed.inc();
+            self.refuse(Refusal::NotAllowed);
         }
         ok
     }
 
-    /// Count a connection closed for a missing or invalid PROXY header.
-    pub fn refuse_proxy_header(&self) {
-        self.bad_proxy_header.inc();
+    /// Count a connection closed for `why`.
+    pub fn refuse(&self, why: Refusal) {
+        if let Some(counter) = self.refused.get(why as usize) {
+            counter.inc();
+        }
     }
 
-    /// Count a connection as open until the returned guard is dropped.
-    pub fn opened(&self) -> OpenConnection {
+    /// Count a connection as open until the returned guard is dropped, if fewer than
+    /// `limits.max_connections` are (else it is counted as refused). The check and the
+    /// count are one atomic step: connections accepted at once cannot all pass it.
+    pub fn try_open(self: &Arc<Self>) -> Option<OpenConnection> {
+        let max = self.max_open.load(Ordering::Relaxed);
+        let taken = self
+            .counted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then(|| n.saturating_add(1))
+            });
+        if taken.is_err() {
+            self.refuse(Refusal::MaxConnections);
+            return None;
+        }
         self.open.inc();
-        OpenConnection(self.open.clone())
+        Some(OpenConnection(self.clone()))
+    }
+
+    /// Count a connection as open until the returned guard is dropped, whatever the bound
+    /// (the admin port's connections, which are bounded by its allowlist and one thread).
+    pub fn opened(self: &Arc<Self>) -> OpenConnection {
+        self.counted.fetch_add(1, Ordering::AcqRel);
+        self.open.inc();
+        OpenConnection(self.clone())
     }
 }
 
 /// An open connection, counted until dropped.
-pub struct OpenConnection(IntGauge);
+pub struct OpenConnection(Arc<Gate>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.open.dec();
+        let _ = self
+            .0
+            .counted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 }
 
 #[async_trait]
 impl ConnectionFilter for Gate {
     async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
-        self.admits(addr.map(SocketAddr::ip))
+        addr.is_none_or(|a| self.admits(a.ip()))
     }
 }
 
@@ -194,16 +240,43 @@ mod tests {
     fn a_gate_counts_what_it_refuses_and_bounds_open_connections() {
         let c = || IntCounter::new("c", "c").unwrap();
         let open = IntGauge::new("o", "o").unwrap();
-        let gate = Gate::new(nets(&["127.0.0.0/8"]), None, 2, open.clone(), [c(), c(), c()]);
-        assert!(!gate.admits(Some("192.0.2.1".parse().unwrap())));
-        assert_eq!(gate.not_allowed.get(), 1);
-        let a = gate.opened();
-        let _b = gate.opened();
-        assert!(!gate.admits(Some("127.0.0.1".parse().unwrap())));
-        assert_eq!(gate.too_many.get(), 1);
+        let refused = [c(), c(), c(), c(), c(), c()];
+        let gate = Gate::new(nets(&["127.0.0.0/8"]), None, 2, open.clone(), refused.clone());
+        assert!(!gate.admits("192.0.2.1".parse().unwrap()));
+        assert_eq!(refused[Refusal::NotAllowed as usize].get(), 1);
+        let a = gate.try_open().unwrap();
+        let _b = gate.try_open().unwrap();
+        assert_eq!(open.get(), 2);
+        assert!(gate.try_open().is_none());
+        assert_eq!(refused[Refusal::MaxConnections as usize].get(), 1);
         drop(a);
-        assert!(gate.admits(Some("127.0.0.1".parse().unwrap())));
+        assert!(gate.try_open().is_some());
+        assert_eq!(open.get(), 1, "the refused one and the dropped one are not open");
         gate.apply(Vec::new(), Vec::new(), 10);
-        assert!(gate.admits(Some("192.0.2.1".parse().unwrap())));
+        assert!(gate.admits("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn connections_opened_at_once_never_pass_the_bound_together() {
+        let c = || IntCounter::new("c", "c").unwrap();
+        let open = IntGauge::new("o", "o").unwrap();
+        let refused = [c(), c(), c(), c(), c(), c()];
+        let gate = Gate::new(Vec::new(), None, 20, open.clone(), refused.clone());
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (gate, barrier) = (gate.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    (0..10).filter_map(|_| gate.try_open()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let held: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        assert_eq!(held.len(), 20);
+        assert_eq!(open.get(), 20);
+        assert_eq!(refused[Refusal::MaxConnections as usize].get(), 60);
+        drop(held);
+        assert_eq!(open.get(), 0);
     }
 }

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::Guard;
-use prometheus::IntGauge;
 use serde_json::json;
 
 use super::Gateway;
@@ -186,9 +185,10 @@ impl Gateway {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// The gauge of requests in flight (draining waits for it to reach 0).
-    pub fn inflight(&self) -> IntGauge {
-        self.metrics.inflight.clone()
+    /// What is still under way: requests being answered, and chat-server connections open
+    /// (once the listeners stop, idle ones close at once: a drain waits for both to be 0).
+    pub fn in_flight(&self) -> (i64, i64) {
+        (self.metrics.inflight.get(), self.metrics.connections_open.get())
     }
 
     /// The Prometheus text of every metric, the cache gauges brought up to date.

@@ -13,26 +13,27 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use prometheus::IntGauge;
 
 use crate::cache::{CacheResult, CardCache, Lookup};
 use crate::config::{Config, ConfigError};
+mod account;
 mod control;
 
+pub use account::Ctx;
 pub use control::Reloaded;
 
 use crate::correlation::Correlation;
 use crate::dialect::{self, Dialect};
 use crate::edge::sources::{Refusal as SourceRefusal, Sources};
 use crate::edge::Gate;
-use crate::error::{loggable_code, GatewayError};
+use crate::error::GatewayError;
 use crate::guard::SearchGuard;
 use crate::h1::server::RequestView;
-use crate::keys::{CacheKey, Fingerprint, TokenHasher};
+use crate::keys::{CacheKey, TokenHasher};
 use crate::logs::{self, access};
 use crate::metrics::Metrics;
 use crate::parse::{self, Api, Route, Token};
@@ -65,39 +66,6 @@ pub struct Gateway {
     admin_token: ArcSwap<Option<[u8; 32]>>,
     /// The TLS listener's live certificate and client CA, when `[server.tls]` is set.
     tls: Option<Arc<Tls>>,
-}
-
-/// What one request did, for its log line and metrics.
-pub struct Ctx {
-    start: Instant,
-    api: Api,
-    status: u16,
-    error_code: Option<String>,
-    cache: Option<CacheResult>,
-    token_fp: Option<Fingerprint>,
-    upstream: Option<(Option<u16>, Duration)>,
-    /// Search: the step ("first", "next") and its outcome, once known.
-    search: Option<(&'static str, &'static str)>,
-    correlation: Correlation,
-    /// The card lookup was answered "client not found".
-    unknown_token: bool,
-    _inflight: Option<InflightGuard>,
-}
-
-impl Ctx {
-    /// The request id of the request (read from the chat server or made here).
-    pub fn request_id(&self) -> Option<&str> {
-        self.correlation.request_id.as_deref()
-    }
-}
-
-/// Counts a request as in flight until its context is dropped, whatever path it took.
-struct InflightGuard(IntGauge);
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 impl Gateway {
@@ -188,25 +156,6 @@ impl Gateway {
         }))
     }
 
-    /// Start accounting for a request that began arriving at `start`: it is in flight
-    /// until its [`Ctx`] is dropped.
-    pub fn begin(&self, start: Instant) -> Ctx {
-        self.metrics.inflight.inc();
-        Ctx {
-            start,
-            api: Api::Other,
-            status: 0,
-            error_code: None,
-            cache: None,
-            token_fp: None,
-            upstream: None,
-            search: None,
-            correlation: Correlation::default(),
-            unknown_token: false,
-            _inflight: Some(InflightGuard(self.metrics.inflight.clone())),
-        }
-    }
-
     /// Answer one complete request.
     pub async fn answer<R: RequestView + Sync>(self: &Arc<Self>, req: &R, ctx: &mut Ctx) -> Answer {
         let cfg = self.config();
@@ -220,8 +169,7 @@ impl Gateway {
             .admit(peer, matches!(route, Ok(Route::Card(_))))
             .map_err(|refusal| self.source_refused(refusal));
         // The token is taken out before the lookup is awaited: a match that awaited in its
-        // arm would keep its scrutinee (112 bytes) in every lookup's future, and that
-        // future (one allocation a request) past glibc's per-thread cache sizes (1 KiB).
+        // arm would keep its scrutinee in every lookup's future, one allocation a request.
         let token = match admitted.and(route) {
             Ok(Route::Card(token)) => token,
             // Boxed: the search future is the larger, and inline it would size every
@@ -295,12 +243,25 @@ impl Gateway {
             Ok(stored) => stored.is_negative(),
             Err(e) => e.is_negative(),
         };
-        let stored = result?;
-        if how == CacheResult::Hit && stored.claim_refresh(Instant::now()) {
-            self.refresh_ahead(key, token, stored.clone());
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(e) => {
+                let answer = self.reject(&e, ctx);
+                if let Some(fp) = &ctx.token_fp {
+                    let code = account::redacted_code(e.code(), e.status(), token.as_bytes(), fp);
+                    ctx.error_code = Some(code);
+                }
+                return Ok(answer);
+            }
+        };
+        if let Some(fp) = &ctx.token_fp {
+            let status = stored.status();
+            ctx.error_code = stored
+                .error_code()
+                .map(|c| account::redacted_code(&c, status, token.as_bytes(), fp));
         }
-        if logged {
-            ctx.error_code = stored.error_code().map(|c| loggable_code(&c, stored.status()));
+        if how == CacheResult::Hit && stored.claim_refresh(tokio::time::Instant::now()) {
+            self.refresh_ahead(key, token, stored.clone());
         }
         Ok(Answer {
             status: stored.status(),
@@ -410,18 +371,16 @@ impl Gateway {
             let record = CallRecord::new(correlation);
             let key = gw.hasher.cache_key(token.as_bytes());
             let (result, how) = gw.lookup(key, &token, &record).await;
+            let fp = gw.hasher.fingerprint_of(&key);
             let (status, code) = match &result {
-                Ok(stored) => (
-                    stored.status(),
-                    stored.error_code().map(|c| loggable_code(&c, stored.status())),
-                ),
-                Err(e) => (e.status(), Some(e.log_code())),
+                Ok(stored) => (stored.status(), stored.error_code()),
+                Err(e) => (e.status(), Some(e.code().to_string())),
             };
+            let code = code.map(|c| account::redacted_code(&c, status, token.as_bytes(), &fp));
             let outcome = if status == 200 { "ok" } else { "error" };
             gw.metrics.prewarms.with_label_values(&[outcome]).inc();
             if gw.config().log.access {
                 let upstream = record.get();
-                let fp = gw.hasher.fingerprint_of(&key);
                 let correlation = record.into_correlation();
                 access::emit(&access::Line {
                     ts: logs::now(),
@@ -451,47 +410,5 @@ fn error_answer(e: &GatewayError, body: Bytes, x_cache: Option<&'static str>) ->
         body: body.into(),
         x_cache,
         header: e.header(),
-    }
-}
-
-impl Gateway {
-    /// Record the metrics and the access-log line of an answered request; when that was
-    /// (the clock is read once for both).
-    pub fn finish(&self, method: &str, peer: &access::Peer, ctx: Ctx) -> Instant {
-        let end = Instant::now();
-        let elapsed = end.saturating_duration_since(ctx.start);
-        let api = ctx.api.label();
-        let status = if ctx.status == 0 { 499 } else { ctx.status };
-        self.metrics.observe_request(api, status, elapsed.as_secs_f64());
-        if let Some(how) = ctx.cache {
-            self.metrics.count_lookup(how.label());
-        }
-        if let Some((step, outcome)) = ctx.search {
-            self.metrics
-                .search_steps
-                .with_label_values(&[step, outcome])
-                .inc();
-        }
-        if !self.config().log.access {
-            return end;
-        }
-        access::emit(&access::Line {
-            ts: logs::now(),
-            api,
-            method,
-            status,
-            error_code: ctx.error_code.as_deref(),
-            cache: ctx.cache.map(CacheResult::label),
-            step: ctx.search.map(|(step, _)| step),
-            upstream_status: ctx.upstream.and_then(|(s, _)| s),
-            upstream: ctx.upstream.map(|(_, d)| d),
-            duration: elapsed,
-            token_fp: ctx.token_fp.as_ref().map(Fingerprint::as_str),
-            request_id: ctx.request_id(),
-            peer: peer.as_str(),
-            tls: peer.tls,
-            client_cert: peer.client_cert.as_deref(),
-        });
-        end
     }
 }

@@ -11,7 +11,8 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::common::{BodyFraming, ChunkedDecoder, FramingError, FramingFields};
+use super::chunked::ChunkedDecoder;
+use super::common::{BodyFraming, FramingError, FramingFields};
 
 /// The largest answer head accepted.
 pub const MAX_ANSWER_HEAD: usize = 64 * 1024;

@@ -13,7 +13,8 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
 
-use super::common::{trim, BodyFraming, ChunkedDecoder, FramingError, FramingFields};
+use super::chunked::ChunkedDecoder;
+use super::common::{trim, BodyFraming, FramingError, FramingFields};
 
 /// Header fields a request may carry at most (more: refused).
 pub const MAX_HEADERS: usize = 64;
@@ -108,8 +109,12 @@ pub fn parse_head(buf: &[u8], max_head: usize, head: &mut Option<Head>) -> Resul
     }
     // Checked now, refused with the body's framing below: the refusal then has the
     // request's head (a HEAD gets no body, a search gets its error shape).
-    let target_ok = check_target(req.method.unwrap_or_default(), target)
-        .and_then(|authority| check_host(req.headers, req.version.unwrap_or(1), authority));
+    let target_ok = super::target::check(
+        req.method.unwrap_or_default(),
+        target,
+        req.headers,
+        req.version.unwrap_or(1),
+    );
     let h = head.get_or_insert_with(Head::empty);
     h.len = len;
     h.method = span(req.method.unwrap_or_default().as_bytes());
@@ -174,53 +179,6 @@ pub fn body_complete(
                 .decode(rest, max_body)?
                 .map(|n| (BodyPlace::Chunked, start.saturating_add(n))))
         }
-    }
-}
-
-/// The authority of an absolute-form target (`http://host:port/path`), lowercased.
-fn absolute_authority(target: &str) -> Option<&str> {
-    let rest = ["http://", "https://"].iter().find_map(|scheme| {
-        let head = target.get(..scheme.len())?;
-        head.eq_ignore_ascii_case(scheme).then(|| &target[scheme.len()..])
-    })?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    Some(&rest[..end])
-}
-
-/// A tunnel's bytes must never be read as requests: CONNECT and authority-form targets
-/// are refused. The authority of an absolute-form target, if it is one.
-fn check_target<'t>(method: &str, target: &'t str) -> Result<Option<&'t str>, FramingError> {
-    if method == "CONNECT" {
-        return Err(FramingError::BadTarget("CONNECT is not served"));
-    }
-    match absolute_authority(target) {
-        Some(a) => Ok(Some(a)),
-        None if target.starts_with('/') || target == "*" => Ok(None),
-        None => Err(FramingError::BadTarget(
-            "request target is not in origin or absolute form",
-        )),
-    }
-}
-
-/// One `Host` field in HTTP/1.1 (RFC 9112 §3.2), at most one in 1.0; with an
-/// absolute-form target, a `Host` that names another authority is refused rather than
-/// ignored (§3.2.2 lets a server ignore it: a gateway in front of other parsers does not).
-fn check_host(
-    fields: &[httparse::Header<'_>],
-    minor: u8,
-    authority: Option<&str>,
-) -> Result<(), FramingError> {
-    let mut hosts = fields.iter().filter(|f| f.name.eq_ignore_ascii_case("host"));
-    let host = hosts.next().map(|f| trim(f.value));
-    if hosts.next().is_some() {
-        return Err(FramingError::BadHost("more than one Host header"));
-    }
-    match (host, authority) {
-        (None, _) if minor >= 1 => Err(FramingError::BadHost("Host header is missing")),
-        (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a.as_bytes()) => Err(FramingError::BadHost(
-            "Host header differs from the request target's authority",
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -416,8 +374,7 @@ pub(crate) mod tests {
     #[test]
     fn targets() {
         let p = |t: &str| {
-            let host = absolute_authority(t).unwrap_or("a");
-            let raw = format!("GET {t} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let raw = format!("GET {t} HTTP/1.1\r\nHost: a\r\n\r\n");
             let h = head(raw.as_bytes()).unwrap();
             Request::new(raw.as_bytes(), &h, b"", None).path().to_string()
         };
@@ -425,37 +382,6 @@ pub(crate) mod tests {
         assert_eq!(p("http://gw:8080/rest/x?y"), "/rest/x");
         assert_eq!(p("HTTP://gw"), "/");
         assert_eq!(p("*"), "*");
-    }
-
-    #[test]
-    fn host_is_required_once_and_must_match_the_target() {
-        // The head is read whole (its refusal keeps its method and route); the body's
-        // framing carries the verdict.
-        let f = |raw: &str| head(raw.as_bytes()).unwrap().framing.map(|_| ());
-        assert_eq!(f("GET / HTTP/1.0\r\n\r\n"), Ok(()));
-        assert_eq!(f("GET http://gw:80/x HTTP/1.1\r\nHost: GW:80\r\n\r\n"), Ok(()));
-        for bad in [
-            "GET / HTTP/1.1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
-            "GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n",
-            "GET http://evil/x HTTP/1.1\r\nHost: gw\r\n\r\n",
-            "GET http://evil/x HTTP/1.1\r\n\r\n",
-        ] {
-            assert!(matches!(f(bad), Err(FramingError::BadHost(_))), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn tunnels_and_authority_form_are_refused() {
-        for bad in [
-            "CONNECT gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\n",
-            "CONNECT /x HTTP/1.1\r\nHost: gw\r\n\r\n",
-            "GET gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\n",
-            "GET ftp://gw/x HTTP/1.1\r\nHost: gw\r\n\r\n",
-        ] {
-            let framing = head(bad.as_bytes()).unwrap().framing;
-            assert!(matches!(framing, Err(FramingError::BadTarget(_))), "{bad:?}");
-        }
     }
 
     #[test]

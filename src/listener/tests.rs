@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_test::io::{Builder, Mock};
 
+use super::connection::{method_label, LINGER};
 use super::*;
 use crate::config::Config;
 
@@ -22,7 +23,9 @@ fn listener() -> Listener {
          [log]\naccess = false\n[upstream]\nurl = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();
-    Listener::new(Gateway::new(cfg).unwrap())
+    let gateway = Gateway::new(cfg).unwrap();
+    let opening = Opening::new(gateway.chat_gate(), None, None);
+    Listener::new(gateway, opening)
 }
 
 /// Serve one scripted connection whose answers go into a pipe of `capacity` bytes that
@@ -31,7 +34,7 @@ async fn serve(reads: Mock, capacity: usize, shutdown: ShutdownWatch) -> (String
     let (ours, mut theirs) = tokio::io::duplex(capacity);
     let start = Instant::now();
     listener()
-        .serve(tokio::io::join(reads, ours), None, None, Vec::new(), shutdown)
+        .serve(tokio::io::join(reads, ours), None, None, None, shutdown)
         .await;
     let took = start.elapsed();
     let mut out = Vec::new();
@@ -238,7 +241,7 @@ async fn closing_a_connection_has_a_deadline_too() {
         let (ours, _theirs) = tokio::io::duplex(64 * 1024);
         let io = StuckClose(tokio::io::join(Builder::new().read(input).build(), ours));
         let start = Instant::now();
-        listener().serve(io, None, None, Vec::new(), running()).await;
+        listener().serve(io, None, None, None, running()).await;
         assert!(start.elapsed() <= 2 * CLIENT_TIMEOUT, "{:?}", start.elapsed());
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod sink;
+pub mod throttle;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{LogLevel, LogSection};
+use throttle::{Throttle, Throttles};
 
 pub use access::now;
 pub use sink::flush;
@@ -102,7 +104,30 @@ pub fn warn(what: &str, cause: &dyn std::fmt::Display, limiter: &Mutex<Option<In
     );
 }
 
-/// Pingora's own messages (through the `log` facade), as event lines with their source.
+/// A warning a peer caused (`fields` is a JSON object), under `throttle`'s rule: the line
+/// that is written carries `suppressed`, the count of those left out before it.
+pub fn peer_warn(throttle: &Throttle, msg: &str, fields: Value) {
+    if !enabled(LogLevel::Warn) {
+        return;
+    }
+    if let Some(left_out) = throttle.admit() {
+        write_event(LogLevel::Warn, msg, Some(with_suppressed(fields, left_out)));
+    }
+}
+
+fn with_suppressed(mut fields: Value, left_out: u64) -> Value {
+    if let (Some(map), true) = (fields.as_object_mut(), left_out > 0) {
+        map.insert("suppressed".into(), left_out.into());
+    }
+    fields
+}
+
+/// Warnings and errors of other crates, by target: rustls and Pingora write them for what
+/// one peer sent (an address as the server name, a failed read).
+static BRIDGED: Throttles = Throttles::new();
+
+/// Pingora's, rustls's and other crates' messages (through the `log` facade), as event
+/// lines with their source; warnings and errors follow the [`throttle`] rule by source.
 struct Bridge;
 
 impl ::log::Log for Bridge {
@@ -114,12 +139,16 @@ impl ::log::Log for Bridge {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let level = level_of(record.level());
+        let mut fields = serde_json::json!({ "source": record.target() });
+        if level <= LogLevel::Warn {
+            let Some(left_out) = BRIDGED.admit(record.target()) else {
+                return;
+            };
+            fields = with_suppressed(fields, left_out);
+        }
         let msg = record.args().to_string();
-        write_event(
-            level_of(record.level()),
-            &msg,
-            Some(serde_json::json!({ "source": record.target() })),
-        );
+        write_event(level, &msg, Some(fields));
     }
 
     fn flush(&self) {}

@@ -30,6 +30,7 @@ use serde_json::Value;
 use crate::error::GatewayError;
 use crate::upstream::UpstreamAnswer;
 
+mod lex;
 pub(crate) mod scan;
 
 /// A validated client card, ready to write.

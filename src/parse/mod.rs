@@ -4,7 +4,8 @@
 //! 404 or 405. The token comes from the last path segment (percent-decoded) of
 //! `GET /rest/chat/client/id/{token}` or from the `token` header of
 //! `POST /rest/chat/client/id/`. Size and character limits are enforced here, before any
-//! lookup, so that nothing downstream ever sees an oversized or malformed token. The
+//! lookup, so that nothing downstream ever sees an oversized or malformed token: a token
+//! is printable ASCII, with spaces only between visible characters. The
 //! Search client API's parameters are read in [`search`].
 
 // Input from the chat server or the CRM reaches this module: nothing here may panic on it.
@@ -166,11 +167,13 @@ fn check_token(bytes: &[u8], max: usize, in_header: bool) -> Result<Token, Gatew
     if bytes.len() > max {
         return Err(GatewayError::TokenTooLong { in_header });
     }
-    // Visible ASCII only, trimmed of nothing: one token has one spelling, in the cache
-    // key and at the CRM alike.
-    if !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+    // Printable ASCII, spaces only between visible characters, trimmed of nothing: one
+    // token has one spelling, in the cache key and at the CRM alike (a header value loses
+    // its outer spaces on the way, so a token cannot have any).
+    let printable = bytes.iter().all(|b| (0x20..=0x7e).contains(b));
+    if !printable || bytes.first() == Some(&b' ') || bytes.last() == Some(&b' ') {
         return Err(GatewayError::BadRequest(
-            "token must be visible ASCII (no spaces, control characters or other bytes)",
+            "token must be printable ASCII, spaces only inside (no control characters or other bytes)",
         ));
     }
     // One exact-size allocation.
@@ -248,12 +251,15 @@ mod tests {
             "/rest/chat/client/id/T%",
             "/rest/chat/client/id/T%2",
             "/rest/chat/client/id/%20T%20",
-            "/rest/chat/client/id/a%20b",
+            "/rest/chat/client/id/%20T",
+            "/rest/chat/client/id/T%20",
+            "/rest/chat/client/id/a%09b",
+            "/rest/chat/client/id/a%7Fb",
             "/rest/chat/client/id/%C3%BC",
         ] {
             assert_eq!(refused("GET", path, None), "BAD_REQUEST", "{path}");
         }
-        for value in ["a b", "\u{fc}"] {
+        for value in ["a\tb", "\u{fc}"] {
             assert_eq!(
                 refused("POST", "/rest/chat/client/id/", Some(value)),
                 "BAD_REQUEST",
@@ -261,6 +267,23 @@ mod tests {
             );
         }
         assert_eq!(card("GET", "/rest/chat/client/id/%41%7e", None).unwrap(), b"A~");
+    }
+
+    #[test]
+    fn tokens_may_have_spaces_inside() {
+        assert_eq!(
+            card("GET", "/rest/chat/client/id/a%2Fb%20c%2Bd", None).unwrap(),
+            b"a/b c+d"
+        );
+        assert_eq!(
+            card("GET", "/rest/chat/client/id/a%20%20b", None).unwrap(),
+            b"a  b"
+        );
+        // A header value's outer spaces are not part of it: the same token either way.
+        assert_eq!(
+            card("POST", "/rest/chat/client/id/", Some(" a/b c+d ")).unwrap(),
+            b"a/b c+d"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `cardgate_upstream_requests_total`, whether another node may be tried (the request never
 //! reached the internal system, or was refused before any answer byte), and whether the
 //! node itself is to blame (a transport failure or a timeout: what passive ejection
-//! counts). TLS failures name their cause — unknown CA, name mismatch, expired, refused,
+//! counts), and whether it failed after taking the connection (then a passing TCP check
+//! says nothing of its health). TLS failures name their cause — unknown CA, name mismatch, expired, refused,
 //! plain HTTP where TLS was expected — for the log line; the chat server sees only
 //! `CRM_UNAVAILABLE`.
 
@@ -24,6 +25,9 @@ pub struct Failure {
     pub retry: bool,
     /// A transport failure or timeout: counts towards ejecting the node.
     pub transport: bool,
+    /// The node took the connection (and the TLS handshake), then timed out, closed it or
+    /// refused in the session: a node that passes a TCP check can still fail this way.
+    pub after_connect: bool,
     /// For the log: what failed, in the operator's words (never request data).
     pub cause: String,
 }
@@ -70,6 +74,7 @@ impl Failure {
             outcome: "timeout",
             retry: false,
             transport: true,
+            after_connect: true,
             cause: "no answer within upstream.timeout".into(),
         }
     }
@@ -87,6 +92,7 @@ impl Failure {
             outcome: "circuit_open",
             retry: false,
             transport: false,
+            after_connect: false,
             cause: "no CRM node is healthy".into(),
         }
     }
@@ -136,6 +142,7 @@ impl Failure {
             outcome,
             retry: true,
             transport: true,
+            after_connect: false,
             cause: format!("cannot connect: {detail}"),
         }
     }
@@ -150,6 +157,7 @@ impl Failure {
                 if tls && detail.contains("alert") {
                     let mut f = Failure::tls(tls_cause(&detail), &detail);
                     f.retry = !answered;
+                    f.after_connect = true;
                     return f;
                 }
                 let why = match cause.kind() {
@@ -164,6 +172,7 @@ impl Failure {
                     outcome: "unavailable",
                     retry: !answered,
                     transport: true,
+                    after_connect: true,
                     cause: format!("{why}: {detail}"),
                 }
             }
@@ -177,6 +186,7 @@ impl Failure {
                     outcome: "invalid",
                     retry: false,
                     transport: false,
+                    after_connect: true,
                     cause: format!("invalid answer: {why}"),
                 }
             }
@@ -189,6 +199,7 @@ impl Failure {
             outcome: "tls",
             retry: true,
             transport: true,
+            after_connect: false,
             cause: format!("TLS to the CRM failed: {cause} ({detail})"),
         }
     }

@@ -4,10 +4,11 @@
 //! checks their health off the request path); [`nodes`] picks the one for each attempt.
 //! Plain-TCP connections are made by [`plain`] within `upstream.connect_timeout`; TLS ones
 //! by [`tls`] (rustls: CA, client certificate, versions and suites of `[upstream]`) over
-//! TCP from [`plain`], within twice that; idle ones wait in each node's [`pool`]. A call is bounded by `upstream.timeout` as a whole: at
-//! most `upstream.max_inflight` run at once; a failed idempotent call goes to another node
-//! (`upstream.retries`); a card lookup still unanswered after `upstream.hedge_after` is
-//! also sent to a second node, and the first valid answer wins. This module turns
+//! TCP from [`plain`], within twice that; idle ones wait in each node's [`pool`]. A call is
+//! bounded by `upstream.timeout` as a whole: at most `upstream.max_inflight` run at once; a
+//! failed idempotent call goes to another node (`upstream.retries`); a card lookup still
+//! unanswered after `upstream.hedge_after` is also sent to a second node, and the first
+//! valid answer wins. This module turns
 //! transport failures into the `CRM_*` errors ([`failure`]); [`crate::normalise`] judges
 //! the answers that did arrive.
 
@@ -22,17 +23,19 @@
     )
 )]
 
+mod check;
+mod exchange;
 mod failure;
 mod health;
 mod node;
 mod nodes;
 mod plain;
 mod pool;
+mod record;
 mod resolve;
 mod stats;
 mod tls;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,18 +43,18 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::connectors::ConnectorOptions;
-use pingora::lb::Backends;
 
-use crate::config::{Config, ConfigError};
-use crate::correlation::Correlation;
+use crate::config::{Config, ConfigError, LogLevel};
 use crate::error::GatewayError;
+use crate::logs;
 use crate::metrics::Metrics;
 use failure::Failure;
 use node::{Ejection, Node, Target};
 use nodes::{Nodes, Tried};
 
 pub use health::Watch;
-pub use resolve::resolve;
+pub use record::CallRecord;
+pub use resolve::at_start as resolve_at_start;
 
 /// The `User-Agent` of the calls that send one (health checks, the bearer token check).
 pub const USER_AGENT: &str = concat!("cardgate/", env!("CARGO_PKG_VERSION"));
@@ -97,49 +100,6 @@ impl UpstreamAnswer {
             cache_control: None,
             body: Bytes::copy_from_slice(body.as_bytes()),
         }
-    }
-}
-
-/// The status and duration of the last upstream call made for one request, for its
-/// access-log line, and the correlation every call for it carries.
-#[derive(Debug, Default)]
-pub struct CallRecord {
-    status: AtomicU64,
-    micros: AtomicU64,
-    /// The request id and trace context the call carries to the CRM.
-    correlation: Correlation,
-}
-
-impl CallRecord {
-    /// A record for a call that carries `correlation` to the CRM.
-    pub fn new(correlation: Correlation) -> Self {
-        CallRecord {
-            correlation,
-            ..CallRecord::default()
-        }
-    }
-
-    fn record(&self, status: Option<u16>, elapsed: Duration) {
-        self.status.store(status.map_or(0, u64::from), Ordering::Relaxed);
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.micros.store(micros, Ordering::Relaxed);
-    }
-
-    /// The correlation back, once the calls are made.
-    pub fn into_correlation(self) -> Correlation {
-        self.correlation
-    }
-
-    /// The upstream status (None: no answer) and duration, if a call was made.
-    pub fn get(&self) -> Option<(Option<u16>, Duration)> {
-        let micros = self.micros.load(Ordering::Relaxed);
-        if micros == 0 {
-            return None;
-        }
-        let status = u16::try_from(self.status.load(Ordering::Relaxed))
-            .ok()
-            .filter(|s| *s != 0);
-        Some((status, Duration::from_micros(micros)))
     }
 }
 
@@ -194,7 +154,8 @@ fn connector_options(cfg: &Config) -> ConnectorOptions {
 
 impl Upstream {
     /// Resolve every configured URL (blocking: this runs before anything serves) and
-    /// build the nodes.
+    /// build the nodes; a name that does not resolve yet is warned about, and has its
+    /// nodes once it does.
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         let connector = connector(&cfg.upstream)?;
         let targets: Vec<Arc<Target>> = cfg
@@ -203,46 +164,25 @@ impl Upstream {
             .enumerate()
             .map(|(i, url)| Arc::new(Target::new(i, url)))
             .collect();
-        if targets
-            .iter()
-            .any(|t| HeaderValue::from_str(&t.authority).is_err())
-        {
-            return Err(ConfigError(
-                "upstream.url: host is not a valid Host header".into(),
-            ));
+        let urls: Vec<_> = targets.iter().map(|t| t.url.clone()).collect();
+        let (seed, unresolved) = resolve::at_start(&urls);
+        for u in &unresolved {
+            logs::event_with(
+                LogLevel::Warn,
+                "cannot resolve a CRM host at startup: no node for it until it resolves",
+                serde_json::json!({
+                    "host": u.host,
+                    "error": u.error,
+                    "resolveInterval": humantime::format_duration(cfg.upstream.resolve_interval).to_string(),
+                }),
+            );
         }
-        let seed = targets
-            .iter()
-            .map(|t| resolve(&t.url))
-            .collect::<Result<Vec<_>, _>>()?;
         let stats = Arc::new(stats::Stats::new(&metrics));
-        let discovery = health::Discovery::new(targets.clone(), seed, cfg, stats.clone());
-        let mut backends = Backends::new(Box::new(discovery));
-        let check = Arc::new(health::NodeCheck::new(&targets, &cfg.upstream.health, || {
-            connector_options(cfg)
-        }));
-        backends.set_health_check(Box::new(health::Scheduled(check.clone())));
-        let nodes = Arc::new(Nodes::new(Vec::new()));
-        let watch = Arc::new(Watch {
-            backends,
-            check,
-            circuit_open: tokio::sync::Notify::new(),
-            nodes: nodes.clone(),
-            stats: stats.clone(),
-            resolve_every: cfg.upstream.resolve_interval,
-            check_every: cfg.upstream.health.interval,
-        });
-        // The startup resolution, published before the first request (on a thread of its
-        // own: this may be called from within a runtime).
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-                rt.map(|rt| rt.block_on(watch.refresh()))
-            })
-            .join()
-        })
-        .map_err(|_| ConfigError("upstream: the first resolution failed".into()))?
-        .map_err(|e| ConfigError(format!("upstream: cannot start a resolver: {e}")))?;
+        let lookup = Box::new(resolve::System);
+        // The startup resolution's nodes take the first requests.
+        let watch = Watch::new(cfg, &targets, seed, lookup, stats.clone(), connector_options(cfg));
+        let watch = Arc::new(watch);
+        let nodes = watch.nodes.clone();
         Ok(Upstream {
             connector,
             nodes,

@@ -5,32 +5,33 @@
 //! ejection: `upstream.eject_after` consecutive transport failures or timeouts take it out
 //! for `upstream.eject_for`, doubled each time a probe fails again (at most 5 minutes);
 //! once that time is over, one request a second may go to it as a probe, and the first
-//! that succeeds (or a passing health check) brings it back. Active checks flip a node
-//! after `upstream.health.healthy_after` / `unhealthy_after` consecutive results; while no
-//! node is up, a passing probe brings one back at once. `outstanding` counts the calls
-//! under way, for least-outstanding selection.
+//! that succeeds brings it back. A passing health check brings it back too, but only one
+//! that [vouches](Node::check_vouches) for what failed: an HTTP check (`health.path`)
+//! always, a TCP check only for a node that failed to take connections — a node that
+//! takes them and then never answers passes a TCP check all the same. Active checks flip
+//! a node after `upstream.health.healthy_after` / `unhealthy_after` consecutive results;
+//! while no node is up, a passing check brings one back at once. `outstanding` counts the
+//! calls under way, for least-outstanding selection. The exchange itself is in
+//! [`super::exchange`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::{IntCounter, IntGauge};
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
 use super::failure::Failure;
 use super::plain;
 use super::pool::Pool;
 use super::stats::Stats;
-use super::tls::Connector;
-use super::{UpstreamAnswer, UpstreamRequest};
+use super::UpstreamAnswer;
+use crate::config::millis as ms;
 use crate::config::{Config, LogLevel, UpstreamUrl};
-use crate::correlation::Correlation;
-use crate::h1::client::{read_answer_into, ReadError};
 use crate::logs;
 
 /// The longest ejection, however often a node keeps failing.
@@ -48,7 +49,7 @@ pub struct Target {
     /// iq card call carries only what the CRM needs (`token`, `Content-Length`, and the
     /// request id), as HAProxy or nginx would forward it; each header more is one more
     /// the CRM parses on every miss.
-    fixed_headers: Vec<u8>,
+    pub(super) fixed_headers: Vec<u8>,
 }
 
 impl Target {
@@ -86,11 +87,11 @@ pub struct Node {
     pub label: String,
     pub target: Arc<Target>,
     /// For TLS connections ([`super::tls`]).
-    peer: HttpPeer,
+    pub(super) peer: HttpPeer,
     /// For plain-TCP connections ([`plain`]).
-    addr: SocketAddr,
-    connect_timeout: Duration,
-    pool: Arc<Pool>,
+    pub(super) addr: SocketAddr,
+    pub(super) connect_timeout: Duration,
+    pub(super) pool: Arc<Pool>,
     outstanding: AtomicUsize,
     /// What the active health checks say.
     active_up: AtomicBool,
@@ -99,27 +100,40 @@ pub struct Node {
     check_passes: AtomicUsize,
     check_fails: AtomicUsize,
     ejected: AtomicBool,
-    /// When the ejection ends, and its length, in ms of [`now_ms`].
+    /// The health checks are HTTP requests (`upstream.health.path`), not TCP connects.
+    http_checks: bool,
+    /// The ejection under way was for failures after the connection was taken.
+    ejected_after_connect: AtomicBool,
+    /// The clock of ejections and probes, the same for every node of a set.
+    clock: Clock,
+    /// When the ejection ends, and its length, in ms of [`Clock::now`].
     ejected_until: AtomicU64,
     eject_len: AtomicU64,
     next_probe: AtomicU64,
     up_gauge: IntGauge,
     requests: IntCounter,
     failures: IntCounter,
-    last_warning: Mutex<Option<Instant>>,
+    last_warning: Mutex<Option<std::time::Instant>>,
 }
 
-/// Milliseconds since the first call: the clock of ejections and probes.
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
+/// The clock of ejections and probes: milliseconds since it started, on tokio's clock
+/// (the system's monotonic clock, unless a test pauses it). The nodes of one set share one,
+/// so that their times compare.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(tokio::time::Instant);
 
-use crate::config::millis as ms;
+impl Clock {
+    pub fn start() -> Self {
+        Clock(tokio::time::Instant::now())
+    }
+
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
 
 impl Node {
-    pub fn new(target: Arc<Target>, addr: SocketAddr, cfg: &Config, stats: &Stats) -> Self {
+    pub fn new(target: Arc<Target>, addr: SocketAddr, cfg: &Config, stats: &Stats, clock: Clock) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         let label = format!("{}:{}@{addr}", target.url.host, target.url.port);
         let mut peer = HttpPeer::new(addr, target.url.tls, target.url.host.clone());
@@ -142,6 +156,9 @@ impl Node {
             check_passes: AtomicUsize::new(0),
             check_fails: AtomicUsize::new(0),
             ejected: AtomicBool::new(false),
+            http_checks: cfg.upstream.health.path.is_some(),
+            ejected_after_connect: AtomicBool::new(false),
+            clock,
             ejected_until: AtomicU64::new(0),
             eject_len: AtomicU64::new(0),
             next_probe: AtomicU64::new(0),
@@ -164,7 +181,15 @@ impl Node {
     /// Ejected, the ejection is over, and the health checks pass: the next request to it
     /// is a probe that may bring it back.
     pub fn ejection_over(&self, now: u64) -> bool {
-        self.ejected.load(Relaxed) && now >= self.ejected_until.load(Relaxed) && self.active_up.load(Relaxed)
+        self.ejected.load(Acquire) && now >= self.ejected_until.load(Relaxed) && self.active_up.load(Relaxed)
+    }
+
+    /// A passing health check says the node is back: it is not ejected, or the check is an
+    /// HTTP request, or the ejection was for connections it did not take. A TCP connect
+    /// says nothing of a node that took the connections and then timed out or broke its
+    /// answers: only a real call (its probe) may bring that one back.
+    pub fn check_vouches(&self) -> bool {
+        !self.ejected.load(Acquire) || self.http_checks || !self.ejected_after_connect.load(Relaxed)
     }
 
     /// Take the one probe this node may have this second.
@@ -194,7 +219,7 @@ impl Node {
     }
 
     /// One active health check's result; `after` = (healthy_after, unhealthy_after).
-    /// A pass also ends an ejection that is over.
+    /// A pass also ends an ejection that is over, if the check vouches for the node.
     pub fn checked(&self, ok: bool, after: (usize, usize), detail: &str) {
         if ok {
             self.check_fails.store(0, Relaxed);
@@ -202,7 +227,7 @@ impl Node {
             if n >= after.0 {
                 self.set_active(true, "health checks pass");
             }
-            if self.ejection_over(now_ms()) {
+            if self.ejection_over(self.clock.now()) && self.check_vouches() {
                 self.lift("a health check passed");
             }
         } else {
@@ -214,11 +239,14 @@ impl Node {
         }
     }
 
-    /// A probe made while no node was up passed: this node is back at once.
+    /// A check made while no node was up passed: this node is back at once (if ejected,
+    /// only when the check vouches for it).
     pub fn probe_passed(&self) {
         self.check_fails.store(0, Relaxed);
         self.set_active(true, "a probe passed while no node was up");
-        self.lift("a probe passed while no node was up");
+        if self.check_vouches() {
+            self.lift("a probe passed while no node was up");
+        }
     }
 
     fn lift(&self, why: &str) {
@@ -235,8 +263,10 @@ impl Node {
     }
 
     /// Take the node out for `eject_for`, or (`again`: its probe failed) for twice as
-    /// long as last time, at most [`MAX_EJECTION`].
-    fn eject(&self, ejection: Ejection, again: bool, stats: &Stats) {
+    /// long as last time, at most [`MAX_EJECTION`], for `failure`. What the ejection is
+    /// (its end, its cause) is in place before the node is seen ejected, so that a check
+    /// passing meanwhile cannot take a stale end or cause for it.
+    fn eject(&self, ejection: Ejection, again: bool, failure: &Failure, stats: &Stats) {
         let base = ms(ejection.length).max(1);
         let len = if again {
             self.eject_len
@@ -247,10 +277,14 @@ impl Node {
         } else {
             base
         };
-        let until = now_ms().saturating_add(len);
+        let until = self.clock.now().saturating_add(len);
+        self.ejected_after_connect.store(failure.after_connect, Relaxed);
         self.eject_len.store(len, Relaxed);
         self.ejected_until.store(until, Relaxed);
-        self.ejected.store(true, Relaxed);
+        // The one failure that reaches the bound ejects, not those still under way.
+        if self.ejected.swap(true, Release) && !again {
+            return;
+        }
         self.publish();
         stats.ejections.inc();
         logs::event_with(
@@ -260,6 +294,7 @@ impl Node {
                 "node": self.label,
                 "for": humantime::format_duration(Duration::from_millis(len)).to_string(),
                 "consecutiveFailures": self.consecutive_failures.load(Relaxed),
+                "cause": failure.cause,
             }),
         );
     }
@@ -297,20 +332,13 @@ impl Node {
                 }
                 if ejected {
                     if busy.probe {
-                        self.eject(ejection, true, stats);
+                        self.eject(ejection, true, f, stats);
                     }
                     return;
                 }
                 let n = self.consecutive_failures.fetch_add(1, Relaxed).saturating_add(1);
-                // The one failure that reaches the bound ejects, not those still under way.
-                let reached = ejection.after > 0 && n >= ejection.after;
-                if reached
-                    && self
-                        .ejected
-                        .compare_exchange(false, true, Relaxed, Relaxed)
-                        .is_ok()
-                {
-                    self.eject(ejection, false, stats);
+                if ejection.after > 0 && n >= ejection.after {
+                    self.eject(ejection, false, f, stats);
                 }
             }
         }
@@ -326,100 +354,6 @@ impl Node {
             probe: self.ejected.load(Relaxed),
         }
     }
-
-    /// The request as bytes on the wire: request line, headers, body.
-    pub fn wire(&self, req: &UpstreamRequest, correlation: &Correlation, id_header: &str) -> Vec<u8> {
-        let mut w = Vec::with_capacity(req.body.len().saturating_add(256));
-        w.extend_from_slice(req.method.as_bytes());
-        w.push(b' ');
-        w.extend_from_slice(self.target.url.base_path.as_bytes());
-        w.extend_from_slice(req.path.as_bytes());
-        w.extend_from_slice(b" HTTP/1.1\r\n");
-        w.extend_from_slice(&self.target.fixed_headers);
-        // Both were checked for header-safe characters when they were read or made.
-        if let Some(id) = &correlation.request_id {
-            for part in [id_header, ": ", id, "\r\n"] {
-                w.extend_from_slice(part.as_bytes());
-            }
-        }
-        if let Some(tp) = &correlation.traceparent {
-            for part in ["traceparent: ", tp, "\r\n"] {
-                w.extend_from_slice(part.as_bytes());
-            }
-        }
-        for (name, value) in &req.headers {
-            w.extend_from_slice(name.as_str().as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
-            w.extend_from_slice(b"\r\n");
-        }
-        if req.method != "GET" || !req.body.is_empty() {
-            w.extend_from_slice(b"Content-Length: ");
-            w.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
-            w.extend_from_slice(b"\r\n");
-        }
-        w.extend_from_slice(b"\r\n");
-        w.extend_from_slice(&req.body);
-        w
-    }
-
-    /// Send `wire` and read the whole answer. A request that met a dead pooled connection
-    /// is sent once more on a fresh one when `idempotent`.
-    pub async fn exchange(
-        &self,
-        connector: &Connector,
-        wire: &[u8],
-        idempotent: bool,
-        max_body: usize,
-    ) -> Result<UpstreamAnswer, Failure> {
-        let mut retried = false;
-        loop {
-            // A retry goes to a new connection: the pooled ones may all be closing.
-            let (mut io, mut buf, reused) = self.checkout(connector, retried).await?;
-            match once(&mut io, &mut buf, wire, max_body).await {
-                Ok((answer, reusable)) => {
-                    if reusable {
-                        self.pool.put(io, buf);
-                    }
-                    return Ok(answer);
-                }
-                Err(e) => {
-                    let stale = reused && matches!(e, ReadError::Io { answered: false, .. });
-                    if stale && idempotent && !retried {
-                        retried = true;
-                        continue;
-                    }
-                    return Err(Failure::read(&e, self.target.url.tls));
-                }
-            }
-        }
-    }
-
-    /// A pooled connection that is still open (true), or a new one (false; always when
-    /// `fresh`).
-    pub async fn checkout(
-        &self,
-        connector: &Connector,
-        fresh: bool,
-    ) -> Result<(Stream, BytesMut, bool), Failure> {
-        if !fresh {
-            if let Some((io, buf)) = self.pool.take().await {
-                return Ok((io, buf, true));
-            }
-        }
-        // Boxed: the connect future (TCP, TLS handshake) is large and rarely needed; kept
-        // inline it would make every exchange future as large, and costly to move.
-        let io = if self.target.url.tls {
-            let limit = self.connect_timeout.saturating_mul(2);
-            match tokio::time::timeout(limit, Box::pin(connector.new_stream(&self.peer))).await {
-                Ok(made) => made.map_err(|e| Failure::connect(&e))?,
-                Err(_) => return Err(Failure::tls_connect_timed_out()),
-            }
-        } else {
-            Box::pin(plain::connect(self.addr, self.connect_timeout)).await?
-        };
-        Ok((io, BytesMut::new(), false))
-    }
 }
 
 /// A call under way on a node.
@@ -434,48 +368,5 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// One exchange on one connection: the answer, and whether the connection may be reused.
-async fn once(
-    io: &mut Stream,
-    buf: &mut BytesMut,
-    wire: &[u8],
-    max_body: usize,
-) -> Result<(UpstreamAnswer, bool), ReadError> {
-    let unanswered = |cause| ReadError::Io {
-        cause,
-        answered: false,
-    };
-    BehindTheBatch::default().await;
-    io.write_all(wire).await.map_err(unanswered)?;
-    io.flush().await.map_err(unanswered)?;
-    let (head, body, reusable) = read_answer_into(io, buf, max_body).await?;
-    let answer = UpstreamAnswer {
-        status: head.status,
-        cache_control: head.cache_control,
-        body,
-    };
-    Ok((answer, reusable))
-}
-
-/// Ready once this task has gone to the back of its thread's run queue: the requests that
-/// arrived in the same wake-up are read (and their own calls queued) before this call is
-/// written, so the CRM is woken once for the batch instead of once per call. Unlike
-/// `tokio::task::yield_now`, it does not wait for another poll of the I/O driver. Measured
-/// on the miss path (`benches/miss_rounds.sh`): 1.1 µs less system time per miss, the CRM
-/// and the client woken 0.05 times per request instead of 0.09.
-#[derive(Default)]
-struct BehindTheBatch {
-    queued: bool,
-}
-
-impl std::future::Future for BehindTheBatch {
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if std::mem::replace(&mut self.queued, true) {
-            return std::task::Poll::Ready(());
-        }
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
-}
+#[cfg(test)]
+pub(super) mod tests;

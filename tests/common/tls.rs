@@ -1,6 +1,7 @@
 //! The TLS side of the chat-server listener in tests: a rustls client that GETs over
 //! TLS (optionally with a client certificate, a PROXY header first, or only some versions
-//! and suites), and the files of `[server.tls]` made in a temporary directory.
+//! and suites), the files of `[server.tls]` made in a temporary directory, and a client's
+//! raw first flight (its ClientHello) to send whole, in part, or naming an address.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -168,4 +169,31 @@ pub fn not_after(path: &str) -> i64 {
     let der = der_certs(&pem).remove(0);
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     cert.validity().not_after.timestamp()
+}
+
+/// A client's first flight: its ClientHello, naming `server_name`, which may be an
+/// address (rustls clients send no name for an address; some others send it anyway).
+pub fn client_hello(server_ca: &Ca, server_name: &str) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server_ca.cert.der().clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // A DNS name as long as the one wanted, swapped for it in the bytes: the record's
+    // lengths stay right.
+    let stand_in = "a".repeat(server_name.len());
+    let name = stand_in.clone().try_into().unwrap();
+    let mut hello = Vec::new();
+    rustls::ClientConnection::new(Arc::new(cfg), name)
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    let at = hello
+        .windows(stand_in.len())
+        .position(|w| w == stand_in.as_bytes())
+        .unwrap();
+    hello[at..at + stand_in.len()].copy_from_slice(server_name.as_bytes());
+    hello
 }
