@@ -154,8 +154,7 @@ pub fn run(
     // Both ports take plain TCP: the listener itself reads PROXY headers and does the TLS
     // handshakes, bounded by server.client_timeout (crate::edge::opening).
     let tls_port = tls_listen.as_ref().and_then(|a| a.parse().ok()).zip(gw.tls());
-    let opening = Opening::new(gw.chat_gate(), tls_port, listen.parse().ok())
-        .map_err(|e| StartError::Config(ConfigError(e)))?;
+    let opening = Opening::new(gw.chat_gate(), tls_port, listen.parse().ok());
     let mut listener = Service::new(
         "cardgate listener".to_string(),
         Listener::new(gw.clone(), opening),

@@ -3,32 +3,51 @@
 //! the CRM's certificate against `upstream.ca_file`, the CRM checks the gateway's client
 //! certificate); and each named failure cause — no client certificate (refused), an
 //! unknown CA, a name mismatch, an expired certificate, plain HTTP where TLS was
-//! expected — as 502 `CRM_UNAVAILABLE`, `outcome="tls"` and a log line that names it.
+//! expected — as 502 `CRM_UNAVAILABLE`, `outcome="tls"` and a log line that names it; and
+//! `upstream.tls_min_version` against a CRM that speaks TLS 1.2 only, then 1.3.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::certs::{ca, der_certs, der_key, leaf, write, Ca};
 use common::{token, Gateway, Mock};
+use rustls::pki_types::CertificateDer;
 
-/// A TLS server on a loopback port that relays each connection to `backend`.
+type Version = &'static rustls::SupportedProtocolVersion;
+
+/// A TLS server on a loopback port that relays each connection to `backend`; it speaks
+/// TLS 1.2 and 1.3 until told otherwise ([`Front::speak`]).
 struct Front {
     addr: String,
+    config: Arc<Mutex<Arc<rustls::ServerConfig>>>,
+    cert: (String, String),
+    client_ca: Option<CertificateDer<'static>>,
     _rt: tokio::runtime::Runtime,
 }
 
-fn front(cert: &(String, String), client_ca: Option<&Ca>, backend: &str) -> Front {
+impl Front {
+    /// New connections are served with only these versions.
+    fn speak(&self, versions: &[Version]) {
+        *self.config.lock().unwrap() = server_config(&self.cert, self.client_ca.as_ref(), versions);
+    }
+}
+
+fn server_config(
+    cert: &(String, String),
+    client_ca: Option<&CertificateDer<'static>>,
+    versions: &[Version],
+) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap();
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca.cert.der().clone()).unwrap();
+            roots.add(ca.clone()).unwrap();
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                     .build()
@@ -37,8 +56,17 @@ fn front(cert: &(String, String), client_ca: Option<&Ca>, backend: &str) -> Fron
         }
         None => builder.with_no_client_auth(),
     };
-    let key = der_key(&cert.1);
-    let config = Arc::new(builder.with_single_cert(der_certs(&cert.0), key).unwrap());
+    Arc::new(
+        builder
+            .with_single_cert(der_certs(&cert.0), der_key(&cert.1))
+            .unwrap(),
+    )
+}
+
+fn front(cert: &(String, String), client_ca: Option<&Ca>, backend: &str) -> Front {
+    let client_ca = client_ca.map(|ca| ca.cert.der().clone());
+    let both = [&rustls::version::TLS12, &rustls::version::TLS13];
+    let config = Arc::new(Mutex::new(server_config(cert, client_ca.as_ref(), &both)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -46,11 +74,12 @@ fn front(cert: &(String, String), client_ca: Option<&Ca>, backend: &str) -> Fron
         .unwrap();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let backend = backend.to_string();
+    let serving = config.clone();
     rt.spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, backend) = (acceptor.clone(), backend.clone());
+            let acceptor = tokio_rustls::TlsAcceptor::from(serving.lock().unwrap().clone());
+            let backend = backend.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -62,7 +91,13 @@ fn front(cert: &(String, String), client_ca: Option<&Ca>, backend: &str) -> Fron
             });
         }
     });
-    Front { addr, _rt: rt }
+    Front {
+        addr,
+        config,
+        cert: cert.clone(),
+        client_ca,
+        _rt: rt,
+    }
 }
 
 struct Pki {
@@ -200,4 +235,26 @@ fn plain_http_where_tls_was_expected_is_named() {
     let mock = Mock::start();
     let gw = Gateway::start(&format!("https://{}", mock.addr), &[("upstream", &upstream)]);
     assert_tls_failure(&gw, "closed during the handshake");
+}
+
+#[test]
+fn a_crm_below_the_tls_min_version_fails_on_tls_and_one_at_it_answers() {
+    let mock = Mock::start();
+    let pki = Pki::new();
+    let server = leaf(&pki.server_ca, &["127.0.0.1"], 5, false);
+    let crm = front(&server, None, &mock.addr);
+    crm.speak(&[&rustls::version::TLS12]);
+    let upstream = format!(
+        "{}tls_min_version = \"1.3\"\n",
+        pki.upstream(&pki.server_ca, false)
+    );
+    let gw = Gateway::start(&format!("https://{}", crm.addr), &[("upstream", &upstream)]);
+    assert_tls_failure(&gw, "handshake refused");
+    assert!(mock.journal().is_empty(), "nothing reached the CRM");
+
+    crm.speak(&[&rustls::version::TLS13]);
+    let t = token("tls13");
+    let r = gw.post_card(&t);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(mock.calls_for(&t).len(), 1);
 }

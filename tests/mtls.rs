@@ -2,7 +2,8 @@
 //! CA and name only, each refusal counted by its reason (another CA, a name not allowed,
 //! expired, not yet valid); the names a client certificate is matched on (RFC 6125: the
 //! CN only without subjectAltName) and the one the access log shows; and the CA names the
-//! certificate request carries (as `openssl s_client` lists them), rotated by a reload.
+//! certificate request carries (as `openssl s_client` lists them), rotated by a reload;
+//! certificates revoked by the CA's CRL, refused and counted, and a CRL rotated by a reload.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::certs::{ca, leaf, params, signed, write};
+use common::certs::{ca, crl, leaf, params, signed, write};
 use common::tls::{get, Setup};
 use common::{eventually, free_port, Gateway, Mock};
 use rcgen::SanType;
@@ -227,4 +228,54 @@ fn the_certificate_request_names_the_client_ca_and_follows_its_rotation() {
     )
     .unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn a_revoked_client_certificate_is_refused_and_a_rotated_crl_takes_effect() {
+    let mock = Mock::start();
+    let s = Setup::new();
+    let tls_addr = format!("127.0.0.1:{}", free_port());
+    write(s.dir.path(), "chat.crl", &crl(&s.chat_ca, 1, &[40]));
+    let lines = format!(
+        "{}crl_files = [\"{}\"]\n",
+        s.tls_lines(&tls_addr, true),
+        s.path("chat.crl")
+    );
+    let gw = Gateway::start(&mock.url(), &[("server", &lines)]);
+    let revoked = leaf(&s.chat_ca, &["chat.example.com"], 40, false);
+    let good = leaf(&s.chat_ca, &["chat.example.com"], 41, false);
+    let get_as = |cert, t: &str| {
+        get(
+            &tls_addr,
+            &s.server_ca,
+            Some(cert),
+            &format!("/rest/chat/client/id/{t}"),
+        )
+    };
+    assert!(get_as(&revoked, "crl-1").is_err());
+    let (status, _) = get_as(&good, "crl-2").unwrap();
+    assert_eq!(
+        status, "HTTP/1.1 200 OK",
+        "the same CA's certificate not on the CRL"
+    );
+    let revoked_total = "cardgate_tls_client_refused_total{reason=\"revoked\"}";
+    assert_eq!(gw.metric(revoked_total), 1.0);
+    assert_eq!(
+        gw.metric("cardgate_tls_client_refused_total{reason=\"bad_certificate\"}"),
+        0.0
+    );
+
+    // The next CRL revokes 41 too: in force for new handshakes after SIGHUP.
+    write(s.dir.path(), "chat.crl", &crl(&s.chat_ca, 2, &[40, 41]));
+    gw.proc.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || gw
+        .metric_now("cardgate_tls_reloads_total{result=\"ok\"}")
+        == 1.0));
+    assert!(get_as(&good, "crl-3").is_err(), "revoked by the new CRL");
+    let other = leaf(&s.chat_ca, &["chat.example.com"], 42, false);
+    assert_eq!(get_as(&other, "crl-4").unwrap().0, "HTTP/1.1 200 OK");
+    assert_eq!(gw.metric_now(revoked_total), 2.0);
+    for t in ["crl-1", "crl-3"] {
+        assert!(mock.calls_for(t).is_empty(), "{t}");
+    }
 }

@@ -30,7 +30,7 @@ pub use log::{CorrelationSection, LogLevel, LogSection};
 pub use search::SearchSection;
 pub use server::{AdminSection, ServerSection};
 pub use shared::{SharedMode, SharedSection};
-pub use tls::TlsSection;
+pub use tls::{TlsSection, TlsVersion};
 pub use units::millis;
 #[cfg(test)]
 pub use units::Rate;
@@ -190,6 +190,8 @@ impl Config {
             upstream.ca_file,
             upstream.client_cert,
             upstream.client_key,
+            upstream.tls_min_version,
+            upstream.tls_cipher_suites,
             upstream.search_encoding,
             upstream.gigma,
             upstream.bearer,

@@ -1,8 +1,19 @@
-//! `[server.tls]`: the chat-server listener over TLS (and mutual TLS).
+//! `[server.tls]`: the chat-server listener over TLS (and mutual TLS), and the TLS versions
+//! both sides of the gateway may speak.
 
 use serde::Deserialize;
 
 use super::{err, ConfigError};
+
+/// The lowest TLS version a side accepts (`"1.2"` or `"1.3"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +31,15 @@ pub struct TlsSection {
     /// address; the CN only when the certificate has no SAN (RFC 6125).
     #[serde(default)]
     pub client_names: Vec<String>,
+    /// PEM CRLs of the client CAs: a client certificate they revoke is refused.
+    #[serde(default)]
+    pub crl_files: Vec<String>,
+    /// The lowest TLS version a chat-server client may use.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// The cipher suites offered, by their rustls names, in order (empty: rustls' own).
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
 }
 
 impl TlsSection {
@@ -38,6 +58,9 @@ impl TlsSection {
         }
         if self.client_names.iter().any(|n| n.is_empty()) {
             problems.push(err("server.tls.client_names", "an empty name matches nothing"));
+        }
+        if !self.crl_files.is_empty() && self.client_ca_file.is_none() {
+            problems.push(err("server.tls.crl_files", "needs server.tls.client_ca_file"));
         }
     }
 }

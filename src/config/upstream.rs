@@ -1,13 +1,14 @@
 //! `[upstream]`: the internal system, its URL, its dialect and the dialects' settings.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::tls::TlsVersion;
 use super::units::{de_duration, de_opt_duration, de_size};
 use super::{err, ConfigError};
 
+mod tls;
 mod url;
 
 pub use url::UpstreamUrl;
@@ -108,6 +109,13 @@ pub struct UpstreamSection {
     pub client_cert: Option<String>,
     #[serde(default)]
     pub client_key: Option<String>,
+    /// The lowest TLS version spoken to the internal system (https only; unset: 1.2).
+    #[serde(default)]
+    pub tls_min_version: Option<TlsVersion>,
+    /// The cipher suites offered to the internal system, by their rustls names, in order
+    /// (https only; empty: rustls' own).
+    #[serde(default)]
+    pub tls_cipher_suites: Vec<String>,
     /// iq: how search parameters are sent upstream: "form", "json", or "same" as the chat
     /// server sent them.
     #[serde(default = "default_search_encoding")]
@@ -375,26 +383,7 @@ impl UpstreamSection {
         if self.max_response_bytes == 0 {
             problems.push(err("upstream.max_response_bytes", "must be greater than 0"));
         }
-        let tls_keys = [
-            ("upstream.ca_file", &self.ca_file),
-            ("upstream.client_cert", &self.client_cert),
-            ("upstream.client_key", &self.client_key),
-        ];
-        for (key, value) in tls_keys {
-            if let Some(path) = value {
-                if tls == Some(false) {
-                    problems.push(err(key, "only applies to an https:// upstream.url"));
-                } else if !Path::new(path).is_file() {
-                    problems.push(err(key, format!("{path:?} is not a readable file")));
-                }
-            }
-        }
-        if self.client_cert.is_some() != self.client_key.is_some() {
-            problems.push(err(
-                "upstream.client_key",
-                "client_cert and client_key go together",
-            ));
-        }
+        self.validate_tls(tls, problems);
         match self.dialect {
             DialectKind::Gigma => self.gigma.validate(problems),
             DialectKind::Bearer => {

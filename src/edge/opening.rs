@@ -56,11 +56,10 @@ pub struct Opening {
     refusals: Throttle,
 }
 
-/// The TLS port: which connections came in on it, the handshake's configuration and the
-/// state it is made from.
+/// The TLS port: which connections came in on it, and the state its handshakes are made
+/// from (the `ServerConfig` in force is taken per connection: a reload changes it).
 struct TlsPort {
     ports: Ports,
-    acceptor: TlsAcceptor,
     tls: Arc<Tls>,
 }
 
@@ -98,24 +97,16 @@ enum Ended {
 
 impl Opening {
     /// `tls`: the TLS port's address and state; `plain`: the plain port's address.
-    pub fn new(
-        gate: Arc<Gate>,
-        tls: Option<(SocketAddr, Arc<Tls>)>,
-        plain: Option<SocketAddr>,
-    ) -> Result<Self, String> {
-        let tls = match tls {
-            Some((addr, tls)) => Some(TlsPort {
-                ports: Ports { addr, plain },
-                acceptor: TlsAcceptor::from(tls.server_config()?),
-                tls,
-            }),
-            None => None,
-        };
-        Ok(Opening {
+    pub fn new(gate: Arc<Gate>, tls: Option<(SocketAddr, Arc<Tls>)>, plain: Option<SocketAddr>) -> Self {
+        let tls = tls.map(|(addr, tls)| TlsPort {
+            ports: Ports { addr, plain },
+            tls,
+        });
+        Opening {
             gate,
             tls,
             refusals: Throttle::default(),
-        })
+        }
     }
 
     /// Bring a connection accepted now to its first request: the connection and its
@@ -200,7 +191,8 @@ impl Opening {
             self.gate.refuse(Refusal::PlainHttp);
             return Ok(Opened::PlainOnTls(io));
         }
-        match timeout_at(deadline, port.acceptor.accept(io)).await {
+        let acceptor = TlsAcceptor::from(port.tls.config());
+        match timeout_at(deadline, acceptor.accept(io)).await {
             Ok(Ok(tls)) => {
                 let facts = port.tls.handshake(tls.get_ref().1);
                 Ok(Opened::Tls(Box::new(tls), facts))

@@ -24,7 +24,7 @@ fn listener() -> Listener {
     )
     .unwrap();
     let gateway = Gateway::new(cfg).unwrap();
-    let opening = Opening::new(gateway.chat_gate(), None, None).unwrap();
+    let opening = Opening::new(gateway.chat_gate(), None, None);
     Listener::new(gateway, opening)
 }
 

@@ -1,6 +1,6 @@
-//! The PEM files of TLS, on either side: certificate chains, private keys and CA roots,
-//! read (rustls-pki-types' PEM reader) and checked, every error naming the configuration
-//! key the file came from.
+//! The PEM files of TLS, on either side: certificate chains, private keys, CA roots and
+//! revocation lists, read (rustls-pki-types' PEM reader) and checked, every error naming
+//! the configuration key the file came from.
 
 // Files an operator points the gateway at reach this module: nothing here may panic on them.
 #![cfg_attr(
@@ -14,7 +14,7 @@
 )]
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
@@ -67,6 +67,30 @@ pub fn private_key(path: &str, key: &str) -> Result<PrivateKeyDer<'static>, Stri
         .next()
         .ok_or_else(|| format!("{key}: {path} holds no private key"))?
         .map_err(|e| format!("{key}: {path} is not PEM: {e}"))
+}
+
+/// Every CRL of a PEM file (at least one), each parsed and still current: one whose
+/// nextUpdate has passed would refuse every certificate of its CA.
+pub fn crls(path: &str, key: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let pem = read(path, key)?;
+    let crls: Vec<CertificateRevocationListDer<'static>> = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{key}: {path} is not PEM: {e}"))?;
+    if crls.is_empty() {
+        return Err(format!("{key}: {path} holds no CRL"));
+    }
+    let now = x509_parser::time::ASN1Time::now();
+    for crl in &crls {
+        let (_, parsed) =
+            x509_parser::parse_x509_crl(crl).map_err(|e| format!("{key}: {path}: not a CRL: {e}"))?;
+        if let Some(next) = parsed.next_update().filter(|next| *next < now) {
+            return Err(format!(
+                "{key}: the CRL of {} in {path} is out of date: its next update was due on {next}",
+                parsed.issuer()
+            ));
+        }
+    }
+    Ok(crls)
 }
 
 fn read(path: &str, key: &str) -> Result<Vec<u8>, String> {

@@ -2,13 +2,13 @@
 //! new within `upstream.connect_timeout`), and the whole answer read back.
 
 use bytes::BytesMut;
-use pingora::connectors::TransportConnector;
 use pingora::protocols::Stream;
 use tokio::io::AsyncWriteExt;
 
 use super::failure::Failure;
 use super::node::Node;
 use super::plain;
+use super::tls::Connector;
 use super::{UpstreamAnswer, UpstreamRequest};
 use crate::correlation::Correlation;
 use crate::h1::client::{read_answer_into, ReadError};
@@ -54,7 +54,7 @@ impl Node {
     /// is sent once more on a fresh one when `idempotent`.
     pub async fn exchange(
         &self,
-        connector: &TransportConnector,
+        connector: &Connector,
         wire: &[u8],
         idempotent: bool,
         max_body: usize,
@@ -86,7 +86,7 @@ impl Node {
     /// `fresh`).
     pub async fn checkout(
         &self,
-        connector: &TransportConnector,
+        connector: &Connector,
         fresh: bool,
     ) -> Result<(Stream, BytesMut, bool), Failure> {
         if !fresh {

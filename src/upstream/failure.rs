@@ -97,7 +97,7 @@ impl Failure {
         }
     }
 
-    /// A connection to the node could not be made (Pingora's connector: TLS nodes).
+    /// A TLS connection to the node could not be made ([`super::tls`], Pingora's errors).
     pub fn connect(e: &PError) -> Self {
         let detail = e.to_string();
         let why = match &e.etype {

@@ -3,12 +3,12 @@
 //! Each configured URL resolves to one or more [`node`]s ([`health`] re-resolves them and
 //! checks their health off the request path); [`nodes`] picks the one for each attempt.
 //! Plain-TCP connections are made by [`plain`] within `upstream.connect_timeout`; TLS ones
-//! by Pingora's `TransportConnector` (rustls, with an optional custom CA and client
-//! certificate) over TCP from [`plain`], within twice that; idle ones wait in each node's
-//! [`pool`]. A call is bounded by `upstream.timeout` as a whole: at
-//! most `upstream.max_inflight` run at once; a failed idempotent call goes to another node
-//! (`upstream.retries`); a card lookup still unanswered after `upstream.hedge_after` is
-//! also sent to a second node, and the first valid answer wins. This module turns
+//! by [`tls`] (rustls: CA, client certificate, versions and suites of `[upstream]`) over
+//! TCP from [`plain`], within twice that; idle ones wait in each node's [`pool`]. A call is
+//! bounded by `upstream.timeout` as a whole: at most `upstream.max_inflight` run at once; a
+//! failed idempotent call goes to another node (`upstream.retries`); a card lookup still
+//! unanswered after `upstream.hedge_after` is also sent to a second node, and the first
+//! valid answer wins. This module turns
 //! transport failures into the `CRM_*` errors ([`failure`]); [`crate::normalise`] judges
 //! the answers that did arrive.
 
@@ -34,6 +34,7 @@ mod pool;
 mod record;
 mod resolve;
 mod stats;
+mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::connectors::ConnectorOptions;
 
 use crate::config::{Config, ConfigError, LogLevel};
 use crate::error::GatewayError;
@@ -103,7 +104,7 @@ impl UpstreamAnswer {
 }
 
 pub struct Upstream {
-    connector: TransportConnector,
+    connector: tls::Connector,
     nodes: Arc<Nodes>,
     watch: Arc<Watch>,
     stats: Arc<stats::Stats>,
@@ -141,7 +142,7 @@ impl Limits {
     }
 }
 
-/// The CA and client certificate of every connection to the internal system.
+/// The CA and client certificate of the health checks' connections (Pingora's).
 fn connector_options(cfg: &Config) -> ConnectorOptions {
     let mut options = ConnectorOptions::new(0);
     options.ca_file = cfg.upstream.ca_file.clone();
@@ -156,7 +157,7 @@ impl Upstream {
     /// build the nodes; a name that does not resolve yet is warned about, and has its
     /// nodes once it does.
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
-        check_tls(&cfg.upstream)?;
+        let connector = connector(&cfg.upstream)?;
         let targets: Vec<Arc<Target>> = cfg
             .upstream_urls()?
             .into_iter()
@@ -183,7 +184,7 @@ impl Upstream {
         let watch = Arc::new(watch);
         let nodes = watch.nodes.clone();
         Ok(Upstream {
-            connector: TransportConnector::new(Some(connector_options(cfg))),
+            connector,
             nodes,
             watch,
             stats,
@@ -371,26 +372,15 @@ impl Upstream {
     }
 }
 
-/// The CRM-side TLS files must be usable as configured: a PEM that cannot be read or
-/// parsed, a key that does not match its certificate, or an expired certificate is an
-/// error naming the key, at `cardgate check` and at startup (never a silent fallback to a
-/// connection without a client certificate).
+/// The CRM-side TLS must be usable as configured: a PEM that cannot be read or parsed, a
+/// key that does not match its certificate, an expired certificate, an unknown cipher suite
+/// is an error naming the key, at `cardgate check` and at startup (never a silent fallback
+/// to a connection without a client certificate).
 pub fn check_tls(cfg: &crate::config::UpstreamSection) -> Result<(), ConfigError> {
-    if let Some(ca) = &cfg.ca_file {
-        crate::tls::roots(ca, "upstream.ca_file").map_err(ConfigError)?;
-    }
-    match (&cfg.client_cert, &cfg.client_key) {
-        (None, None) => Ok(()),
-        (Some(_), None) => Err(ConfigError(
-            "upstream.client_key: is required with upstream.client_cert".into(),
-        )),
-        (None, Some(_)) => Err(ConfigError(
-            "upstream.client_cert: is required with upstream.client_key".into(),
-        )),
-        (Some(cert), Some(key)) => {
-            crate::tls::key_pair(("upstream.client_cert", cert), ("upstream.client_key", key))
-                .map(|_| ())
-                .map_err(ConfigError)
-        }
-    }
+    connector(cfg).map(|_| ())
+}
+
+fn connector(cfg: &crate::config::UpstreamSection) -> Result<tls::Connector, ConfigError> {
+    let https = cfg.parsed_urls()?.iter().any(|u| u.tls);
+    tls::Connector::new(cfg, https)
 }

@@ -86,7 +86,7 @@ pub struct Node {
     /// `host:port@address`: the `node` label.
     pub label: String,
     pub target: Arc<Target>,
-    /// For TLS connections (Pingora's connector).
+    /// For TLS connections ([`super::tls`]).
     pub(super) peer: HttpPeer,
     /// For plain-TCP connections ([`plain`]).
     pub(super) addr: SocketAddr,

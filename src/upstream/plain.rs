@@ -6,9 +6,10 @@
 //! two buffer layers per call, for timings nobody reads. [`connect`] makes the connection
 //! itself (`upstream.connect_timeout`, `TCP_NODELAY`) and hands out a [`Plain`] socket,
 //! which is a Pingora [`Stream`] like any other, so the pool, the exchange and the tests
-//! see no difference. TLS connections still come from Pingora's connector, over TCP from
-//! [`TimedTcp`]: Pingora bounds its own connects with its fast timer, whose first use
-//! starts a thread that wakes every 10 ms for the life of the process.
+//! see no difference. TLS connections come from [`super::tls`], over TCP from [`TimedTcp`],
+//! the node's Pingora peer's own connect: Pingora bounds its own connects with its fast
+//! timer, whose first use starts a thread that wakes every 10 ms for the life of the
+//! process.
 
 use std::io;
 use std::net::SocketAddr;
@@ -59,7 +60,7 @@ async fn tcp(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
 }
 
 /// The TCP connection under a TLS node's, within `upstream.connect_timeout` on tokio's timer
-/// (Pingora's connector then does the handshake and sets `TCP_NODELAY`). Its errors are the
+/// ([`super::tls`] then sets `TCP_NODELAY` and does the handshake). Its errors are the
 /// types Pingora gives its own connects ([`connect_error_type`]), so [`Failure::connect`]
 /// names them as [`Failure::connect_io`] names a plain connection's.
 ///

@@ -1,4 +1,4 @@
-//! Certificates made at test time (rcgen): CAs and the leaves they sign.
+//! Certificates made at test time (rcgen): CAs, the leaves they sign and their CRLs.
 
 use std::path::{Path, PathBuf};
 
@@ -64,4 +64,26 @@ pub fn der_certs(pem: &str) -> Vec<CertificateDer<'static>> {
 
 pub fn der_key(pem: &str) -> PrivateKeyDer<'static> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// A CRL of `ca` (PEM), numbered `number`, revoking the certificates of these serials;
+/// current from 2020 until 2090.
+pub fn crl(ca: &Ca, number: u64, revoked: &[u64]) -> String {
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(2090, 1, 1),
+        crl_number: SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|&serial| rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from(serial),
+                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(&ca.cert, &ca.key).unwrap().pem().unwrap()
 }

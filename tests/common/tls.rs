@@ -1,7 +1,7 @@
 //! The TLS side of the chat-server listener in tests: a rustls client that GETs over
-//! TLS (optionally with a client certificate and a PROXY header first), the files of
-//! `[server.tls]` made in a temporary directory, and a client's raw first flight (its
-//! ClientHello) to send whole, in part, or naming an address.
+//! TLS (optionally with a client certificate, a PROXY header first, or only some versions
+//! and suites), the files of `[server.tls]` made in a temporary directory, and a client's
+//! raw first flight (its ClientHello) to send whole, in part, or naming an address.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -28,13 +28,45 @@ pub fn get_after(
     client: Option<&(String, String)>,
     path: &str,
 ) -> Result<(String, Vec<u8>), String> {
+    let cfg = client_config(
+        server_ca,
+        client,
+        &[&rustls::version::TLS12, &rustls::version::TLS13],
+        &[],
+    );
+    get_over(cfg, prefix, addr, path)
+}
+
+/// [`get`] by a client that speaks only these versions and, unless `suites` is empty,
+/// these cipher suites (rustls names).
+pub fn get_speaking(
+    addr: &str,
+    server_ca: &Ca,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: &[&str],
+    path: &str,
+) -> Result<(String, Vec<u8>), String> {
+    get_over(client_config(server_ca, None, versions, suites), b"", addr, path)
+}
+
+fn client_config(
+    server_ca: &Ca,
+    client: Option<&(String, String)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: &[&str],
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server_ca.cert.der().clone()).unwrap();
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !suites.is_empty() {
+        provider
+            .cipher_suites
+            .retain(|s| suites.contains(&s.suite().as_str().unwrap()));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
     let mut cfg = match client {
         Some((cert, key)) => builder
             .with_client_auth_cert(der_certs(cert), der_key(key))
@@ -42,6 +74,15 @@ pub fn get_after(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg
+}
+
+fn get_over(
+    cfg: rustls::ClientConfig,
+    prefix: &[u8],
+    addr: &str,
+    path: &str,
+) -> Result<(String, Vec<u8>), String> {
     let conn = rustls::ClientConnection::new(Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
     let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     tcp.write_all(prefix).map_err(|e| e.to_string())?;
