@@ -11,17 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::protocols::Stream;
 
 use super::exchange::once;
 use super::node::Node;
 use super::plain;
+use super::tls::Connector;
 use crate::config::HealthSection;
 
 pub struct Check {
-    /// For https nodes: a connector of the checks' own, with the CRM's TLS settings.
-    connector: TransportConnector,
+    /// For https nodes: the calls' connector, so that a check speaks the TLS they speak.
+    connector: Arc<Connector>,
     /// `base_path` is the node's; this is `health.path`.
     path: Option<String>,
     timeout: Duration,
@@ -32,10 +32,10 @@ pub struct Check {
 
 impl Check {
     /// The checks `health` asks for, reading at most `max_body` of an answer and
-    /// connecting with `options` (the CRM's CA and client certificate).
-    pub fn new(health: &HealthSection, max_body: usize, options: ConnectorOptions) -> Self {
+    /// connecting through `connector` (the CRM's CA, client certificate and TLS policy).
+    pub fn new(health: &HealthSection, max_body: usize, connector: Arc<Connector>) -> Self {
         Check {
-            connector: TransportConnector::new(Some(options)),
+            connector,
             path: health.path.clone(),
             timeout: health.timeout,
             max_body,
@@ -96,17 +96,21 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// A node of `scheme://crm.example:port/base` at `addr`, checked as `health` says and
-    /// connecting with `options`.
-    fn node(scheme: &str, addr: SocketAddr, health: &str, options: ConnectorOptions) -> (Check, Node) {
+    /// trusting `ca_file` (else the system's CAs).
+    fn node(scheme: &str, addr: SocketAddr, health: &str, ca_file: Option<&str>) -> (Check, Node) {
+        let ca = ca_file
+            .map(|f| format!("ca_file = \"{f}\"\n"))
+            .unwrap_or_default();
         let toml = format!(
-            "[upstream]\nurl = \"{scheme}://crm.example:{}/base\"\nhealth = {{ {health} }}\n",
+            "[upstream]\nurl = \"{scheme}://crm.example:{}/base\"\nhealth = {{ {health} }}\n{ca}",
             addr.port()
         );
         let cfg = Config::from_toml(&toml).unwrap();
         let url = cfg.upstream_urls().unwrap().remove(0);
         let stats = Stats::new(&Metrics::new("iq"));
         let node = Node::new(Arc::new(Target::new(0, url)), addr, &cfg, &stats, Clock::start());
-        (Check::new(&cfg.upstream.health, 1024, options), node)
+        let connector = Arc::new(Connector::new(&cfg.upstream, scheme == "https").unwrap());
+        (Check::new(&cfg.upstream.health, 1024, connector), node)
     }
 
     /// A server that answers one request with `status` line; what it was sent.
@@ -132,7 +136,7 @@ mod tests {
     async fn an_http_check_gets_the_path_and_passes_on_2xx_or_3xx_only() {
         for (status, passes) in [("200 OK", true), ("302 Found", true), ("503 No", false)] {
             let (addr, served) = answering(status).await;
-            let (check, node) = node("http", addr, "path = \"/health\"", ConnectorOptions::new(0));
+            let (check, node) = node("http", addr, "path = \"/health\"", None);
             let result = check.run(&node).await;
             assert_eq!(result.is_ok(), passes, "{status}: {result:?}");
             let sent = served.await.unwrap();
@@ -149,7 +153,7 @@ mod tests {
     async fn a_tcp_check_passes_on_a_connection_and_fails_without() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (check, node) = node("http", addr, "", ConnectorOptions::new(0));
+        let (check, node) = node("http", addr, "", None);
         assert_eq!(check.run(&node).await, Ok(()));
         drop(listener);
         let why = check.run(&node).await.unwrap_err();
@@ -162,7 +166,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let health = "path = \"/health\", interval = \"1s\", timeout = \"50ms\"";
-        let (check, node) = node("http", addr, health, ConnectorOptions::new(0));
+        let (check, node) = node("http", addr, health, None);
         assert_eq!(check.run(&node).await, Err("health check timed out".into()));
         drop(listener);
     }
@@ -170,6 +174,14 @@ mod tests {
     /// A TLS server for `crm.example` on a loopback port, its certificate signed by a CA
     /// of its own; the CA's PEM file (in `dir`).
     async fn tls_server(dir: &std::path::Path) -> (SocketAddr, String) {
+        tls_server_of(dir, rustls::ALL_VERSIONS).await
+    }
+
+    /// [`tls_server`] speaking only `versions`.
+    async fn tls_server_of(
+        dir: &std::path::Path,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (SocketAddr, String) {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -183,7 +195,7 @@ mod tests {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
         let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone()], key)
@@ -204,13 +216,11 @@ mod tests {
     async fn a_tcp_check_of_an_https_node_makes_the_tls_handshake() {
         let dir = tempfile::tempdir().unwrap();
         let (addr, ca_file) = tls_server(dir.path()).await;
-        let mut options = ConnectorOptions::new(0);
-        options.ca_file = Some(ca_file);
-        let (check, node_) = node("https", addr, "", options);
+        let (check, node_) = node("https", addr, "", Some(&ca_file));
         assert_eq!(check.run(&node_).await, Ok(()));
 
         // The handshake is judged: without the CA, the server's certificate is unknown.
-        let (check, node_) = node("https", addr, "", ConnectorOptions::new(0));
+        let (check, node_) = node("https", addr, "", None);
         let why = check.run(&node_).await.unwrap_err();
         assert!(why.contains("TLS"), "{why}");
 
@@ -222,9 +232,27 @@ mod tests {
                 drop(tcp);
             }
         });
-        let (check, node_) = node("https", addr, "", ConnectorOptions::new(0));
+        let (check, node_) = node("https", addr, "", None);
         assert!(check.run(&node_).await.is_err());
-        let (check, node_) = node("http", addr, "", ConnectorOptions::new(0));
+        let (check, node_) = node("http", addr, "", None);
         assert_eq!(check.run(&node_).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_check_speaks_the_tls_the_calls_speak() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, ca_file) = tls_server_of(dir.path(), &[&rustls::version::TLS12]).await;
+        let (check, node_) = node("https", addr, "", Some(&ca_file));
+        assert_eq!(check.run(&node_).await, Ok(()));
+        // With upstream.tls_min_version = "1.3", a node that speaks only 1.2 fails its
+        // checks as its calls would.
+        let toml = format!(
+            "[upstream]\nurl = \"https://crm.example:{}/base\"\nca_file = \"{ca_file}\"\ntls_min_version = \"1.3\"\n",
+            addr.port()
+        );
+        let cfg = Config::from_toml(&toml).unwrap();
+        let connector = Arc::new(Connector::new(&cfg.upstream, true).unwrap());
+        let check = Check::new(&cfg.upstream.health, 1024, connector);
+        assert!(check.run(&node_).await.is_err());
     }
 }

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use pingora::connectors::ConnectorOptions;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::Notify;
@@ -126,14 +125,14 @@ pub struct Watch {
 impl Watch {
     /// The service for `targets`, whose nodes are those of `seed` (the startup resolution,
     /// one list of addresses per URL) until [`Watch::refresh`] resolves them again through
-    /// `lookup`; checks connect with `options`.
+    /// `lookup`; checks connect through `connector`.
     pub fn new(
         cfg: &Config,
         targets: &[Arc<Target>],
         seed: Vec<Vec<SocketAddr>>,
         lookup: Box<dyn Lookup>,
         stats: Arc<Stats>,
-        options: ConnectorOptions,
+        connector: Arc<super::tls::Connector>,
     ) -> Self {
         let clock = Clock::start();
         let discovery = Discovery {
@@ -149,7 +148,7 @@ impl Watch {
         let max_body = usize::try_from(cfg.upstream.max_response_bytes).unwrap_or(usize::MAX);
         Watch {
             discovery,
-            check: Check::new(&cfg.upstream.health, max_body, options),
+            check: Check::new(&cfg.upstream.health, max_body, connector),
             nodes,
             stats,
             resolve_every: cfg.upstream.resolve_interval,
@@ -264,8 +263,8 @@ mod tests {
         let targets: Vec<_> = urls.into_iter().map(|u| Arc::new(Target::new(0, u))).collect();
         let stats = Arc::new(Stats::new(&Metrics::new("iq")));
         let dns = Dns::default();
-        let options = ConnectorOptions::new(0);
-        let watch = Watch::new(&cfg, &targets, seed, Box::new(dns.clone()), stats, options);
+        let connector = Arc::new(super::super::tls::Connector::new(&cfg.upstream, false).unwrap());
+        let watch = Watch::new(&cfg, &targets, seed, Box::new(dns.clone()), stats, connector);
         let resolves = |result: &str| watch.stats.resolves.with_label_values(&[result]).get();
         assert!(watch.nodes.pick(&Tried::default(), true).is_none());
 

@@ -42,7 +42,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use pingora::connectors::ConnectorOptions;
 
 use crate::config::{Config, ConfigError, LogLevel};
 use crate::error::GatewayError;
@@ -104,7 +103,7 @@ impl UpstreamAnswer {
 }
 
 pub struct Upstream {
-    connector: tls::Connector,
+    connector: Arc<tls::Connector>,
     nodes: Arc<Nodes>,
     watch: Arc<Watch>,
     stats: Arc<stats::Stats>,
@@ -142,22 +141,12 @@ impl Limits {
     }
 }
 
-/// The CA and client certificate of the health checks' connections (Pingora's).
-fn connector_options(cfg: &Config) -> ConnectorOptions {
-    let mut options = ConnectorOptions::new(0);
-    options.ca_file = cfg.upstream.ca_file.clone();
-    if let (Some(cert), Some(key)) = (&cfg.upstream.client_cert, &cfg.upstream.client_key) {
-        options.cert_key_file = Some((cert.clone(), key.clone()));
-    }
-    options
-}
-
 impl Upstream {
     /// Resolve every configured URL (blocking: this runs before anything serves) and
     /// build the nodes; a name that does not resolve yet is warned about, and has its
     /// nodes once it does.
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
-        let connector = connector(&cfg.upstream)?;
+        let connector = Arc::new(connector(&cfg.upstream)?);
         let targets: Vec<Arc<Target>> = cfg
             .upstream_urls()?
             .into_iter()
@@ -180,7 +169,7 @@ impl Upstream {
         let stats = Arc::new(stats::Stats::new(&metrics));
         let lookup = Box::new(resolve::System);
         // The startup resolution's nodes take the first requests.
-        let watch = Watch::new(cfg, &targets, seed, lookup, stats.clone(), connector_options(cfg));
+        let watch = Watch::new(cfg, &targets, seed, lookup, stats.clone(), connector.clone());
         let watch = Arc::new(watch);
         let nodes = watch.nodes.clone();
         Ok(Upstream {
