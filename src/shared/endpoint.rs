@@ -193,10 +193,11 @@ impl Endpoint {
     }
 
     /// A new connection: to the server, the master in use, or the cluster.
-    pub async fn connect(&self, timeout: Duration) -> RedisResult<Conn> {
+    pub async fn connect(&self) -> RedisResult<Conn> {
         let single = |client: Client| async move {
+            // Every command is bounded by `shared.timeout` where it is sent (one timer each).
             let config = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(timeout))
+                .set_response_timeout(None)
                 .set_connection_timeout(Some(CONNECT))
                 .set_number_of_retries(1);
             ConnectionManager::new_with_config(client, config)

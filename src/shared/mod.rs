@@ -112,7 +112,10 @@ impl Shared {
     /// A lock value no other lock (of this replica or another) has: 32 hex digits.
     fn lock_value(&self) -> String {
         let n = self.locks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{:016x}{n:016x}", self.lock_prefix)
+        let mut value = String::with_capacity(32);
+        crate::keys::push_hex(&mut value, &self.lock_prefix.to_be_bytes());
+        crate::keys::push_hex(&mut value, &n.to_be_bytes());
+        value
     }
 
     /// `<prefix><kind>:{<hex>}` of a keyed hash. The hex is the key's hash tag: every key
@@ -214,7 +217,7 @@ impl Shared {
     }
 
     async fn connect(&self) -> redis::RedisResult<Conn> {
-        self.endpoint.connect(self.timeout).await
+        self.endpoint.connect().await
     }
 
     /// The master in use may be gone (a command met a replica, a Sentinel announced a

@@ -1,20 +1,42 @@
 //! Values in Redis, encrypted and authenticated: XChaCha20-Poly1305 (RustCrypto's
 //! `chacha20poly1305`), a key derived with BLAKE3 from the secret in
-//! `shared.encryption_key_env`, a random 24-byte nonce per value, and the Redis key as
-//! associated data, so that a value moved to another key does not open.
+//! `shared.encryption_key_env`, a 24-byte nonce per value, and the Redis key as associated
+//! data, so that a value moved to another key does not open. A nonce is 16 random bytes
+//! drawn once per process, then a count: unique without asking the kernel for randomness
+//! on every value (XChaCha's long nonce is what makes a random prefix safe).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 
 const NONCE: usize = 24;
+const PREFIX: usize = 16;
 const TAG: usize = 16;
 
-pub struct Seal(XChaCha20Poly1305);
+pub struct Seal {
+    aead: XChaCha20Poly1305,
+    prefix: [u8; PREFIX],
+    count: AtomicU64,
+}
 
 impl Seal {
     pub fn new(secret: &[u8]) -> Self {
         let key = blake3::derive_key("cardgate shared values v1", secret);
-        Seal(XChaCha20Poly1305::new((&key).into()))
+        let mut prefix = [0u8; PREFIX];
+        if getrandom::getrandom(&mut prefix).is_err() {
+            // No kernel randomness: a prefix no other process derives.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let seed = format!("{}-{}", std::process::id(), now.as_nanos());
+            prefix.copy_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..PREFIX]);
+        }
+        Seal {
+            aead: XChaCha20Poly1305::new((&key).into()),
+            prefix,
+            count: AtomicU64::new(0),
+        }
     }
 
     /// `nonce ‖ ciphertext ‖ tag` of `plain`, bound to `key`.
@@ -26,12 +48,14 @@ impl Seal {
     /// one allocation.
     pub fn seal_with(&self, key: &[u8], len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE];
-        getrandom::getrandom(&mut nonce).ok()?;
+        nonce[..PREFIX].copy_from_slice(&self.prefix);
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        nonce[PREFIX..].copy_from_slice(&n.to_le_bytes());
         let mut out = Vec::with_capacity(NONCE.saturating_add(len).saturating_add(TAG));
         out.extend_from_slice(&nonce);
         write(&mut out);
         let tag = self
-            .0
+            .aead
             .encrypt_in_place_detached(XNonce::from_slice(&nonce), key, out.get_mut(NONCE..)?)
             .ok()?;
         out.extend_from_slice(&tag);
@@ -44,7 +68,7 @@ impl Seal {
         let body_end = sealed.len().checked_sub(TAG).filter(|end| *end >= NONCE)?;
         let tag = Tag::clone_from_slice(sealed.get(body_end..)?);
         let (nonce, body) = sealed.get_mut(..body_end)?.split_at_mut(NONCE);
-        self.0
+        self.aead
             .decrypt_in_place_detached(XNonce::from_slice(nonce), key, body, &tag)
             .ok()?;
         sealed.truncate(body_end);
