@@ -14,6 +14,7 @@ use crate::kit::*;
 /// owner alone, as the Deployment's `defaultMode` and `fsGroup` make them) into a temporary
 /// directory, as the pod reads them.
 #[derive(PartialEq)]
+#[allow(dead_code)] // one of the two is in use
 enum Secrets {
     Env,
     Files,
