@@ -31,6 +31,7 @@ fn cache_with_card(hasher: &TokenHasher, rt: &tokio::runtime::Runtime) -> CardCa
             refresh_ahead: 0.2,
             max_size: 256 << 20,
             hash_key_env: None,
+            hash_key_file: None,
         },
         || {},
     );

@@ -87,6 +87,7 @@ fn main() {
             refresh_ahead: 0.2,
             max_size: max_size as u64,
             hash_key_env: None,
+            hash_key_file: None,
         },
         || {},
     );

@@ -188,6 +188,8 @@ fn the_systemd_unit_verifies_cleanly() {
         "ExecReload=/bin/kill -HUP $MAINPID",
         "RuntimeDirectory=cardgate",
         "User=cardgate",
+        // The admin secret as a credential, where `token_file = "admin-token"` finds it.
+        "LoadCredential=admin-token:/etc/cardgate/admin-token\n",
     ] {
         assert!(unit.contains(line), "{line:?} missing");
     }

@@ -1,6 +1,6 @@
 //! SIGHUP reloads the configuration file: what can change in place changes for the next
-//! request, restart-only keys are named and kept, a broken file changes nothing; and
-//! SIGUSR1 reopens the log file.
+//! request, restart-only keys are named and kept, a broken file changes nothing, the admin
+//! secret's file is read again; and SIGUSR1 reopens the log file.
 
 mod common;
 
@@ -93,6 +93,54 @@ fn a_broken_file_changes_nothing_and_is_reported() {
     gw.edit_config(|t| t.replace("ttl = \"sometime\"", "ttl = \"30s\""));
     hup(&gw, "ok", 1.0);
     assert_eq!(gw.metric_now("cardgate_config_last_reload_successful"), 1.0);
+}
+
+#[test]
+fn the_admin_token_from_a_credentials_file_guards_the_port_and_a_sighup_reads_it_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = Mock::start();
+    // As systemd's LoadCredential= hands it over: a relative name, found in the directory
+    // $CREDENTIALS_DIRECTORY names (not in the working directory).
+    let creds = tempfile::tempdir().unwrap();
+    let file = creds.path().join("admin-token");
+    let write = |secret: &str, mode: u32| {
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let (first, second) = ("first-admin-token-0123456789", "second-admin-token-0123456789");
+    write(first, 0o600);
+    let gw = Gateway::start_with_env(
+        &mock.url(),
+        &[("admin", "token_file = \"admin-token\"\nmetrics_public = true")],
+        &[("CREDENTIALS_DIRECTORY", creds.path().to_str().unwrap())],
+    );
+    let clear = |secret: Option<&str>| {
+        let bearer = secret.map(|s| format!("Bearer {s}"));
+        let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
+        gw.admin("POST", "/cache/clear", &headers).status
+    };
+    assert_eq!(clear(None), 401);
+    assert_eq!(clear(Some(second)), 401);
+    assert_eq!(clear(Some(first)), 200);
+
+    // The same config, a new secret in the file: the SIGHUP reads it.
+    write(second, 0o600);
+    hup(&gw, "ok", 1.0);
+    assert_eq!(clear(Some(first)), 401);
+    assert_eq!(clear(Some(second)), 200);
+
+    // A file every user may read fails the reload; the running secret stays.
+    write(first, 0o644);
+    hup(&gw, "error", 1.0);
+    let line = gw.wait_event("not reloaded");
+    let error = line["error"].as_str().unwrap();
+    assert!(
+        error.contains("admin.token_file") && error.contains("readable by every user"),
+        "{line}"
+    );
+    assert_eq!(clear(Some(second)), 200);
+    assert_eq!(clear(Some(first)), 401);
+    gw.assert_never_shown(&[first, second]);
 }
 
 #[test]

@@ -12,6 +12,7 @@ fn cfg(ttl_ms: u64, neg_ms: u64, stale_ms: u64) -> CacheSection {
         refresh_ahead: 0.0,
         max_size: 1 << 20,
         hash_key_env: None,
+        hash_key_file: None,
     }
 }
 

@@ -1,9 +1,11 @@
 //! `[cache]`: how long cards are kept, and how much memory they may take.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::credentials;
 use super::units::{de_duration, de_size};
 use super::{err, ConfigError};
 
@@ -28,7 +30,13 @@ pub struct CacheSection {
     /// Name of an environment variable with a secret for the token hash, so that several
     /// instances agree on keys and fingerprints. Unset: a random key per process.
     pub hash_key_env: Option<String>,
+    /// The same secret from a file (a relative name is looked up in
+    /// `$CREDENTIALS_DIRECTORY` first).
+    pub hash_key_file: Option<PathBuf>,
 }
+
+/// Shortest secret accepted for the token hash.
+const MIN_HASH_KEY: usize = 16;
 
 impl Default for CacheSection {
     fn default() -> Self {
@@ -39,6 +47,7 @@ impl Default for CacheSection {
             refresh_ahead: 0.2,
             max_size: 256 * 1024 * 1024,
             hash_key_env: None,
+            hash_key_file: None,
         }
     }
 }
@@ -51,18 +60,21 @@ impl CacheSection {
         if self.max_size < 4096 {
             problems.push(err("cache.max_size", "must be at least 4KiB"));
         }
-        if let Some(var) = &self.hash_key_env {
-            match std::env::var(var) {
-                Ok(v) if v.len() >= 16 => {}
-                Ok(_) => problems.push(err(
-                    "cache.hash_key_env",
-                    format!("${var} must hold at least 16 bytes"),
-                )),
-                Err(_) => problems.push(err(
-                    "cache.hash_key_env",
-                    format!("environment variable {var} is not set"),
-                )),
-            }
-        }
+        problems.extend(self.hash_key().err());
+    }
+
+    /// Whether a secret for the token hash is named.
+    pub fn has_hash_key(&self) -> bool {
+        self.hash_key_env.is_some() || self.hash_key_file.is_some()
+    }
+
+    /// The secret for the token hash, when `hash_key_env` or `hash_key_file` names one.
+    pub fn hash_key(&self) -> Result<Option<String>, ConfigError> {
+        credentials::secret(
+            "cache.hash_key",
+            self.hash_key_env.as_deref(),
+            self.hash_key_file.as_deref(),
+            MIN_HASH_KEY,
+        )
     }
 }

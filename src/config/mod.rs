@@ -7,9 +7,11 @@
 //! value that is out of range or at odds with another is reported, one line each; a
 //! syntax error, or a value of the wrong type or form, stops the reading where it is. Durations are written like `"300ms"`, `"2s"`,
 //! `"10m"`; sizes like `"16KiB"`, `"256MiB"` (or a plain integer of bytes). Secrets are
-//! never read from this file: keys that need one name an environment variable instead.
+//! never read from this file: keys that need one name an environment variable (`*_env`) or
+//! a file (`*_file`) instead ([`credentials`]).
 
 mod cache;
+mod credentials;
 mod limits;
 mod log;
 mod search;
@@ -138,10 +140,10 @@ impl Config {
         self.correlation.validate(&mut problems);
         if let Some(shared) = &self.shared {
             shared.validate(self.upstream.dialect == DialectKind::Gigma, &mut problems);
-            if shared.encryption_key_env.is_none() && self.cache.hash_key_env.is_none() {
+            if !shared.has_secret() && !self.cache.has_hash_key() {
                 problems.push(err(
                     "shared.encryption_key_env",
-                    "replicas must agree on the keyed hashes they share: set it (or cache.hash_key_env)",
+                    "replicas must agree on the keyed hashes they share: set it or shared.encryption_key_file (or cache.hash_key_env or cache.hash_key_file)",
                 ));
             }
         }
@@ -197,6 +199,7 @@ impl Config {
             upstream.bearer,
             cache.max_size,
             cache.hash_key_env,
+            cache.hash_key_file,
             search.step_ttl,
             search.max_tracked,
             search.max_memory,

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use ipnet::IpNet;
 
+use super::credentials;
 use super::tls::TlsSection;
 use super::units::{de_cidrs, de_duration};
 use super::{err, ConfigError};
@@ -177,6 +178,9 @@ pub struct AdminSection {
     /// Environment variable holding the admin secret: when set, every endpoint but
     /// `/healthz` and `/readyz` needs `Authorization: Bearer <secret>`.
     pub token_env: Option<String>,
+    /// The same secret from a file (a relative name is looked up in
+    /// `$CREDENTIALS_DIRECTORY` first); read again on every reload.
+    pub token_file: Option<PathBuf>,
     /// `/metrics` without the secret (for a Prometheus that has none).
     pub metrics_public: bool,
 }
@@ -187,6 +191,7 @@ impl Default for AdminSection {
             listen: DEFAULT_ADMIN.into(),
             allow: Vec::new(),
             token_env: None,
+            token_file: None,
             metrics_public: false,
         }
     }
@@ -202,13 +207,13 @@ impl AdminSection {
     pub fn validate(&self, server: &ServerSection, problems: &mut Vec<ConfigError>) {
         match check_listen("admin.listen", &self.listen) {
             Err(e) => problems.push(e),
-            Ok(addr) if !addr.ip().is_loopback() && self.token_env.is_none() && self.allow.is_empty() => {
+            Ok(addr) if !addr.ip().is_loopback() && !self.has_token() && self.allow.is_empty() => {
                 // As Redis's protected mode: an open admin port is a mistake until said otherwise.
                 problems.push(err(
                     "admin.listen",
                     format!(
                         "{addr} is reachable from other machines and nothing guards it: set \
-                         admin.token_env (a secret every request but /healthz and /readyz must \
+                         admin.token_env or admin.token_file (a secret every request but /healthz and /readyz must \
                          carry) or admin.allow (the addresses that may connect), or listen on loopback"
                     ),
                 ));
@@ -221,22 +226,19 @@ impl AdminSection {
         problems.extend(self.token().err());
     }
 
-    /// The admin secret, when `token_env` names one.
+    /// Whether a secret guards the admin port.
+    fn has_token(&self) -> bool {
+        self.token_env.is_some() || self.token_file.is_some()
+    }
+
+    /// The admin secret, when `token_env` or `token_file` names one.
     pub fn token(&self) -> Result<Option<String>, ConfigError> {
-        let Some(var) = &self.token_env else {
-            return Ok(None);
-        };
-        match std::env::var(var) {
-            Ok(v) if v.len() >= MIN_ADMIN_TOKEN => Ok(Some(v)),
-            Ok(_) => Err(err(
-                "admin.token_env",
-                format!("${var} must hold at least {MIN_ADMIN_TOKEN} bytes"),
-            )),
-            Err(_) => Err(err(
-                "admin.token_env",
-                format!("environment variable {var} is not set"),
-            )),
-        }
+        credentials::secret(
+            "admin.token",
+            self.token_env.as_deref(),
+            self.token_file.as_deref(),
+            MIN_ADMIN_TOKEN,
+        )
     }
 }
 

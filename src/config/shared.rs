@@ -1,19 +1,18 @@
 //! `[shared]`: the Redis (or Valkey) that several replicas share state through: one server
 //! (`url`), the master a set of Sentinels names (`sentinels`, `master_name`), or a Redis
 //! Cluster (`cluster`); with TLS (`rediss://`) and an ACL user if asked. Secrets never sit
-//! in the config itself: a password comes from a variable or a file ([`credentials`]).
+//! in the config itself: a password or key comes from a variable or a file ([`credentials`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::credentials;
 use super::units::de_duration;
 use super::{err, ConfigError};
 
-pub mod credentials;
-
-/// The least secret `shared.encryption_key_env` may hold.
+/// The least secret `shared.encryption_key_env` (or `_file`) may hold.
 pub const MIN_KEY_BYTES: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -63,6 +62,9 @@ pub struct SharedSection {
     /// Environment variable holding the secret (32+ bytes) the values are encrypted with.
     #[serde(default)]
     pub encryption_key_env: Option<String>,
+    /// The same secret from a file.
+    #[serde(default)]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 fn default_prefix() -> String {
@@ -170,7 +172,7 @@ impl SharedSection {
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(5) {
             problems.push(err("shared.timeout", "must be between 1ms and 5s"));
         }
-        if self.cards || gigma || self.encryption_key_env.is_some() {
+        if self.cards || gigma || self.has_secret() {
             problems.extend(self.secret().err());
         }
     }
@@ -285,21 +287,26 @@ impl SharedSection {
         }))
     }
 
-    /// The encryption secret from the environment.
+    /// Whether an encryption secret is named.
+    pub fn has_secret(&self) -> bool {
+        self.encryption_key_env.is_some() || self.encryption_key_file.is_some()
+    }
+
+    /// The encryption secret, from `encryption_key_env` or `encryption_key_file`.
     pub fn secret(&self) -> Result<Vec<u8>, ConfigError> {
-        let key = "shared.encryption_key_env";
-        let var = self
-            .encryption_key_env
-            .as_deref()
-            .ok_or_else(|| err(key, "is required with shared.cards or the gigma dialect"))?;
-        match std::env::var(var) {
-            Ok(v) if v.len() >= MIN_KEY_BYTES => Ok(v.into_bytes()),
-            Ok(_) => Err(err(
-                key,
-                format!("{var} must hold at least {MIN_KEY_BYTES} bytes"),
-            )),
-            Err(_) => Err(err(key, format!("{var} is not set"))),
-        }
+        credentials::secret(
+            "shared.encryption_key",
+            self.encryption_key_env.as_deref(),
+            self.encryption_key_file.as_deref(),
+            MIN_KEY_BYTES,
+        )?
+        .map(String::into_bytes)
+        .ok_or_else(|| {
+            err(
+                "shared.encryption_key_env",
+                "is required with shared.cards or the gigma dialect (or shared.encryption_key_file)",
+            )
+        })
     }
 }
 

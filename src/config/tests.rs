@@ -236,3 +236,55 @@ fn address_ranges_are_networks_written_without_spaces() {
         assert!(e.0.contains(says), "{item:?}: {e}");
     }
 }
+
+#[test]
+fn every_secret_comes_from_its_env_key_or_its_file_twin_never_both() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{:0<48}\n", "a-file-secret")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = secret.display();
+    let shared = "[shared]\nurl = \"redis://127.0.0.1:6379/0\"\ncards = true\n";
+    let gigma = "[upstream]\nurl = \"http://127.0.0.1:18081\"\ndialect = \"gigma\"\n[upstream.gigma]\n";
+    for (name, head) in [
+        ("admin.token", format!("{MIN}[admin]\n")),
+        ("cache.hash_key", format!("{MIN}[cache]\n")),
+        ("shared.encryption_key", format!("{MIN}{shared}")),
+        ("upstream.gigma.app_token", gigma.to_string()),
+    ] {
+        let key = name.rsplit('.').next().unwrap();
+        let from_file = format!("{head}{key}_file = \"{file}\"\n");
+        let cfg = Config::from_toml(&from_file);
+        assert!(cfg.is_ok(), "{name}: {cfg:?}");
+        let both = format!("{from_file}{key}_env = \"CARDGATE_TEST_SET_TOO\"\n");
+        let e = Config::from_toml(&both).unwrap_err();
+        assert!(
+            e.0.contains(&format!("{name}_env"))
+                && e.0.contains(&format!("{name}_file"))
+                && e.0.contains("not both"),
+            "{name}: {e}"
+        );
+    }
+    let cfg = Config::from_toml(&format!("{MIN}[admin]\ntoken_file = \"{file}\"\n")).unwrap();
+    assert_eq!(
+        cfg.admin.token().unwrap(),
+        Some(format!("{:0<48}", "a-file-secret"))
+    );
+    // Without either key, the gigma token comes from GIGMA_APP_TOKEN, as it always has.
+    let e = Config::from_toml(gigma);
+    if std::env::var_os("GIGMA_APP_TOKEN").is_none() {
+        let e = e.unwrap_err();
+        assert!(
+            e.0.contains("upstream.gigma.app_token_env: environment variable GIGMA_APP_TOKEN"),
+            "{e}"
+        );
+    }
+    // A file every user may read is refused, naming its key.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = Config::from_toml(&format!("{MIN}[admin]\ntoken_file = \"{file}\"\n")).unwrap_err();
+    assert!(
+        e.0.starts_with("admin.token_file: ") && e.0.contains("readable by every user"),
+        "{e}"
+    );
+}

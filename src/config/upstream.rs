@@ -1,9 +1,11 @@
 //! `[upstream]`: the internal system, its URL, its dialect and the dialects' settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::credentials;
 use super::tls::TlsVersion;
 use super::units::{de_duration, de_opt_duration, de_size};
 use super::{err, ConfigError};
@@ -190,8 +192,12 @@ impl HealthSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GigmaSection {
-    /// Environment variable holding the application token (header `Token` on every call).
-    pub app_token_env: String,
+    /// Environment variable holding the application token (header `Token` on every call);
+    /// [`DEFAULT_APP_TOKEN_ENV`] when neither it nor `app_token_file` is given.
+    pub app_token_env: Option<String>,
+    /// The same token from a file (a relative name is looked up in
+    /// `$CREDENTIALS_DIRECTORY` first).
+    pub app_token_file: Option<PathBuf>,
     /// Text of the first search step; `{phone}` is replaced by the masked number.
     pub answer_text: String,
     /// How long a first step waits for its code.
@@ -204,10 +210,14 @@ pub struct GigmaSection {
     pub client_type: String,
 }
 
+/// The variable the gigma application token is read from when no key names its source.
+pub const DEFAULT_APP_TOKEN_ENV: &str = "GIGMA_APP_TOKEN";
+
 impl Default for GigmaSection {
     fn default() -> Self {
         GigmaSection {
-            app_token_env: "GIGMA_APP_TOKEN".into(),
+            app_token_env: None,
+            app_token_file: None,
             answer_text: "We are calling {phone}: enter the last 4 digits of the calling number".into(),
             step_ttl: Duration::from_secs(300),
             session_ttl: Duration::from_secs(12 * 3600),
@@ -398,21 +408,36 @@ impl UpstreamSection {
 
 impl GigmaSection {
     fn validate(&self, problems: &mut Vec<ConfigError>) {
-        match std::env::var(&self.app_token_env) {
-            Ok(v) if !v.trim().is_empty() && http::HeaderValue::from_str(&v).is_ok() => {}
-            _ => problems.push(err(
-                "upstream.gigma.app_token_env",
-                format!(
-                    "environment variable {} must hold the gigma application token",
-                    self.app_token_env
-                ),
-            )),
-        }
+        problems.extend(self.app_token().err());
         if self.step_ttl.is_zero() || self.session_ttl.is_zero() {
             problems.push(err(
                 "upstream.gigma",
                 "step_ttl and session_ttl must be greater than 0",
             ));
+        }
+    }
+
+    /// The application token: from `app_token_file`, or the variable `app_token_env` names
+    /// (by default [`DEFAULT_APP_TOKEN_ENV`]); a valid header value.
+    pub fn app_token(&self) -> Result<String, ConfigError> {
+        let env = match (&self.app_token_env, &self.app_token_file) {
+            (None, None) => Some(DEFAULT_APP_TOKEN_ENV),
+            (env, _) => env.as_deref(),
+        };
+        let given = credentials::secret("upstream.gigma.app_token", env, self.app_token_file.as_deref(), 1)?;
+        let key = if self.app_token_file.is_some() {
+            "upstream.gigma.app_token_file"
+        } else {
+            "upstream.gigma.app_token_env"
+        };
+        match given {
+            Some(v) if !v.trim().is_empty() && http::HeaderValue::from_str(v.trim()).is_ok() => {
+                Ok(v.trim().to_string())
+            }
+            _ => Err(err(
+                key,
+                "must hold the gigma application token (a valid header value)",
+            )),
         }
     }
 }

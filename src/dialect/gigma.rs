@@ -1,9 +1,9 @@
 //! `gigma`: a counterparty API with call-reset password login (seed 003).
 //!
-//! Every call carries the application token (from the environment variable named by
-//! `upstream.gigma.app_token_env`) in header `Token`. The Search client API maps to the
-//! login flow: a first step reads `client` as a phone, calls
-//! `POST /counterparty/send_password` and answers `answerType` 1 with a new random `stepId`
+//! Every call carries the application token (`upstream.gigma.app_token_env` or
+//! `app_token_file`) in header `Token`. The Search client API maps to the login flow: a
+//! first step reads `client` as a phone, calls `POST /counterparty/send_password` and
+//! answers `answerType` 1 with a new random `stepId`
 //! bound to that phone for `step_ttl`; the next step calls `POST /counterparty/login` with
 //! the code and answers `answerType` 2 with the counterparty's access token, handing the
 //! gateway the card built from the counterparty to keep for `session_ttl`. The seed has no
@@ -63,9 +63,9 @@ enum Call {
 impl Gigma {
     pub fn new(cfg: &UpstreamSection) -> Self {
         let g = &cfg.gigma;
-        let token = std::env::var(&g.app_token_env).unwrap_or_default();
+        let token = g.app_token().unwrap_or_default();
         #[allow(clippy::expect_used)] // checked by the config before the gateway is built
-        let mut app_token = HeaderValue::from_str(token.trim()).expect("validated at load");
+        let mut app_token = HeaderValue::from_str(&token).expect("validated at load");
         app_token.set_sensitive(true);
         Gigma {
             app_token,

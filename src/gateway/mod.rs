@@ -62,7 +62,7 @@ pub struct Gateway {
     admin_gate: Arc<Gate>,
     /// What one source address may ask.
     sources: Sources,
-    /// The admin secret's hash, when `admin.token_env` is set.
+    /// The admin secret's hash, when `admin.token_env` or `admin.token_file` is set.
     admin_token: ArcSwap<Option<[u8; 32]>>,
     /// The TLS listener's live certificate and client CA, when `[server.tls]` is set.
     tls: Option<Arc<Tls>>,
@@ -77,12 +77,8 @@ impl Gateway {
             .cache_max_bytes
             .set(i64::try_from(cfg.cache.max_size).unwrap_or(i64::MAX));
         let mut cache = CardCache::new(&cfg.cache, move || evictions.inc());
-        let hasher = match (&cfg.cache.hash_key_env, &cfg.shared) {
-            (Some(var), _) => TokenHasher::from_secret(
-                std::env::var(var)
-                    .map_err(|_| ConfigError(format!("cache.hash_key_env: {var} is not set")))?
-                    .as_bytes(),
-            ),
+        let hasher = match (cfg.cache.hash_key()?, &cfg.shared) {
+            (Some(key), _) => TokenHasher::from_secret(key.as_bytes()),
             // Replicas must agree on the keys they share (validated: with `[shared]`, one
             // of the two secrets is set).
             (None, Some(section)) => crate::shared::hasher(section)?,

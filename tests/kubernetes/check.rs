@@ -1,5 +1,6 @@
 //! The ConfigMap's configuration through the real binary's `cardgate check`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,19 +10,21 @@ use crate::kit::*;
 
 /// How [`the_configmap_config_passes_cardgate_check`] hands the secrets to the binary:
 /// `Env` rewrites each `*_file` key to its `*_env` twin with the secret in the
-/// environment; `Files` keeps the `*_file` keys and writes the files into a temporary
-/// directory. `Env` while the binary reads no `*_file` key.
+/// environment; `Files` keeps the `*_file` keys and writes the files (readable by their
+/// owner alone, as the Deployment's `defaultMode` and `fsGroup` make them) into a temporary
+/// directory, as the pod reads them.
 #[derive(PartialEq)]
+#[allow(dead_code)] // one of the two is in use
 enum Secrets {
     Env,
     Files,
 }
 
-const SECRETS: Secrets = Secrets::Env;
+const SECRETS: Secrets = Secrets::Files;
 
 /// `*_file` keys whose `*_env` twin the binary does not read: left out under
-/// `Secrets::Env` (validating the rest needs no Redis password).
-const FILE_ONLY: [&str; 2] = ["shared.password_file", "shared.sentinel_password_file"];
+/// `Secrets::Env`. Every one has its twin.
+const FILE_ONLY: [&str; 0] = [];
 
 /// The ConfigMap's configuration made runnable on this machine, written into `dir`: the
 /// secrets handed over as [`SECRETS`] says, each 48 bytes long but `short`'s (5 bytes); a
@@ -46,6 +49,7 @@ fn runnable(dir: &Path, short: &str) -> (PathBuf, Vec<(String, String)>) {
         if SECRETS == Secrets::Files {
             let path = dir.join(name);
             std::fs::write(&path, &value).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             table.insert(name.into(), path.to_str().unwrap().into());
             continue;
         }
