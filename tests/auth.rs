@@ -195,7 +195,8 @@ fn crm_failures_become_json_errors() {
     gw.assert_never_shown(&refs);
 
     // A CRM that refuses connections.
-    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let (_bound, port) = common::refusing_port();
+    let dead = format!("http://127.0.0.1:{port}");
     let gw = Gateway::start(&dead, &[]);
     let t = token("refused");
     let r = gw.get_card(&t);
