@@ -87,38 +87,13 @@ pub fn run(
     // Signals are handled from here on; a process that waits for an upgrade's sockets can
     // still be stopped while it waits, and handles them once it has them.
     let handlers = (!upgrade).then(signals::install);
-    let conf = ServerConf {
-        threads: cfg.server.threads,
-        // Pingora is told to stop once the drain is over (see signals): nothing to wait for.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        upgrade_sock: rundir.upgrade_sock.clone(),
-        pid_file: rundir.pid_file.to_string_lossy().into_owned(),
-        daemon: false,
-        work_stealing: false,
-        // Pingora's own timeouts of a second or more (the handshake of every accepted
-        // connection, the admin port's included) on tokio's timer: its fast timer starts a
-        // thread that wakes every 10 ms for the life of the process.
-        fast_timeout_to_tokio_threshold_seconds: Some(0),
-        ..ServerConf::default()
-    };
+    let conf = pingora_conf(&cfg, &rundir);
     let listen = cfg.server.listen.clone();
     let tls_listen = cfg.server.tls.as_ref().map(|t| t.listen.clone());
     let admin_listen = cfg.admin.listen.clone();
     let mut addrs: Vec<String> = cfg.server.addresses().into_iter().map(String::from).collect();
     addrs.push(admin_listen.clone());
-    let running = if upgrade {
-        let Some(pid) = rundir.running() else {
-            return Err(StartError::Runtime(format!(
-                "--upgrade: no running cardgate to take the sockets from (no live process in {}); start without --upgrade",
-                rundir.pid_file.display()
-            )));
-        };
-        Some(pid)
-    } else {
-        check_listeners(&addrs.iter().map(String::as_str).collect::<Vec<_>>())?;
-        None
-    };
+    let running = running_or_free(&rundir, upgrade, &addrs)?;
     let summary = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
@@ -132,48 +107,18 @@ pub fn run(
         "upgrade": upgrade,
     });
     let gw = Gateway::new(cfg)?;
-    let received = match running {
-        Some(pid) => Some(take_over(&rundir, pid, &addrs.into_iter().collect())?),
-        None => None,
-    };
+    let addrs = addrs.into_iter().collect();
+    let received = running.map(|pid| take_over(&rundir, pid, &addrs)).transpose()?;
     let handlers = handlers.unwrap_or_else(signals::install);
     crate::alloc::start();
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    if let Err(e) = rundir.write_pid() {
-        logs::warn(
-            "cannot write the pid file",
-            &format!("{}: {e}", rundir.pid_file.display()),
-            &std::sync::Mutex::new(None),
-            Duration::ZERO,
-        );
-    }
+    write_pid(&rundir);
 
     let stops = Stops::new();
     let handover = Handover::new(received);
-    // Both ports take plain TCP: the listener itself reads PROXY headers and does the TLS
-    // handshakes, bounded by server.client_timeout (crate::edge::opening).
-    let tls_port = tls_listen.as_ref().and_then(|a| a.parse().ok()).zip(gw.tls());
-    let opening = Opening::new(gw.chat_gate(), tls_port, listen.parse().ok());
-    let mut listener = Service::new(
-        "cardgate listener".to_string(),
-        Listener::new(gw.clone(), opening),
-    );
-    // Unbuffered: the connection state machine keeps its own (small, lazily grown) read
-    // buffer and writes each answer whole, so Pingora's 64 KiB read and 1.4 KiB write
-    // buffers per connection would only cost memory and a copy.
-    let plain = Some(listen.as_str()).filter(|l| !l.is_empty());
-    for addr in plain.into_iter().chain(tls_listen.as_deref()) {
-        listener.add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered()));
-    }
-    // The allowlist (behind a balancer: who may send PROXY headers), at accept.
-    listener.set_connection_filter(gw.chat_gate());
-
-    let mut admin = Service::new("cardgate admin".to_string(), crate::admin::app(gw.clone()));
-    admin.add_tcp(&admin_listen);
-    admin.set_connection_filter(gw.admin_gate());
-    admin.threads = Some(1);
-
+    let listener = chat_service(&gw, &listen, tls_listen.as_deref());
+    let admin = admin_service(&gw, &admin_listen);
     server.add_boxed_service(Box::new(Supervised::new(
         Box::new(listener),
         stops.chat(),
@@ -184,17 +129,7 @@ pub fn run(
         stops.admin(),
         handover.clone(),
     )));
-    // Re-resolution and health checks of the CRM's nodes; it ends with the process.
-    server.add_service(GenBackgroundService::new(
-        "cardgate CRM nodes".to_string(),
-        gw.crm_watch(),
-    ));
-    if let Some(watch) = gw.shared_watch() {
-        server.add_service(GenBackgroundService::new(
-            "cardgate shared".to_string(),
-            Arc::new(watch),
-        ));
-    }
+    add_background(&mut server, &gw);
     for service in extra {
         server.add_boxed_service(service);
     }
@@ -217,6 +152,100 @@ pub fn run(
     rundir.remove_pid();
     logs::flush(Duration::from_secs(1));
     Ok(())
+}
+
+/// With `--upgrade`, the running process to take the sockets from; without, every address
+/// must be free.
+fn running_or_free(rundir: &RunDir, upgrade: bool, addrs: &[String]) -> Result<Option<u32>, StartError> {
+    if !upgrade {
+        check_listeners(&addrs.iter().map(String::as_str).collect::<Vec<_>>())?;
+        return Ok(None);
+    }
+    match rundir.running() {
+        Some(pid) => Ok(Some(pid)),
+        None => Err(StartError::Runtime(format!(
+            "--upgrade: no running cardgate to take the sockets from (no live process in {}); start without --upgrade",
+            rundir.pid_file.display()
+        ))),
+    }
+}
+
+/// Pingora's server settings, derived from the configuration and the runtime directory.
+fn pingora_conf(cfg: &Config, rundir: &RunDir) -> ServerConf {
+    ServerConf {
+        threads: cfg.server.threads,
+        // Pingora is told to stop once the drain is over (see signals): nothing to wait for.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: rundir.upgrade_sock.clone(),
+        pid_file: rundir.pid_file.to_string_lossy().into_owned(),
+        daemon: false,
+        work_stealing: false,
+        // Pingora's own timeouts of a second or more (the admin port's handshake) on
+        // tokio's timer: its fast timer starts a thread that wakes every 10 ms for the
+        // life of the process.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
+        ..ServerConf::default()
+    }
+}
+
+/// The chat-server listening service, on `listen` (unless empty) and the TLS port.
+fn chat_service(gw: &Arc<Gateway>, listen: &str, tls_listen: Option<&str>) -> Service<Listener> {
+    // Both ports take plain TCP: the listener itself reads PROXY headers and does the TLS
+    // handshakes, bounded by server.client_timeout (crate::edge::opening).
+    let tls_port = tls_listen.and_then(|a| a.parse().ok()).zip(gw.tls());
+    let opening = Opening::new(gw.chat_gate(), tls_port, listen.parse().ok());
+    let mut listener = Service::new(
+        "cardgate listener".to_string(),
+        Listener::new(gw.clone(), opening),
+    );
+    // Unbuffered: the connection state machine keeps its own (small, lazily grown) read
+    // buffer and writes each answer whole, so Pingora's 64 KiB read and 1.4 KiB write
+    // buffers per connection would only cost memory and a copy.
+    let plain = Some(listen).filter(|l| !l.is_empty());
+    for addr in plain.into_iter().chain(tls_listen) {
+        listener.add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered()));
+    }
+    // The allowlist (behind a balancer: who may send PROXY headers), at accept.
+    listener.set_connection_filter(gw.chat_gate());
+    listener
+}
+
+/// The admin port's listening service, with one thread of its own.
+fn admin_service(gw: &Arc<Gateway>, listen: &str) -> Service<crate::admin::Counted> {
+    let mut admin = Service::new("cardgate admin".to_string(), crate::admin::app(gw.clone()));
+    admin.add_tcp(listen);
+    admin.set_connection_filter(gw.admin_gate());
+    admin.threads = Some(1);
+    admin
+}
+
+/// Write the pid file; a failure is logged and the process goes on (it only serves
+/// `--upgrade` and operators).
+fn write_pid(rundir: &RunDir) {
+    if let Err(e) = rundir.write_pid() {
+        logs::warn(
+            "cannot write the pid file",
+            &format!("{}: {e}", rundir.pid_file.display()),
+            &std::sync::Mutex::new(None),
+            Duration::ZERO,
+        );
+    }
+}
+
+/// The background services; they end with the process.
+fn add_background(server: &mut Server, gw: &Arc<Gateway>) {
+    // Re-resolution and health checks of the CRM's nodes.
+    server.add_service(GenBackgroundService::new(
+        "cardgate CRM nodes".to_string(),
+        gw.crm_watch(),
+    ));
+    if let Some(watch) = gw.shared_watch() {
+        server.add_service(GenBackgroundService::new(
+            "cardgate shared".to_string(),
+            Arc::new(watch),
+        ));
+    }
 }
 
 /// `--upgrade`: wait for the sockets of the process `pid` that serves now, keeping those of
