@@ -49,13 +49,19 @@ fn cache_with_card(hasher: &TokenHasher, rt: &tokio::runtime::Runtime) -> CardCa
     cache
 }
 
-fn hit_path(c: &mut Criterion) {
+/// A runtime, a token hasher and a cache holding the card of [`TOKEN`].
+fn setup() -> (tokio::runtime::Runtime, TokenHasher, CardCache) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let hasher = TokenHasher::random();
     let cache = cache_with_card(&hasher, &rt);
+    (rt, hasher, cache)
+}
+
+fn hit_path(c: &mut Criterion) {
+    let (rt, hasher, cache) = setup();
     let raw = request();
     let mut head = None;
     parse_head(&raw, 32 * 1024, &mut head).unwrap();
@@ -116,12 +122,7 @@ fn hit_path(c: &mut Criterion) {
 
 /// A miss stored into a full cache: each iteration asks for a new key and stores its card.
 fn full_cache_store(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let hasher = TokenHasher::random();
-    let cache = cache_with_card(&hasher, &rt);
+    let (rt, hasher, cache) = setup();
     let body = Bytes::from(vec![b'x'; 1024]);
     let mut i = 0u64;
     let store = |i: u64| {

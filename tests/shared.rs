@@ -111,12 +111,7 @@ fn login_storm(redis: &Redis) {
     assert!(waited >= 1.0, "another replica waited for the lock holder");
     for gw in &replicas {
         gw.assert_never_shown(&[&t]);
-        let errors: f64 = gw
-            .metrics()
-            .lines()
-            .filter(|l| l.starts_with("cardgate_shared_errors_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let errors = common::redis::shared_errors(gw);
         assert_eq!(errors, 0.0, "every Redis answer understood");
     }
 }
@@ -429,12 +424,7 @@ fn on_a_cluster_the_shared_behaviours_hold_and_a_moved_slot_is_followed() {
     assert_eq!(a.admin("POST", "/cache/purge", &[("token", &t)]).status, 200);
     assert!(!card_keys(&cluster).contains(&key), "purged on its new node");
     for gw in [&a, &b] {
-        let errors: f64 = gw
-            .metrics()
-            .lines()
-            .filter(|l| l.starts_with("cardgate_shared_errors_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let errors = common::redis::shared_errors(gw);
         assert_eq!(errors, 0.0, "every command reached its slot");
     }
 }

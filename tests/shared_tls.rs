@@ -121,12 +121,7 @@ fn over_tls_with_a_client_certificate_and_an_acl_user_the_replicas_share() {
     assert_eq!(b.admin("POST", "/cache/clear", &[]).status, 200);
 
     for gw in [&a, &b] {
-        let errors: f64 = gw
-            .metrics()
-            .lines()
-            .filter(|l| l.starts_with("cardgate_shared_errors_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let errors = common::redis::shared_errors(gw);
         assert_eq!(errors, 0.0, "{}", gw.proc.output());
         gw.assert_never_shown(&[PASSWORD, &t]);
     }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -42,28 +42,12 @@ fn serve(stream: TcpStream) {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
-    loop {
-        let mut token = String::new();
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "token" => token = v.trim().to_string(),
-                    "content-length" => length = v.trim().parse().unwrap(),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
+    while let Some((fields, _)) = common::read_request(&mut reader) {
+        let token = fields
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
         let (answer, keep) = script(&token);
         if out.write_all(&answer).is_err() || !keep {
             return;

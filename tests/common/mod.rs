@@ -26,6 +26,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A request's header fields, names in lower case.
+pub type Fields = Vec<(String, String)>;
+
+/// One request read from a scripted CRM's connection: its header fields and its body;
+/// None once the peer has closed.
+pub fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(Fields, Vec<u8>)> {
+    let mut fields = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            fields.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let length = fields
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((fields, body))
+}
+
 /// A loopback port that refuses connections for as long as the returned socket lives: it
 /// is bound, so nothing else takes it, and never listens.
 pub fn refusing_port() -> (socket2::Socket, u16) {

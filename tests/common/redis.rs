@@ -388,6 +388,15 @@ impl Redis {
     }
 }
 
+/// Redis failures a gateway counted, all `op`s together.
+pub fn shared_errors(gw: &super::Gateway) -> f64 {
+    gw.metrics()
+        .lines()
+        .filter(|l| l.starts_with("cardgate_shared_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
